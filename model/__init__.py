@@ -1,0 +1,1 @@
+"""Torch side of SeisBind: simulator, synthetic families, encoders, training, evaluation and export."""
