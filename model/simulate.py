@@ -11,7 +11,7 @@ import numpy as np
 
 from seisbind.acquisition import FAMILIES
 from seisbind.openfwi import (
-    CHUNK_SIZE, ModelSet, OpenFWIError, check_velocity, chunk_counts, chunk_is_complete, read_models, write_chunk,
+    CHUNK_SIZE, ModelSet, OpenFWIError, chunk_counts, chunk_is_complete, read_models, write_chunk,
 )
 from seisbind.progress import progress
 
@@ -65,12 +65,9 @@ def simulate_dataset(
     i, n = shard
     source: ModelSet | None = None
     if models is not None:
-        source = read_models(models)
+        source = read_models(models).validate()
         if len(source) == 0:
             raise OpenFWIError(f"{models}: holds no velocity models")
-        for name, arr in source.parts:
-            for s in range(0, len(arr), 1000):
-                check_velocity(np.asarray(arr[s:s + 1000]), name)
         total = len(source)
         params: dict[str, Any] = {"models": str(Path(models).resolve()), "count": total, "chunk_size": chunk_size}
     else:

@@ -75,7 +75,7 @@ def descriptors(
     from seisbind.openfwi import OpenFWIError, read_models, save_npy_atomic
 
     try:
-        ms = read_models(models)
+        ms = read_models(models).validate()
         values = np.concatenate([compute_descriptors(b) for b in ms.batches(1000)]) if len(ms) else np.zeros((0, 8))
     except (OpenFWIError, ValueError) as e:
         fail(str(e))
@@ -91,6 +91,41 @@ def descriptors(
         tmp = out.with_name(out.name + ".partial")
         tmp.write_text(text)
         tmp.replace(out)
+
+
+@app.command("build-index")
+def build_index(
+    encoders: Path = typer.Option(..., "--encoders", help="encoder bundle folder (velocity.onnx embeds the bank)"),
+    bank: Path = typer.Option(..., "--bank", help="velocity models: OpenFWI folder, .npy file or .zip of .npy"),
+    out: Path = typer.Option(..., "--out", help="index root; the new version is made current when verified"),
+    index_type: str = typer.Option("auto", "--type", help="auto (exact up to 1M entries, IVF beyond), flat, ivf, hnsw"),
+    keep: int = typer.Option(5, "--keep", help="versions kept under the root (rollback = pointer change)"),
+    recall_target: float = typer.Option(0.95, "--recall-target", help="recall@10 vs exact that IVF/HNSW must reach"),
+) -> None:
+    """Embed a bank of velocity models and write a new verified index version (DESIGN section 4)."""
+    from seisbind.bundle import BundleError
+    from seisbind.openfwi import OpenFWIError
+    from seisbind.progress import progress
+
+    from index.build import build_index as run_build
+
+    bar = progress(1000, "build-index")
+    done = [0]
+
+    def report(fraction: float) -> None:
+        step = int(fraction * 1000) - done[0]
+        if step > 0:
+            bar.update(step)
+            done[0] += step
+
+    try:
+        version = run_build(encoders, bank, out, index_type=index_type, recall_target=recall_target, keep=keep,
+                            progress_cb=report)
+    except (OpenFWIError, BundleError, ValueError) as e:
+        fail(str(e))
+    finally:
+        bar.close()
+    typer.echo(json.dumps({"version": version, "root": str(out), "current": version}))
 
 
 def main() -> None:  # pragma: no cover

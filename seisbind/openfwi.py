@@ -110,6 +110,16 @@ class ModelSet:
         if buf:
             yield np.concatenate(buf)
 
+    def validate(self, block: int = 1000) -> "ModelSet":
+        """Check every model for NaN/Inf and non-positive velocities; raise OpenFWIError naming the file and row."""
+        for name, arr in self.parts:
+            for start in range(0, len(arr), block):
+                try:
+                    check_velocity(np.asarray(arr[start:start + block]), name)
+                except ValueError as e:
+                    raise OpenFWIError(f"{e} (row offset {start})" if start else str(e)) from e
+        return self
+
     def array(self) -> np.ndarray:
         """All models in memory, [N, 1, 70, 70] float32."""
         if not self.parts:

@@ -1,0 +1,70 @@
+"""Every error as a JSON body ``{"detail", "status", "request_id"}``; nothing a client sends reaches the process
+as an unhandled exception."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.core.logging import REQUEST_ID
+from service.engine import NotReadyError
+from service.inputs import InputError
+from service.jobs import JobRunningError
+
+log = logging.getLogger("service.api")
+
+
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None,
+                   errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    """The JSON error body every failure uses."""
+    body: dict[str, Any] = {"detail": detail, "status": status, "request_id": REQUEST_ID.get()}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """A one-line summary naming each bad field, and the field errors without the (possibly huge) inputs."""
+    parts, cleaned = [], []
+    for e in errors:
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        cleaned.append({k: v for k, v in e.items() if k not in ("input", "url", "ctx")})
+    return "; ".join(parts) or "invalid request", jsonable_encoder(cleaned)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on ``app``."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = describe_validation_errors(exc.errors())
+        return error_response(422, detail, errors=errors)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    @app.exception_handler(NotReadyError)
+    async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+        return error_response(503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(JobRunningError)
+    async def job_running(request: Request, exc: JobRunningError) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); quote request id {REQUEST_ID.get()}")

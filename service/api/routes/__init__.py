@@ -1,0 +1,1 @@
+"""One APIRouter per area: retrieval, admin, health/info, metrics."""

@@ -1,0 +1,82 @@
+"""Service settings: one pydantic-settings class, read from ``SEISBIND_*`` environment variables, built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_TOKEN_LENGTH = 16
+_PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "admin", "password"}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with. Each field is the environment variable ``SEISBIND_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SEISBIND_", extra="ignore", frozen=True)
+
+    encoders: Path = Field(description="encoder bundle folder (seismic.onnx, velocity.onnx, physics.onnx, manifest.json)")
+    index_root: Path = Field(description="index root holding versions and the CURRENT pointer")
+    bank_root: Path | None = Field(None, description="folder under which /admin/rebuild-index may read banks; unset: rebuilds disabled")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset (and no token file): admin disabled")
+    admin_token_file: Path | None = Field(None, description="file holding the admin token (e.g. a mounted secret)")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(True, description="structured JSON log lines (false: plain text)")
+
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted, bytes (413 above)")
+    max_gathers: int = Field(64, ge=1, description="most gathers in one request")
+    max_k: int = Field(100, ge=1, description="largest k a request may ask for")
+
+    batch_max_gathers: int = Field(32, ge=1, description="most gathers encoded together in one micro-batch")
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=100.0, description="longest wait for more requests to join a micro-batch")
+    encode_workers: int = Field(1, ge=1, le=16, description="micro-batches encoded at the same time")
+    ort_intra_op_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: available cores)")
+    providers: list[str] | None = Field(None, description="ONNX Runtime execution providers, in order (default: CUDA if present, then CPU)")
+
+    index_keep: int = Field(5, ge=1, description="index versions kept on disk after a rebuild")
+    jobs_keep: int = Field(50, ge=1, description="finished admin jobs remembered")
+
+    @model_validator(mode="after")
+    def _check_token(self) -> "Settings":
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("set SEISBIND_ADMIN_TOKEN or SEISBIND_ADMIN_TOKEN_FILE, not both")
+        if self.admin_token_file is not None and not self.admin_token_file.is_file():
+            raise ValueError(f"SEISBIND_ADMIN_TOKEN_FILE {self.admin_token_file}: no such file")
+        token = self.resolved_admin_token()
+        if self.admin_token_file is not None and token is None:
+            raise ValueError(f"SEISBIND_ADMIN_TOKEN_FILE {self.admin_token_file}: empty or unreadable")
+        if token is not None:
+            if token.lower() in _PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"the admin token is a placeholder or shorter than {MIN_TOKEN_LENGTH} characters; use a random one, "
+                    "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return self
+
+    def resolved_admin_token(self) -> str | None:
+        """The admin token from SEISBIND_ADMIN_TOKEN or the token file (stripped), or None when admin is disabled."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value().strip() or None
+        if self.admin_token_file is not None:
+            try:
+                return self.admin_token_file.read_text().strip() or None
+            except OSError:
+                return None  # an unreadable secret disables admin rather than opening it
+        return None
+
+    def intra_op_threads(self) -> int:
+        """ONNX Runtime intra-op threads: the setting, else the cores available to this process."""
+        return self.ort_intra_op_threads or available_cores()

@@ -1,0 +1,56 @@
+"""Structured logging: one JSON object per line, carrying the request id of the request being served."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+from typing import Any
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("seisbind_request_id", default=None)
+"""The id of the request being handled (set by the request-id middleware, copied into worker threads)."""
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as a JSON line: ts, level, logger, msg, request_id, any ``extra={...}`` fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if rid:
+            doc["request_id"] = rid
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key not in doc and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def log_config(level: str = "info", json_lines: bool = True) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for the service and uvicorn (uvicorn's own access log is replaced by ours)."""
+    formatter = {"()": JsonFormatter} if json_lines else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+    lvl = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"default": handler},
+        "loggers": {
+            "seisbind": {"handlers": ["default"], "level": lvl, "propagate": False},
+            "service": {"handlers": ["default"], "level": lvl, "propagate": False},
+            "index": {"handlers": ["default"], "level": lvl, "propagate": False},
+            "uvicorn": {"handlers": ["default"], "level": lvl, "propagate": False},
+            "uvicorn.error": {"level": lvl},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }

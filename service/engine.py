@@ -1,0 +1,203 @@
+"""The serving core: encoder sessions, the index being served, and batched encode + search.
+
+The index is held as one reference (``self.searcher``); a rebuild publishes a new one by a single assignment, so
+every batch sees either the old or the new index, never a mix. Each batch reads the reference once and returns
+it with its hits, so a response's ids, descriptors and velocity models come from the index that was searched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from index.encoders import EncoderBundle
+from index.searcher import Searcher
+from index.store import IndexStore
+from seisbind.acquisition import GATHER_SHAPE
+from seisbind.descriptors import DESCRIPTOR_NAMES
+from service.batching import BatchInfo, MicroBatcher
+from service.core.config import Settings
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service.engine")
+
+
+class NotReadyError(RuntimeError):
+    """No usable index is loaded (HTTP 503); the message says why."""
+
+
+@dataclass(frozen=True)
+class GatherQuery:
+    """One request's gathers [b, 5, 1000, 70] float32 and its k."""
+
+    gathers: np.ndarray
+    k: int
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results of one request against one index: D [b, k] cosine, I [b, k] entry numbers."""
+
+    searcher: Searcher
+    D: np.ndarray
+    I: np.ndarray  # noqa: E741 - faiss naming
+    encode_s: float
+    search_s: float
+
+
+class Engine:
+    """Encoders, the served index, and the micro-batcher of seismic queries.
+
+    Args:
+        settings: service settings (bundle, index root, threads, batching).
+        metrics: where index/model info and batch sizes are recorded.
+    """
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.bundle = EncoderBundle(settings.encoders, providers=settings.providers,
+                                    intra_op_threads=settings.intra_op_threads())
+        self.seismic = self.bundle.seismic
+        self.physics = self.bundle.physics
+        self.providers = {"seismic": self.seismic.providers, "physics": self.physics.providers}
+        names = self.bundle.manifest.get("descriptor_names") or list(DESCRIPTOR_NAMES)
+        self.query_descriptor_names: list[str] = list(names)
+        self.searcher: Searcher | None = None
+        self.not_ready_reason: str | None = "index not loaded yet"
+        self._incoming = 0
+        self._incoming_lock = threading.Lock()
+        self.batcher: MicroBatcher[GatherQuery, Hits] = MicroBatcher(
+            self._encode_and_search, max_size=settings.batch_max_gathers,
+            max_wait_s=settings.batch_wait_ms / 1000.0, workers=settings.encode_workers,
+            incoming=lambda: self._incoming)
+        self.batcher.on_batch = lambda items, size, s: metrics.batch_size.observe(size)
+        metrics.set_model(self.bundle.bundle_id, self.seismic.providers)
+        log.info("encoder bundle %s loaded", self.bundle.bundle_id,
+                 extra={"providers": self.providers, "intra_op_threads": settings.intra_op_threads()})
+
+    # -- index -------------------------------------------------------------------------------------------------
+
+    def load_current_index(self) -> None:
+        """Load the current index version of the index root; on any problem stay not ready with the reason."""
+        root = self.settings.index_root
+        try:
+            if IndexStore(root).current() is None:
+                raise NotReadyError(f"no index version under {root}: build one with `seisbind build-index` "
+                                    "or POST /admin/rebuild-index")
+            searcher = Searcher.load(root, expected_bundle_id=self.bundle.bundle_id)
+        except Exception as e:  # noqa: BLE001 - any load failure leaves the service running, not ready
+            self.not_ready_reason = str(e)
+            self.metrics.set_index(None, self.bundle.bundle_id, "", 0)
+            log.error("index not loaded: %s", e)
+            return
+        self.swap(searcher)
+
+    def swap(self, searcher: Searcher) -> None:
+        """Serve ``searcher`` from now on (one reference assignment: requests in flight finish on the old one)."""
+        if searcher.bundle_id != self.bundle.bundle_id:
+            raise NotReadyError(f"index {searcher.version} was built with encoder bundle {searcher.bundle_id}, "
+                                f"not {self.bundle.bundle_id}")
+        old = self.searcher
+        self.searcher = searcher
+        self.not_ready_reason = None
+        self.metrics.set_index(searcher.version, searcher.bundle_id, str(searcher.manifest["index"].get("type", "")),
+                               searcher.count)
+        if old is not None:
+            self.metrics.swaps.inc()
+        log.info("serving index version %s (%d entries)", searcher.version, searcher.count,
+                 extra={"previous_version": old.version if old else None})
+
+    def require_searcher(self) -> Searcher:
+        """The index being served; NotReadyError when there is none."""
+        s = self.searcher
+        if s is None:
+            raise NotReadyError(f"not ready: {self.not_ready_reason}")
+        return s
+
+    def index_descriptor_names(self, searcher: Searcher) -> list[str]:
+        """Names of the columns of ``searcher.descriptors``."""
+        return list(searcher.manifest.get("descriptor_names") or DESCRIPTOR_NAMES)
+
+    # -- seismic queries (batched) -----------------------------------------------------------------------------
+
+    def incoming(self) -> "_Incoming":
+        """Context manager marking a request on its way to the batcher (lets a batch wait for it)."""
+        return _Incoming(self)
+
+    async def search_gathers(self, gathers: np.ndarray, k: int) -> tuple[Hits, BatchInfo]:
+        """Encode gathers [b, 5, 1000, 70] float32 and search the index, batched with concurrent requests."""
+        return await self.batcher.submit(GatherQuery(gathers, k), size=len(gathers))
+
+    def _encode_and_search(self, queries: list[GatherQuery]) -> list[Hits]:
+        """Run in a batch worker thread: one ONNX run and one FAISS search for all queries together."""
+        searcher = self.require_searcher()  # read once: the whole batch uses this index
+        t0 = time.perf_counter()
+        x = queries[0].gathers if len(queries) == 1 else np.concatenate([q.gathers for q in queries])
+        emb = self.seismic.encode(x)
+        t1 = time.perf_counter()
+        k = min(max(q.k for q in queries), searcher.count)
+        D, I = searcher.search(emb, k)
+        t2 = time.perf_counter()
+        out, start = [], 0
+        for q in queries:
+            n = len(q.gathers)
+            out.append(Hits(searcher, D[start:start + n, :q.k], I[start:start + n, :q.k], t1 - t0, t2 - t1))
+            start += n
+        return out
+
+    # -- descriptor queries ------------------------------------------------------------------------------------
+
+    def search_descriptors(self, descriptors: np.ndarray, k: int) -> Hits:
+        """Encode descriptors [b, 8] with the physics encoder and search (physics -> velocity); blocking."""
+        searcher = self.require_searcher()
+        t0 = time.perf_counter()
+        emb = self.physics.encode(descriptors)
+        t1 = time.perf_counter()
+        D, I = searcher.search(emb, min(k, searcher.count))
+        return Hits(searcher, D, I, t1 - t0, time.perf_counter() - t1)
+
+    def warm_up(self) -> None:
+        """One inference per session, so the first request does not pay for ONNX Runtime's lazy initialisation."""
+        self.seismic.encode(np.zeros((1, *GATHER_SHAPE), np.float32))
+        self.physics.encode(np.ones((1, len(self.query_descriptor_names)), np.float32) * 1000.0)
+
+    def info(self) -> dict[str, Any]:
+        """What /v1/info reports."""
+        s = self.searcher
+        return {
+            "encoder": self.bundle.bundle_id,
+            "index_version": s.version if s else None,
+            "count": s.count if s else 0,
+            "dim": self.bundle.embedding_dim,
+            "index_type": str(s.manifest["index"].get("type")) if s else None,
+            "index_device": s.device if s else None,
+            "providers": self.providers,
+            "intra_op_threads": self.settings.intra_op_threads(),
+            "ready": s is not None,
+            "reason": None if s else self.not_ready_reason,
+            "descriptor_names": self.query_descriptor_names,
+            "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
+                         "workers": self.settings.encode_workers},
+            "limits": {"max_body_bytes": self.settings.max_body_bytes, "max_gathers": self.settings.max_gathers,
+                       "max_k": self.settings.max_k},
+        }
+
+
+class _Incoming:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        with self._engine._incoming_lock:
+            self._engine._incoming += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._engine._incoming_lock:
+            self._engine._incoming -= 1

@@ -1,0 +1,139 @@
+"""Request payloads -> validated numpy arrays. Pure numpy: every problem is an :class:`InputError` naming it.
+
+Shot gathers arrive either as raw ``.npy`` bytes or as JSON nested lists, one gather (5, 1000, 70) or a batch
+(B, 5, 1000, 70). float32 is used as is, float64 is cast; any other dtype, a wrong shape, or NaN/Inf is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from seisbind.acquisition import GATHER_SHAPE
+
+NPY_MEDIA_TYPE = "application/x-npy"
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 10_000
+"""Largest .npy header parsed (numpy's own default guard against oversized headers)."""
+
+
+class InputError(ValueError):
+    """A request payload that cannot be used; the message says what is wrong (HTTP 422)."""
+
+
+def parse_npy(body: bytes) -> np.ndarray:
+    """Parse ``.npy`` bytes without pickle, checking the header (dtype, shape, data length) before any data is
+    read, so a header that claims a huge array cannot make the service allocate it."""
+    if not body.startswith(NPY_MAGIC):
+        raise InputError("body is not a .npy file (it does not start with the \\x93NUMPY magic); "
+                         "send the bytes numpy.save writes, or JSON")
+    buf = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf, max_header_size=MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf, max_header_size=MAX_NPY_HEADER)
+        else:
+            raise InputError(f".npy format version {version[0]}.{version[1]} is not supported (use 1.0 or 2.0)")
+    except InputError:
+        raise
+    except (ValueError, EOFError, OSError, SyntaxError) as e:
+        raise InputError(f"body is not a readable .npy file: {e}") from e
+    check_dtype(dtype)
+    check_shape(tuple(shape))
+    want = math.prod(shape) * dtype.itemsize
+    have = len(body) - buf.tell()
+    if have != want:
+        raise InputError(f".npy data is {have} bytes but its header declares shape {tuple(shape)} {dtype} = {want} bytes "
+                         "(truncated or padded body)")
+    buf.seek(0)
+    try:
+        arr = np.load(buf, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:  # pragma: no cover - header already checked
+        raise InputError(f"body is not a readable .npy file: {e}") from e
+    return arr
+
+
+def gathers_from_json(value: Any) -> np.ndarray:
+    """Nested JSON lists of numbers -> array; refuses ragged lists and non-numbers."""
+    if not isinstance(value, list):
+        raise InputError(f"'gathers' must be nested lists of numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except ValueError as e:
+        raise InputError(f"'gathers' is not a regular nested list (ragged?): {e}") from e
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind != "f":
+        raise InputError(f"'gathers' must hold only numbers (found {arr.dtype.kind!r} values, e.g. strings, "
+                         "booleans or nulls)")
+    return arr
+
+
+def check_dtype(dtype: np.dtype) -> None:
+    """float32 or float64 only (either byte order)."""
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise InputError(f"gathers have dtype {dtype}; send float32 (native) or float64 (cast to float32)")
+
+
+def check_shape(shape: tuple[int, ...]) -> None:
+    """(5, 1000, 70) or (B, 5, 1000, 70) with B >= 1."""
+    if shape == GATHER_SHAPE:
+        return
+    if len(shape) == 4 and tuple(shape[1:]) == GATHER_SHAPE:
+        if shape[0] < 1:
+            raise InputError("gathers: empty batch (shape (0, 5, 1000, 70)); send at least one gather")
+        return
+    raise InputError(f"gathers have shape {tuple(shape)}; expected (5, 1000, 70) or (B, 5, 1000, 70)")
+
+
+def check_gathers(arr: np.ndarray, max_gathers: int) -> np.ndarray:
+    """Validate gathers and return them as C-contiguous native float32 [B, 5, 1000, 70].
+
+    Raises InputError for another dtype, a wrong shape, more than ``max_gathers`` gathers, or NaN/Inf values.
+    """
+    check_dtype(arr.dtype)
+    check_shape(tuple(arr.shape))
+    if arr.ndim == 3:
+        arr = arr[None]
+    if len(arr) > max_gathers:
+        raise InputError(f"{len(arr)} gathers in one request; at most {max_gathers} are accepted (split the batch)")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out).reshape(len(out), -1).all(1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        extra = " (or values beyond float32's range)" if arr.dtype.itemsize == 8 else ""
+        raise InputError(f"gather {i} holds NaN or Inf values{extra}")
+    return out
+
+
+def check_k(k: int, max_k: int, count: int | None = None) -> int:
+    """1 <= k <= max_k, and k <= the number of index entries when known."""
+    top = max_k if count is None else min(max_k, count)
+    if not 1 <= k <= top:
+        held = "" if count is None else f"; the index holds {count} entries"
+        raise InputError(f"k={k} is out of range: need 1 <= k <= {top} (service limit {max_k}{held})")
+    return k
+
+
+def check_descriptors(values: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    """A descriptor vector given by name -> float32 [1, D] in ``names`` order; every name required, no others."""
+    missing = [n for n in names if n not in values]
+    unknown = [n for n in values if n not in names]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown {', '.join(unknown)}")
+        raise InputError(f"descriptors: {'; '.join(parts)} (expected exactly: {', '.join(names)})")
+    row = np.array([float(values[n]) for n in names], dtype=np.float64)
+    bad = [n for n, x in zip(names, row) if not math.isfinite(x) or abs(x) > np.finfo(np.float32).max]
+    if bad:
+        raise InputError(f"descriptors: {', '.join(bad)} must be finite numbers")
+    return row.astype(np.float32)[None]

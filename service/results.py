@@ -1,0 +1,94 @@
+"""Search hits -> response payloads: neighbour lists and descriptors inferred from the k nearest entries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from seisbind.descriptors import DESCRIPTOR_UNITS
+
+Weighting = Literal["mean", "similarity"]
+
+
+class IndexView(Protocol):
+    """What the response builders read from a loaded index (index.searcher.Searcher satisfies it)."""
+
+    ids: Sequence[str]
+    sources: Sequence[tuple[str, int]]
+    descriptors: np.ndarray
+
+    def velocity_models(self, I: np.ndarray) -> np.ndarray: ...  # noqa: E741 - faiss naming
+
+
+def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],
+               include_models: bool = False) -> list[list[dict[str, Any]]]:
+    """One list of neighbours per query row: rank, id, score (cosine), source, descriptors by name and, with
+    ``include_models``, the velocity model as nested lists [depth 70][lateral 70] in m/s. Entries FAISS could
+    not fill (id -1) are left out."""
+    out = []
+    for d_row, i_row in zip(D, I):
+        keep = i_row >= 0
+        d_row, i_row = d_row[keep], i_row[keep]
+        models = view.velocity_models(i_row)[:, 0] if include_models and len(i_row) else None
+        hits = []
+        for rank, (score, i) in enumerate(zip(d_row.tolist(), i_row.tolist()), start=1):
+            file, row = view.sources[i]
+            hit: dict[str, Any] = {
+                "rank": rank, "id": view.ids[i], "score": score, "source": {"file": str(file), "row": int(row)},
+                "descriptors": dict(zip(names, view.descriptors[i].tolist())),
+            }
+            if models is not None:
+                hit["velocity_model"] = models[rank - 1].tolist()
+            hits.append(hit)
+        out.append(hits)
+    return out
+
+
+def neighbour_weights(scores: np.ndarray, weighting: Weighting) -> np.ndarray:
+    """Weights of k neighbours summing to 1: equal (``mean``), or proportional to the cosine similarity clipped at
+    a small positive floor (``similarity``; equal weights if every score is <= 0)."""
+    k = len(scores)
+    if weighting == "mean":
+        return np.full(k, 1.0 / k)
+    w = np.clip(np.asarray(scores, np.float64), 0.0, None)
+    if w.sum() <= 0:
+        return np.full(k, 1.0 / k)
+    w = np.maximum(w, 1e-6)
+    return w / w.sum()
+
+
+def aggregate_descriptors(values: np.ndarray, scores: np.ndarray, weighting: Weighting) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread of the neighbours' descriptors.
+
+    Args:
+        values: [k, n_descriptors] float, the neighbours' descriptors.
+        scores: [k] cosine similarities of the neighbours.
+        weighting: ``mean`` (plain average) or ``similarity`` (weighted by similarity).
+
+    Returns:
+        (value, std), each [n_descriptors] float64: the (weighted) mean and (weighted) standard deviation.
+    """
+    v = np.asarray(values, np.float64)
+    w = neighbour_weights(scores, weighting)
+    mean = w @ v
+    std = np.sqrt(np.maximum(w @ (v - mean) ** 2, 0.0))
+    return mean, std
+
+
+def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],
+                         weighting: Weighting) -> list[dict[str, Any]]:
+    """One result per query row: each descriptor as {value, std, unit} and the neighbours' ids and scores."""
+    out = []
+    for d_row, i_row in zip(D, I):
+        keep = i_row >= 0
+        d_row, i_row = d_row[keep], i_row[keep]
+        value, std = aggregate_descriptors(view.descriptors[i_row], d_row, weighting)
+        out.append({
+            "descriptors": {n: {"value": float(m), "std": float(s), "unit": DESCRIPTOR_UNITS.get(n, "")}
+                            for n, m, s in zip(names, value, std)},
+            "neighbors": [view.ids[i] for i in i_row.tolist()],
+            "scores": d_row.tolist(),
+        })
+    return out

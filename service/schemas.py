@@ -1,0 +1,237 @@
+"""Request and response models of every endpoint (DESIGN section 6), with OpenAPI examples."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.results import Weighting
+
+_NEIGHBOR_EXAMPLE = {
+    "rank": 1, "id": "model/model3:12", "score": 0.83, "source": {"file": "/banks/flatvel/model/model3.npy", "row": 12},
+    "descriptors": {"v_mean": 2875.1, "v_std": 612.4, "v_min": 1712.0, "v_max": 4020.5, "v_top": 1790.2,
+                    "v_bottom": 3950.7, "grad_z": 3.41, "grad_x": 0.05},
+}
+_DESCRIPTORS_EXAMPLE = {"v_mean": 3000.0, "v_std": 600.0, "v_min": 1800.0, "v_max": 4200.0, "v_top": 1900.0,
+                        "v_bottom": 4100.0, "grad_z": 3.2, "grad_x": 0.1}
+
+
+# -- shared pieces ---------------------------------------------------------------------------------------------
+
+class Source(BaseModel):
+    """Where a bank entry came from: the bank file and the row in it."""
+
+    file: str
+    row: int
+
+
+class Neighbor(BaseModel):
+    """One retrieved bank entry."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_NEIGHBOR_EXAMPLE]})
+
+    rank: int = Field(description="1 for the best match")
+    id: str = Field(description="stable entry id: bank file (relative, without .npy) and row")
+    score: float = Field(description="cosine similarity between the query and the entry, -1..1")
+    source: Source
+    descriptors: dict[str, float] = Field(description="the entry's physical descriptors (DESIGN section 3 units)")
+    velocity_model: list[list[float]] | None = Field(
+        None, description="only with include_models: the velocity model, [depth 70][lateral 70] in m/s")
+
+
+class QueryResult(BaseModel):
+    """The neighbours of one query, best first."""
+
+    neighbors: list[Neighbor]
+
+
+class ErrorBody(BaseModel):
+    """Every error response: what is wrong, the HTTP status, and the request id to quote."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"detail": "gathers have shape (5, 999, 70); expected (5, 1000, 70) or (B, 5, 1000, 70)", "status": 422,
+         "request_id": "4f6c0d2e9a1b4c7d8e9f0a1b2c3d4e5f"}]})
+
+    detail: str
+    status: int
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="field-level details of a validation error")
+
+
+# -- /retrieve -------------------------------------------------------------------------------------------------
+
+class RetrieveRequest(BaseModel):
+    """Shot gathers as JSON. For speed, send raw .npy bytes instead (Content-Type: application/x-npy, with k
+    and include_models as query parameters)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"gathers": "[[[0.0, 0.01, ...70 receivers], ...1000 samples], ...5 shots]  (or a batch of those)",
+         "k": 5, "include_models": False}]})
+
+    gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
+    k: int = Field(5, description="neighbours per gather")
+    include_models: bool = Field(False, description="return each neighbour's velocity model")
+
+
+class RetrieveResponse(BaseModel):
+    """For each input gather, in input order, its top-k bank entries."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"results": [{"neighbors": [_NEIGHBOR_EXAMPLE]}], "encoder": "3f2a9c0b1d4e5f60",
+         "index_version": "20260102T030405.123456Z-1a2b3c4d", "k": 1}]})
+
+    results: list[QueryResult]
+    encoder: str = Field(description="bundle_id of the encoders that embedded the query")
+    index_version: str = Field(description="index version that was searched")
+    k: int
+
+
+# -- /infer-descriptors ----------------------------------------------------------------------------------------
+
+class InferRequest(BaseModel):
+    """Shot gathers as JSON (or raw .npy with k and weighting as query parameters)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"gathers": "[[[...70], ...1000], ...5]", "k": 5, "weighting": "mean"}]})
+
+    gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
+    k: int = Field(5, description="neighbours averaged")
+    weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
+
+
+class DescriptorEstimate(BaseModel):
+    """One inferred descriptor: the (weighted) mean over the neighbours, their (weighted) spread, the unit."""
+
+    value: float
+    std: float
+    unit: str
+
+
+class InferResult(BaseModel):
+    """Descriptors inferred for one gather, and the neighbours they were averaged over."""
+
+    descriptors: dict[str, DescriptorEstimate]
+    neighbors: list[str] = Field(description="ids of the neighbours, best first")
+    scores: list[float] = Field(description="their cosine similarities")
+
+
+class InferResponse(BaseModel):
+    """For each input gather, in input order, its inferred descriptors."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"results": [{"descriptors": {"v_mean": {"value": 2875.1, "std": 40.2, "unit": "m/s"},
+                                      "grad_z": {"value": 3.3, "std": 0.4, "unit": "1/s"}},
+                      "neighbors": ["model/model3:12", "model/model1:40"], "scores": [0.83, 0.80]}],
+         "encoder": "3f2a9c0b1d4e5f60", "index_version": "20260102T030405.123456Z-1a2b3c4d", "k": 5,
+         "weighting": "mean"}]})
+
+    results: list[InferResult]
+    encoder: str
+    index_version: str
+    k: int
+    weighting: Weighting
+
+
+# -- /retrieve-by-descriptors ----------------------------------------------------------------------------------
+
+class DescriptorQuery(BaseModel):
+    """A descriptor vector by name (all eight of DESCRIPTOR_NAMES, in their units) -> physics encoder -> search."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"descriptors": _DESCRIPTORS_EXAMPLE, "k": 5, "include_models": False}]})
+
+    descriptors: dict[str, float]
+    k: int = 5
+    include_models: bool = False
+
+
+# -- admin -----------------------------------------------------------------------------------------------------
+
+class RebuildRequest(BaseModel):
+    """Rebuild the index from a bank under the configured bank root (SEISBIND_BANK_ROOT)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"bank": "flatvel_train",
+                                                                               "index_type": "flat"}]})
+
+    bank: str = Field(min_length=1, max_length=4096,
+                      description="a bank name (folder or file under the bank root) or a path inside the bank root")
+    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+
+
+class RebuildAccepted(BaseModel):
+    """The rebuild job was queued; poll GET /admin/jobs/{job_id}."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"job_id": "9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d",
+                                                               "state": "queued"}]})
+
+    job_id: str
+    state: str
+
+
+class JobStatus(BaseModel):
+    """A rebuild job."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"job_id": "9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d", "state": "running", "progress": 0.42, "version": None,
+         "error": None, "bank": "/banks/flatvel_train", "index_type": "flat", "created_at": 1767322800.0,
+         "started_at": 1767322800.1, "finished_at": None}]})
+
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(ge=0.0, le=1.0)
+    version: str | None
+    error: str | None
+    bank: str
+    index_type: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+# -- health and info -------------------------------------------------------------------------------------------
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Whether encoders and an index are loaded; when not, why."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"ready": True, "reason": None, "encoder": "3f2a9c0b1d4e5f60",
+         "index_version": "20260102T030405.123456Z-1a2b3c4d"}]})
+
+    ready: bool
+    reason: str | None
+    encoder: str
+    index_version: str | None
+
+
+class Info(BaseModel):
+    """What is being served and how."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"encoder": "3f2a9c0b1d4e5f60", "index_version": "20260102T030405.123456Z-1a2b3c4d", "count": 10000,
+         "dim": 256, "index_type": "flat", "index_device": "cpu",
+         "providers": {"seismic": ["CPUExecutionProvider"], "physics": ["CPUExecutionProvider"]},
+         "intra_op_threads": 2, "ready": True, "reason": None, "descriptor_names": list(_DESCRIPTORS_EXAMPLE),
+         "batching": {"max_gathers": 32, "wait_ms": 2.0, "workers": 1},
+         "limits": {"max_body_bytes": 67108864, "max_gathers": 64, "max_k": 100}, "rebuild_running": False}]})
+
+    encoder: str = Field(description="bundle_id of the encoder bundle")
+    index_version: str | None
+    count: int = Field(description="entries in the index being served")
+    dim: int
+    index_type: str | None
+    index_device: str | None
+    providers: dict[str, list[str]] = Field(description="ONNX Runtime execution providers in use, per session")
+    intra_op_threads: int
+    ready: bool
+    reason: str | None
+    descriptor_names: list[str]
+    batching: dict[str, float]
+    limits: dict[str, int]
+    rebuild_running: bool
