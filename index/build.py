@@ -84,8 +84,8 @@ def build_index(bundle_dir: str | os.PathLike[str], bank_path: str | os.PathLike
         report(EMBED_SHARE + 0.5 * (1 - EMBED_SHARE))
         manifest = {
             "format": FORMAT, "version": version, "count": n, "dim": int(embeddings.shape[1]),
-            "index": params, "bundle_id": bundle.bundle_id, "encoder": {"bundle_dir": str(Path(bundle_dir).resolve()),
-                                                                         "bundle_id": bundle.bundle_id},
+            "index": params, "faiss_version": faiss.__version__, "bundle_id": bundle.bundle_id,
+            "encoder": {"bundle_dir": str(Path(bundle_dir).resolve()), "modality": "velocity"},
             "bank": {"path": str(Path(bank_path).resolve()), "sha256": bank_sha, "files": len(bank.parts),
                      "checksum_of": "the float32 bytes of all models, in order"},
             "descriptor_names": list(DESCRIPTOR_NAMES), "descriptor_units": DESCRIPTOR_UNITS,

@@ -44,10 +44,12 @@ class OnnxEncoder:
         modality: "seismic", "velocity" or "physics".
         providers: ONNX Runtime execution providers; default :func:`select_providers`.
         intra_op_threads: threads per session run; default the process's CPU cores.
+        allow_spinning: let idle intra-op threads spin-wait (lowest latency on dedicated cores); False frees
+            the cores between runs (a service sharing its cores with an event loop, a busy machine).
     """
 
     def __init__(self, bundle_dir: str | os.PathLike[str], modality: str, providers: list[str] | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         self.modality = modality
@@ -59,6 +61,10 @@ class OnnxEncoder:
         opts.intra_op_num_threads = intra_op_threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.allow_spinning = allow_spinning
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=requested)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
@@ -108,16 +114,17 @@ class OnnxEncoder:
 
 class EncoderBundle:
     """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
-    ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely)."""
+    ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely, with the given session options)."""
 
     def __init__(self, bundle_dir: str | os.PathLike[str], providers: list[str] | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
         self.dir = Path(bundle_dir)
         self.manifest: dict[str, Any] = read_manifest(self.dir, verify=True)
         self.bundle_id: str = self.manifest["bundle_id"]
         self.embedding_dim = int(self.manifest["embedding_dim"])
         self._providers = providers
         self._threads = intra_op_threads
+        self._spinning = allow_spinning
         self._encoders: dict[str, OnnxEncoder] = {}
         self._lock = threading.Lock()
 
@@ -125,7 +132,8 @@ class EncoderBundle:
         """The session of one modality, created on first use."""
         with self._lock:
             if modality not in self._encoders:
-                self._encoders[modality] = OnnxEncoder(self.dir, modality, self._providers, self._threads)
+                self._encoders[modality] = OnnxEncoder(self.dir, modality, self._providers, self._threads,
+                                                         self._spinning)
             return self._encoders[modality]
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 from seisbind.acquisition import VELOCITY_SHAPE
 from seisbind.bundle import sha256_file
 
-from index.ann import search_params
+from index.ann import exact_knn, search_params
 from index.gpu import GPU_MAX_K, GpuReplicas, want_gpu
 from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
                          VELOCITY_FILE, BundleMismatchError, IndexStore, IndexStoreError)
@@ -149,7 +149,8 @@ class Searcher:
             k: neighbours per query, 1 <= k <= count.
 
         Returns:
-            D [nq, k] float32 cosine similarities (descending), I [nq, k] int64 entry numbers.
+            D [nq, k] float32 cosine similarities (descending), I [nq, k] int64 entry numbers. Always k valid
+            entries: rows where an approximate index found fewer than k are answered by exact search instead.
         """
         xq = np.asarray(queries)
         if xq.ndim != 2 or xq.shape[1] != self.dim:
@@ -166,6 +167,11 @@ class Searcher:
             D, I = self._gpu.search(xq, int(k), params=params)
         else:
             D, I = self.index.search(xq, int(k), params=params)
+        short = np.flatnonzero((I < 0).any(axis=1))
+        if len(short):
+            log.debug("index %s: %d queries found fewer than k=%d entries; exact search for them", self.version,
+                      len(short), k)
+            D[short], I[short] = exact_knn(xq[short], self.embeddings, int(k))
         return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
 
     def _check_ids(self, I: np.ndarray) -> np.ndarray:

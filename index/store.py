@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -109,7 +110,7 @@ class IndexStore:
         folder = self.version_dir(version)
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder}: no such complete version (no {MANIFEST})")
-        tmp = self.root / f".{CURRENT}.{os.getpid()}.partial"
+        tmp = self.root / f".{CURRENT}.{os.getpid()}.{threading.get_ident()}.partial"
         with open(tmp, "w") as f:
             f.write(version + "\n")
             f.flush()

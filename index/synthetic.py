@@ -9,10 +9,12 @@ import math
 import numpy as np
 
 
-def clustered_embeddings(n: int, dim: int = 256, n_clusters: int = 1000, spread: float = 1.5, seed: int = 0,
+def clustered_embeddings(n: int, dim: int = 256, cluster_size: int = 100, spread: float = 1.5, seed: int = 0,
                          centers_seed: int = 12345) -> np.ndarray:
-    """[n, dim] float32 unit vectors: a random unit centre (one of ``n_clusters``, fixed by ``centers_seed``)
-    plus Gaussian noise of norm ~``spread``, normalised (spread 1.5 gives cosine ~0.55 to the centre)."""
+    """[n, dim] float32 unit vectors: a random unit centre (one of n / ``cluster_size``, fixed by
+    ``centers_seed``) plus Gaussian noise of norm ~``spread``, normalised (spread 1.5: cosine ~0.55 to the centre,
+    ~0.3 between members of a cluster, ~0 across clusters)."""
+    n_clusters = max(1, n // cluster_size)
     centers = np.random.default_rng(centers_seed).standard_normal((n_clusters, dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)

@@ -283,10 +283,12 @@ class SeisBindModel(nn.Module):
         """exp(logit_scale), clamped at ``max_scale``."""
         return self.logit_scale.exp().clamp(max=max_scale)
 
-    def forward(self, pre_gathers: torch.Tensor, velocity: torch.Tensor, descriptors: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training forward on preprocessed gathers: (seismic, velocity, physics) embeddings."""
-        return self.seismic.forward_features(pre_gathers), self.velocity(velocity), self.physics(descriptors)
+    def forward(self, pre_gathers: torch.Tensor, velocity: torch.Tensor, descriptors: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Training forward on preprocessed gathers: (seismic, velocity, physics embeddings, logit scale).
+        The physics encoder is skipped (None) when ``descriptors`` is None, e.g. when its loss weight is 0."""
+        phys = None if descriptors is None else self.physics(descriptors)
+        return self.seismic.forward_features(pre_gathers), self.velocity(velocity), phys, self.scale()
 
 
 def create_model(cfg: ModelConfig | None = None, seed: int | None = None) -> SeisBindModel:

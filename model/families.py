@@ -16,7 +16,7 @@ The families then differ in the shape of the interfaces:
 * ``flatfault-a`` / ``curvefault-a``: flat / curved layers cut by one straight dipping fault, the rock on one
   side displaced vertically (OpenFWI's Fault family, for which no real models are at hand).
 
-All functions are vectorised over the batch; 500 models take a few tens of milliseconds.
+Everything is vectorised over the batch: 500 models take about 0.1 s on one core.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _render(depth: np.ndarray, vel: np.ndarray, shift: np.ndarray) -> np.ndarray
     layer = np.zeros((len(depth), NZ, NX), np.int64)
     for k in range(depth.shape[1]):
         layer += zz >= depth[:, k, None, None]
-    v = np.take_along_axis(vel, layer.reshape(len(depth), -1), axis=1)
+    v = np.take_along_axis(vel, layer.reshape(len(depth), NZ * NX), axis=1)
     return v.reshape(len(depth), 1, NZ, NX).astype(np.float32)
 
 

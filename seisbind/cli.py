@@ -128,6 +128,158 @@ def build_index(
     typer.echo(json.dumps({"version": version, "root": str(out), "current": version}))
 
 
+@app.command()
+def serve(
+    encoders: Path = typer.Option(..., "--encoders", help="encoder bundle folder"),
+    index: Path = typer.Option(..., "--index", help="index root (versions + CURRENT)"),
+    host: Optional[str] = typer.Option(None, "--host", help="bind address (default SEISBIND_HOST or 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (default SEISBIND_PORT or 8000)"),
+) -> None:
+    """Serve the HTTP API (DESIGN section 6); other settings come from SEISBIND_* environment variables."""
+    from pydantic import ValidationError
+
+    from seisbind.bundle import BundleError
+
+    from service.app import run
+    from service.core.config import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        settings = Settings(encoders=encoders, index_root=index, **overrides)
+    except ValidationError as e:
+        fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
+                                               for x in e.errors()))
+    try:
+        run(settings)
+    except BundleError as e:
+        fail(str(e))
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="paired OpenFWI folder (repeat for several)"),
+    out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics log); rerun to resume"),
+    epochs: int = typer.Option(40, "--epochs", help="maximum epochs"),
+    batch_size: int = typer.Option(128, "--batch-size", help="global batch (split across torchrun ranks)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="stop (annealed) after this many minutes"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    lambda1: float = typer.Option(1.0, "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
+    lambda2: float = typer.Option(0.1, "--lambda2", help="weight of InfoNCE(velocity, physics)"),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", help="pairs held out for validation R@1"),
+    amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto, on or off"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
+    model_config: Optional[Path] = typer.Option(None, "--model-config", help="JSON of ModelConfig fields (architecture)"),
+) -> None:
+    """Train the tri-modal model (resumes when --out holds a compatible run)."""
+    from seisbind.openfwi import OpenFWIError
+
+    from model.config import TrainConfig
+    from model.encoders import ModelConfig
+    from model.train import RunError
+    from model.train import train as run_training
+
+    try:
+        mcfg = ModelConfig.from_dict(json.loads(model_config.read_text())) if model_config else ModelConfig()
+        cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
+                          batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
+                          lambda1=lambda1, lambda2=lambda2, val_fraction=val_fraction, amp=amp, threads=threads,
+                          model=mcfg)
+        summary = run_training(cfg)
+    except (OpenFWIError, RunError, ValueError, OSError, RuntimeError) as e:
+        fail(str(e))
+    except KeyboardInterrupt as e:
+        typer.secho(str(e) or "interrupted", err=True)
+        raise typer.Exit(130)
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", help="training run folder"),
+    out: Path = typer.Option(..., "--out", help="encoder bundle folder to write"),
+) -> None:
+    """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""
+    from model.export import ParityError, export_run
+    from model.train import RunError
+
+    try:
+        manifest = export_run(run, out)
+    except (RunError, ParityError, FileExistsError, OSError, ValueError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest["bundle_id"], "parity": manifest["parity"]}))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="training run folder or encoder bundle"),
+    test: list[Path] = typer.Option(..., "--test", help="paired OpenFWI test folder (repeat for several)"),
+    bank: Optional[list[Path]] = typer.Option(None, "--bank", help="bank of velocity models (default: the training folders)"),
+    out: Path = typer.Option(..., "--out", help="report folder: report.json, report.md, figures"),
+    k: int = typer.Option(5, "--k", help="neighbours averaged for descriptor inference (P2)"),
+) -> None:
+    """Evaluate encoders with protocols P1, P1-large and P2 (DESIGN section 7)."""
+    from seisbind.bundle import BundleError
+    from seisbind.openfwi import OpenFWIError
+
+    from model.evaluate import main_evaluate, summary_line
+    from model.train import RunError
+
+    if k < 1:
+        fail(f"--k {k}: must be >= 1")
+    try:
+        report = main_evaluate(str(run), [str(t) for t in test], [str(b) for b in bank or []], str(out), k=k)
+    except (OpenFWIError, BundleError, RunError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(summary_line(report))
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="work folder; every step is cached there"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (default SEISBIND_PORT or 8000)"),
+    host: Optional[str] = typer.Option(None, "--host", help="bind address (default SEISBIND_HOST or 127.0.0.1)"),
+    no_serve: bool = typer.Option(False, "--no-serve", help="prepare everything, print how to call it, then exit"),
+    preset: str = typer.Option("default", "--preset", help="default (about 10 min on 2 cores), small, or tiny (tests)"),
+    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="training budget (default: the preset's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", envvar="SEISBIND_THREADS",
+                                          help="CPU threads for simulation, training and evaluation (default: all)"),
+) -> None:
+    """From nothing to a serving instance: simulate, train, export, index, evaluate, serve (cached per step)."""
+    from pydantic import ValidationError
+
+    from seisbind.bundle import BundleError
+    from seisbind.openfwi import OpenFWIError
+
+    from model import quickstart as qs
+
+    try:
+        cfg = qs.preset(preset, train_minutes)
+        done = qs.prepare(workdir, cfg, threads=threads)
+        settings = qs.serving_settings(done["layout"], host, port)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: finished steps are kept in {workdir}; run the same command again to resume",
+                    err=True)
+        raise typer.Exit(130)
+    except ValidationError as e:
+        fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
+                                               for x in e.errors()))
+    except (qs.QuickstartError, OpenFWIError, BundleError, ValueError, OSError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(qs.instructions(done["layout"], done["results"], settings.host, settings.port))
+    if no_serve:
+        typer.echo(f"Serve it with: seisbind quickstart --workdir {workdir}   (or: seisbind serve --encoders "
+                   f"{done['layout'].bundle} --index {done['layout'].indexes})")
+        return
+    from service.app import run
+
+    try:
+        run(settings)
+    except BundleError as e:
+        fail(str(e))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

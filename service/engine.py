@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +62,8 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.bundle = EncoderBundle(settings.encoders, providers=settings.providers,
-                                    intra_op_threads=settings.intra_op_threads())
+                                    intra_op_threads=settings.intra_op_threads(),
+                                    allow_spinning=settings.ort_allow_spinning)
         self.seismic = self.bundle.seismic
         self.physics = self.bundle.physics
         self.providers = {"seismic": self.seismic.providers, "physics": self.physics.providers}
@@ -127,7 +127,7 @@ class Engine:
 
     # -- seismic queries (batched) -----------------------------------------------------------------------------
 
-    def incoming(self) -> "_Incoming":
+    def incoming(self) -> _Incoming:
         """Context manager marking a request on its way to the batcher (lets a batch wait for it)."""
         return _Incoming(self)
 

@@ -49,8 +49,8 @@ def parse_npy(body: bytes) -> np.ndarray:
     want = math.prod(shape) * dtype.itemsize
     have = len(body) - buf.tell()
     if have != want:
-        raise InputError(f".npy data is {have} bytes but its header declares shape {tuple(shape)} {dtype} = {want} bytes "
-                         "(truncated or padded body)")
+        raise InputError(f".npy data is {have} bytes but its header declares shape {tuple(shape)} {dtype} = {want} "
+                         "bytes (truncated or padded body)")
     buf.seek(0)
     try:
         arr = np.load(buf, allow_pickle=False)
@@ -103,7 +103,8 @@ def check_gathers(arr: np.ndarray, max_gathers: int) -> np.ndarray:
         arr = arr[None]
     if len(arr) > max_gathers:
         raise InputError(f"{len(arr)} gathers in one request; at most {max_gathers} are accepted (split the batch)")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, refused just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(out).reshape(len(out), -1).all(1)
     if not finite.all():
         i = int(np.argmin(finite))

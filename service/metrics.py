@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
-STAGES = ("decode", "queue", "encode", "search", "fetch")
-"""Per-request stages: body parsing and validation, wait for a micro-batch, ONNX encoding, FAISS search, and
-building the response from the index (ids, descriptors, velocity models)."""
+STAGES = ("receive", "decode", "queue", "encode", "search", "fetch")
+"""Per-request stages: reading the body, parsing and validating it, waiting for a micro-batch, ONNX encoding (of
+the request's micro-batch), FAISS search, and building the response from the index (ids, descriptors, models)."""
 
 
 class ServiceMetrics:

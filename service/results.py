@@ -59,7 +59,8 @@ def neighbour_weights(scores: np.ndarray, weighting: Weighting) -> np.ndarray:
     return w / w.sum()
 
 
-def aggregate_descriptors(values: np.ndarray, scores: np.ndarray, weighting: Weighting) -> tuple[np.ndarray, np.ndarray]:
+def aggregate_descriptors(values: np.ndarray, scores: np.ndarray,
+                          weighting: Weighting) -> tuple[np.ndarray, np.ndarray]:
     """Mean and spread of the neighbours' descriptors.
 
     Args:

@@ -70,8 +70,8 @@ class RetrieveRequest(BaseModel):
          "k": 5, "include_models": False}]})
 
     gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
-    k: int = Field(5, description="neighbours per gather")
-    include_models: bool = Field(False, description="return each neighbour's velocity model")
+    k: int = Field(5, strict=True, description="neighbours per gather")
+    include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
 class RetrieveResponse(BaseModel):
@@ -96,7 +96,7 @@ class InferRequest(BaseModel):
         {"gathers": "[[[...70], ...1000], ...5]", "k": 5, "weighting": "mean"}]})
 
     gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
-    k: int = Field(5, description="neighbours averaged")
+    k: int = Field(5, strict=True, description="neighbours averaged")
     weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
 
 
@@ -141,9 +141,9 @@ class DescriptorQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"descriptors": _DESCRIPTORS_EXAMPLE, "k": 5, "include_models": False}]})
 
-    descriptors: dict[str, float]
-    k: int = 5
-    include_models: bool = False
+    descriptors: dict[str, float] = Field(description="all eight descriptors by name, in DESCRIPTOR_UNITS")
+    k: int = Field(5, strict=True, description="neighbours to return")
+    include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
 # -- admin -----------------------------------------------------------------------------------------------------
@@ -232,6 +232,6 @@ class Info(BaseModel):
     ready: bool
     reason: str | None
     descriptor_names: list[str]
-    batching: dict[str, float]
+    batching: dict[str, int | float]
     limits: dict[str, int]
     rebuild_running: bool

@@ -27,59 +27,6 @@ from seisbind.openfwi import OpenFWIError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _onnx_bundle(out: Path, seed: int) -> dict:
-    """Temporary stand-in for model.export.export_untrained_bundle: a valid bundle built with onnx.helper."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, finish_manifest
-    from seisbind.descriptors import DESCRIPTOR_NAMES
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def save(modality: str, shape: list, nodes: list, inits: list) -> None:
-        x = helper.make_tensor_value_info(INPUT_NAMES[modality], TensorProto.FLOAT, ["batch", *shape])
-        y = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 256])
-        graph = helper.make_graph(nodes, modality, [x], [y], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        onnx.checker.check_model(model)
-        onnx.save(model, out / ONNX_FILES[modality])
-
-    def w(name: str, shape: tuple) -> object:
-        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
-
-    def const(name: str, value: np.ndarray) -> object:
-        return numpy_helper.from_array(np.asarray(value, np.float32), name)
-
-    tail = [helper.make_node("MatMul", ["h", "W"], ["z"]), helper.make_node("Tanh", ["z"], ["t"]),
-            helper.make_node("LpNormalization", ["t"], [OUTPUT_NAME], axis=-1, p=2)]
-    save("velocity", [1, 70, 70], [
-        helper.make_node("Sub", ["velocity", "c"], ["a"]), helper.make_node("Div", ["a", "s"], ["b"]),
-        helper.make_node("Flatten", ["b"], ["h"], axis=1), *tail],
-        [const("c", 3000.0), const("s", 1500.0), w("W", (4900, 256))])
-    save("seismic", [5, 1000, 70], [
-        helper.make_node("ReduceMean", ["gathers"], ["a"], axes=[2], keepdims=0),
-        helper.make_node("Flatten", ["a"], ["h"], axis=1), *tail], [w("W", (350, 256))])
-    save("physics", [8], [
-        helper.make_node("Sub", ["descriptors", "m"], ["a"]), helper.make_node("Div", ["a", "s"], ["h"]), *tail],
-        [const("m", np.full(8, 1000.0)), const("s", np.full(8, 500.0)), w("W", (8, 256))])
-    manifest = {"embedding_dim": 256, "input_shapes": {"seismic": [5, 1000, 70], "velocity": [1, 70, 70],
-                "physics": [8]}, "normalisation": {}, "descriptor_names": list(DESCRIPTOR_NAMES),
-                "descriptor_stats": {"mean": [1000.0] * 8, "std": [500.0] * 8}, "logit_scale": 1.0,
-                "training": {"untrained": True, "seed": seed}, "metrics": {}}
-    return finish_manifest(out, manifest)
-
-
-def make_bundle(out: Path, seed: int) -> dict:
-    try:
-        from model.export import export_untrained_bundle
-    except ImportError:
-        return _onnx_bundle(out, seed)
-    return export_untrained_bundle(out, seed)
-
-
 def layered_models(n: int, seed: int) -> np.ndarray:
     """Random layered velocity models [n, 1, 70, 70] float32 m/s (1500-4500, increasing-ish with depth)."""
     rng = np.random.default_rng(seed)
@@ -95,10 +42,12 @@ def layered_models(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two encoder bundles with different weights (different bundle ids)."""
+    """Two untrained encoder bundles with different weights (different bundle ids)."""
+    from model.export import export_untrained_bundle
+
     base = tmp_path_factory.mktemp("bundles")
-    make_bundle(base / "a", seed=0)
-    make_bundle(base / "b", seed=1)
+    export_untrained_bundle(base / "a", seed=0)
+    export_untrained_bundle(base / "b", seed=1)
     return base / "a", base / "b"
 
 
@@ -317,6 +266,10 @@ def test_encoders_providers_and_input_checks(bundles: tuple[Path, Path], tmp_pat
     e = b.physics.encode(np.random.default_rng(0).uniform(500, 4000, (3, 8)))
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert b.seismic.encode(np.zeros((2, 5, 1000, 70), np.float32)).shape == (2, 256)
+    quiet = EncoderBundle(bundles[0], intra_op_threads=1, allow_spinning=False).velocity
+    assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    v = np.random.default_rng(1).uniform(1500, 4500, (2, 1, 70, 70)).astype(np.float32)
+    np.testing.assert_allclose(quiet.encode(v), b.velocity.encode(v), atol=1e-5)
     with pytest.raises(ValueError, match=r"velocity input: shape \(2, 70, 70\), expected \(batch, 1, 70, 70\)"):
         b.velocity.encode(np.zeros((2, 70, 70), np.float32))
     with pytest.raises(TypeError, match="int64"):
@@ -341,3 +294,48 @@ def test_index_package_never_imports_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_searcher_routes_through_gpu_replicas_when_faiss_has_a_gpu(built: tuple[Path, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path (no GPU here): with a fake FAISS GPU module the searcher searches GPU replicas for k <= 2048."""
+    import index.searcher as searcher_mod
+    from index.gpu import GpuReplicas
+
+    calls: list[int] = []
+
+    class FakeGpuIndex:
+        def __init__(self, cpu_index: object) -> None:
+            self.cpu_index = cpu_index
+
+        def search(self, xq: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(k)
+            return self.cpu_index.search(xq, k, params=params)  # type: ignore[attr-defined]
+
+    fake = type("FakeFaiss", (), {"StandardGpuResources": object, "get_num_gpus": staticmethod(lambda: 1),
+                                  "index_cpu_to_gpu": staticmethod(lambda res, dev, idx: FakeGpuIndex(idx))})
+    monkeypatch.setattr(searcher_mod, "want_gpu", lambda index_type, use_gpu: use_gpu is not False)
+    monkeypatch.setattr(searcher_mod, "GpuReplicas", lambda index: GpuReplicas(index, faiss_module=fake))
+    s = Searcher.load(built[0])
+    assert s.device == "gpu"
+    _, I = s.search(np.asarray(s.embeddings[[7]]), 4)
+    assert calls == [4] and I[0, 0] == 7
+    assert Searcher.load(built[0], use_gpu=False).device == "cpu"
+
+
+def test_concurrent_searches_match_sequential_and_never_return_missing(bundles: tuple[Path, Path], bank: Path,
+                                                                      tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    build_index(bundles[0], bank, tmp_path, index_type="ivf", verify_sample=50)
+    s = Searcher.load(tmp_path)
+    queries = [np.asarray(s.embeddings[i:i + 3]) for i in range(0, 60, 3)]
+    expected = [s.search(q, 10) for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: s.search(q, 10), queries * 3))
+    for (D, I), (D_ref, I_ref) in zip(got, expected * 3):
+        np.testing.assert_array_equal(I, I_ref)
+    # k = the whole bank: more than the probed IVF lists hold, still k valid entries, exactly ranked.
+    D, I = s.search(queries[0], s.count)
+    assert (I >= 0).all() and sorted(I[0]) == list(range(s.count))
+    np.testing.assert_allclose(D[0], np.sort(np.asarray(s.embeddings) @ queries[0][0])[::-1], atol=1e-5)

@@ -49,7 +49,7 @@ def test_ivf_on_100k_vectors_meets_recall_target() -> None:
 
 
 def test_hnsw_meets_recall_target() -> None:
-    xb = clustered_embeddings(5000, n_clusters=50, seed=4)
+    xb = clustered_embeddings(5000, seed=4)
     index, params = build_ann(xb, "hnsw", recall_target=0.95)
     assert params["type"] == "hnsw" and params["M"] == 32 and params["efSearch"] >= 16
     xq = perturbed_queries(xb, 500, seed=78)

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Collection
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -20,19 +21,24 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def endpoint_label(scope: Scope) -> str:
-    """The route template that served a request (bounded label values), or "unmatched"."""
+def endpoint_label(scope: Scope, known_paths: Collection[str] = ()) -> str:
+    """The route template that served a request (bounded label values); for a request answered before routing
+    (e.g. 413 on Content-Length) its path when that is a known route path; else "unmatched"."""
     route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    path = getattr(route, "path", None)
+    if path:
+        return path
+    return scope["path"] if scope["path"] in known_paths else "unmatched"
 
 
 class RequestContextMiddleware:
     """Take the client's X-Request-ID (if well-formed) or make one, expose it to logs, echo it in the response;
     log one access line and count and time the request per endpoint."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: Collection[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +67,7 @@ class RequestContextMiddleware:
                     scope, receive, send_with_id)
         finally:
             took = time.perf_counter() - start
-            endpoint = endpoint_label(scope)
+            endpoint = endpoint_label(scope, self.known_paths)
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(took)
             log.info("%s %s %d", scope["method"], scope["path"], status,

@@ -26,10 +26,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEISBIND_", extra="ignore", frozen=True)
 
-    encoders: Path = Field(description="encoder bundle folder (seismic.onnx, velocity.onnx, physics.onnx, manifest.json)")
-    index_root: Path = Field(description="index root holding versions and the CURRENT pointer")
-    bank_root: Path | None = Field(None, description="folder under which /admin/rebuild-index may read banks; unset: rebuilds disabled")
-    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset (and no token file): admin disabled")
+    # Paths: no defaults.
+    encoders: Path = Field(description="encoder bundle folder (seismic/velocity/physics.onnx, manifest.json)")
+    index_root: Path = Field(description="index root holding the versions and the CURRENT pointer")
+    bank_root: Path | None = Field(None, description="the only folder /admin/rebuild-index may read banks from; "
+                                                     "unset: rebuilds disabled")
+    # Secrets: no defaults. Neither set: the admin endpoints answer 403.
+    admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*")
     admin_token_file: Path | None = Field(None, description="file holding the admin token (e.g. a mounted secret)")
 
     host: str = "127.0.0.1"
@@ -37,21 +40,32 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="structured JSON log lines (false: plain text)")
 
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted, bytes (413 above)")
+    # Request limits.
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, bytes (413 above)")
     max_gathers: int = Field(64, ge=1, description="most gathers in one request")
     max_k: int = Field(100, ge=1, description="largest k a request may ask for")
 
-    batch_max_gathers: int = Field(32, ge=1, description="most gathers encoded together in one micro-batch")
-    batch_wait_ms: float = Field(2.0, ge=0.0, le=100.0, description="longest wait for more requests to join a micro-batch")
-    encode_workers: int = Field(1, ge=1, le=16, description="micro-batches encoded at the same time")
-    ort_intra_op_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: available cores)")
-    providers: list[str] | None = Field(None, description="ONNX Runtime execution providers, in order (default: CUDA if present, then CPU)")
+    # Micro-batching and ONNX Runtime.
+    batch_max_gathers: int = Field(32, ge=1, description="a micro-batch stops growing at this many gathers")
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=100.0,
+                                 description="longest wait for more requests to join a micro-batch")
+    encode_workers: int = Field(2, ge=1, le=16, description="micro-batches encoded at the same time (sharing one "
+                                                            "session and its intra-op threads)")
+    ort_intra_op_threads: int | None = Field(None, ge=1,
+                                             description="ONNX Runtime intra-op threads (default: available cores)")
+    ort_allow_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait between runs (faster on "
+                                                        "an idle dedicated machine, slower when cores are shared)")
+    providers: list[str] | None = Field(None, description="ONNX Runtime execution providers in order "
+                                                          "(default: CUDA when present, then CPU)")
 
+    # Admin rebuilds.
+    rebuild_intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads of a rebuild (default: half the cores; serving keeps the rest)")
     index_keep: int = Field(5, ge=1, description="index versions kept on disk after a rebuild")
     jobs_keep: int = Field(50, ge=1, description="finished admin jobs remembered")
 
     @model_validator(mode="after")
-    def _check_token(self) -> "Settings":
+    def _check_token(self) -> Settings:
         if self.admin_token is not None and self.admin_token_file is not None:
             raise ValueError("set SEISBIND_ADMIN_TOKEN or SEISBIND_ADMIN_TOKEN_FILE, not both")
         if self.admin_token_file is not None and not self.admin_token_file.is_file():
@@ -62,8 +76,8 @@ class Settings(BaseSettings):
         if token is not None:
             if token.lower() in _PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
                 raise ValueError(
-                    f"the admin token is a placeholder or shorter than {MIN_TOKEN_LENGTH} characters; use a random one, "
-                    "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+                    f"the admin token is a placeholder or shorter than {MIN_TOKEN_LENGTH} characters; use a random "
+                    "one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return self
 
     def resolved_admin_token(self) -> str | None:
@@ -80,3 +94,7 @@ class Settings(BaseSettings):
     def intra_op_threads(self) -> int:
         """ONNX Runtime intra-op threads: the setting, else the cores available to this process."""
         return self.ort_intra_op_threads or available_cores()
+
+    def rebuild_threads(self) -> int:
+        """ONNX Runtime intra-op threads of an admin rebuild."""
+        return self.rebuild_intra_op_threads or max(1, available_cores() // 2)

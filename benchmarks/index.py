@@ -1,0 +1,198 @@
+"""Index benchmark (DESIGN section 8, ``benchmarks/results/index.json``): bank build throughput with velocity.onnx,
+and per-query search latency of exact (IndexFlatIP) and IVF search beside a plain numpy brute force, for banks of
+10k, 100k and 1M entries, all in one run on the same threads.
+
+Search timings use synthetic clustered unit vectors of dimension 256 (a Gaussian mixture; see
+index.synthetic), not embeddings of real models: no real bank is that large. Uniformly random vectors are measured
+too, at 100k, to show why: they have no structure, and IVF cannot beat brute force on them at recall 0.95.
+
+Run from the repository root:  python benchmarks/index.py [--encoders BUNDLE] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# This file is benchmarks/index.py: keep its folder off sys.path so that ``import index`` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", type=Path, default=None,
+                   help="encoder bundle (default: the benchmark-size architecture, untrained, exported to a "
+                        "temporary folder: same compute as a trained bundle)")
+    p.add_argument("--bank", type=Path, default=None,
+                   help="velocity models for the build throughput (default: the real FlatVel-A test models)")
+    p.add_argument("--sizes", default="10000,100000,1000000", help="bank sizes for the search timings")
+    p.add_argument("--queries", type=int, default=1000, help="queries per size (500 at 1M)")
+    p.add_argument("--batch", type=int, default=100, help="queries per search call")
+    p.add_argument("--single", type=int, default=30, help="queries timed one at a time (latency of nq=1)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (median, min, max reported)")
+    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime, FAISS and numpy's BLAS")
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from index.ann import RECALL_K, build_ann, perturbed_queries, recall_at_k, search_params  # noqa: E402
+from index.build import build_index  # noqa: E402
+from index.searcher import Searcher  # noqa: E402
+from index.synthetic import clustered_embeddings, random_unit_vectors  # noqa: E402
+
+DATA_NOTE = ("search timings on synthetic L2-normalised vectors of dim 256: a Gaussian mixture of n/100 random "
+             "unit centres (100 vectors per cluster) with noise of norm 1.5 (cosine ~0.55 to the centre, ~0.3 within a cluster); queries are held-out bank vectors "
+             "plus noise of norm 0.75 (cosine ~0.8), renormalised. ms_per_query = wall time of searching batches "
+             "of --batch queries divided by the number of queries (median of --repeats runs).")
+
+
+def time_batched(search: Callable[[np.ndarray], np.ndarray], xq: np.ndarray, batch: int,
+                 repeats: int) -> tuple[dict[str, float], np.ndarray]:
+    """ms per query of ``search`` over ``xq`` in batches: median, min, max of ``repeats`` runs; and its results."""
+    runs, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parts = [search(xq[s:s + batch]) for s in range(0, len(xq), batch)]
+        runs.append((time.perf_counter() - t0) * 1e3 / len(xq))
+        out = np.concatenate(parts)
+    return {"median": float(np.median(runs)), "min": min(runs), "max": max(runs)}, out
+
+
+def numpy_topk(xb: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Plain numpy brute force: scores = xq @ xb.T, argpartition, sort the top k."""
+    def search(xq: np.ndarray) -> np.ndarray:
+        scores = xq @ xb.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+        return np.take_along_axis(part, order, axis=1)
+    return search
+
+
+def faiss_topk(index: faiss.Index, params: dict[str, Any], k: int) -> Callable[[np.ndarray], np.ndarray]:
+    p = search_params(params, k)
+    return lambda xq: index.search(xq, k, params=p)[1]
+
+
+def measure_size(xb: np.ndarray, nq: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Exact, IVF and numpy search on one bank: ms per query, IVF recall@10 vs exact, speedups."""
+    k = RECALL_K
+    xq = perturbed_queries(xb, nq, seed=1234)  # other seed than the build-time tuning queries
+    t0 = time.perf_counter()
+    flat, flat_params = build_ann(xb, "flat")
+    flat_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ivf, ivf_params = build_ann(xb, "ivf", recall_target=0.95)
+    ivf_build = time.perf_counter() - t0
+    searches = {"numpy": numpy_topk(xb, k), "exact": faiss_topk(flat, flat_params, k),
+                "ivf": faiss_topk(ivf, ivf_params, k)}
+    res: dict[str, Any] = {}
+    results: dict[str, np.ndarray] = {}
+    for name, fn in searches.items():
+        stats, results[name] = time_batched(fn, xq, args.batch, args.repeats)
+        single, _ = time_batched(fn, xq[: args.single], 1, 1)
+        res[f"{name}_ms_per_query"] = stats["median"]
+        res[f"{name}_ms_per_query_min_max"] = [stats["min"], stats["max"]]
+        res[f"{name}_single_query_ms"] = single["median"]
+    res["ivf_recall_at_10"] = float(recall_at_k(results["ivf"], results["exact"], k).mean())
+    res["exact_equals_numpy_top10"] = float(recall_at_k(results["numpy"], results["exact"], k).mean())
+    res["ivf_speedup_vs_numpy"] = res["numpy_ms_per_query"] / res["ivf_ms_per_query"]
+    res["exact_speedup_vs_numpy"] = res["numpy_ms_per_query"] / res["exact_ms_per_query"]
+    res["ivf_single_query_speedup_vs_numpy"] = res["numpy_single_query_ms"] / res["ivf_single_query_ms"]
+    res["ivf"] = {key: ivf_params[key] for key in ("nlist", "nprobe", "train_points")}
+    res["ivf"]["build_time_recall_at_10"] = ivf_params["tuning"]["recall_at_10"]
+    res["build_seconds"] = {"exact": round(flat_build, 2), "ivf": round(ivf_build, 2)}
+    res["queries"] = len(xq)
+    return res
+
+
+def default_bank() -> Path:
+    env = os.environ.get("SEISBIND_OPENFWI_DIR")
+    return (Path(env) if env else REPO.parent / "shared" / "data" / "openfwi") / "flatvel_a" / "test_vmodel.zip"
+
+
+def export_default_architecture(out: Path) -> None:
+    """Export the benchmark-size model, randomly initialised (torch is needed here, not by the index)."""
+    from model.encoders import ModelConfig, create_model
+    from model.export import export_bundle, synthetic_inputs
+
+    model = create_model(ModelConfig(), seed=0)
+    desc = synthetic_inputs(64)["physics"].astype(np.float64)
+    model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
+    export_bundle(model, out, training={"untrained": True, "seed": 0}, metrics={})
+
+
+def measure_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """End-to-end build_index throughput (read, validate, embed, descriptors, index, write, verify) and the
+    embedding loop's own rate, with velocity.onnx on ``--threads`` threads."""
+    bundle = args.encoders
+    if bundle is None:
+        bundle = work / "bundle"
+        export_default_architecture(bundle)
+    bank = args.bank or default_bank()
+    # Warm-up on a few models (session creation, first-run allocations), then the timed build.
+    warm = work / "warm.npy"
+    from seisbind.openfwi import read_models
+
+    models = read_models(bank)
+    np.save(warm, next(models.batches(64)))
+    build_index(bundle, warm, work / "warm-index", intra_op_threads=args.threads, verify_sample=8)
+    t0 = time.perf_counter()
+    version = build_index(bundle, bank, work / "index", index_type="flat", intra_op_threads=args.threads)
+    seconds = time.perf_counter() - t0
+    s = Searcher.load(work / "index", version)
+    return {"build_models_per_second": s.count / seconds,
+            "build": {"models": s.count, "seconds": round(seconds, 2), "bank": str(bank),
+                      "embed_models_per_second": s.manifest["build"]["models_per_second"],
+                      "providers": s.manifest["build"]["providers"], "bundle_id": s.bundle_id,
+                      "bundle": "given with --encoders" if args.encoders else
+                      "untrained, benchmark-size architecture (model.encoders.ModelConfig() defaults), seed 0",
+                      "intra_op_threads": args.threads}}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    faiss.omp_set_num_threads(args.threads)
+    figures: dict[str, Any] = {"threads": args.threads, "data": DATA_NOTE, "k": RECALL_K}
+    with tempfile.TemporaryDirectory(prefix="seisbind-index-bench-") as tmp:
+        figures.update(measure_build(args, Path(tmp)))
+    print(json.dumps({k: figures[k] for k in ("build_models_per_second", "build")}, indent=1), flush=True)
+    for n in (int(s) for s in args.sizes.split(",")):
+        xb = clustered_embeddings(n, seed=0)
+        figures[str(n)] = measure_size(xb, min(args.queries, 500) if n >= 1_000_000 else args.queries, args)
+        del xb
+        print(json.dumps({str(n): figures[str(n)]}, indent=1), flush=True)
+    xb = random_unit_vectors(100_000, seed=0)
+    figures["uniform_random_100000"] = measure_size(xb, min(args.queries, 300), args)
+    figures["uniform_random_note"] = ("uniformly random unit vectors have no cluster structure: IVF reaches "
+                                      "recall 0.95 only by probing most lists, so it is no faster than exact search")
+    return figures
+
+
+if __name__ == "__main__":
+    assert ARGS is not None
+    t_start = time.perf_counter()
+    result = main(ARGS)
+    result["benchmark_seconds"] = round(time.perf_counter() - t_start, 1)
+    if not ARGS.no_write:
+        from benchmarks._common import write_result
+
+        print(write_result("index", result))
+    else:
+        print(json.dumps(result, indent=1))

@@ -1,0 +1,204 @@
+"""Service benchmark (DESIGN section 8, ``benchmarks/results/service.json``): latency of POST /retrieve (batch 1,
+k = 10) with .npy and with JSON bodies, and throughput with 1, 4 and 16 concurrent clients, against a real
+``seisbind serve`` process on localhost, side by side with the in-process cost of the same work (ONNX encode plus
+FAISS search through the service's own engine, no HTTP), measured in interleaved rounds of the same run.
+
+Run from the repository root:  python benchmarks/service.py [--encoders BUNDLE] [--bank DIR] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# This file is benchmarks/service.py: keep its folder off sys.path so that ``import service`` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks._common import write_result  # noqa: E402
+from benchmarks._serving import (  # noqa: E402
+    JSON_HEADERS,
+    NPY_HEADERS,
+    ServerProcess,
+    call,
+    export_default_bundle,
+    make_bank,
+    npy_bytes,
+    percentiles_ms,
+)
+from index.build import build_index  # noqa: E402
+from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
+
+K = 10
+CLIENTS = (1, 4, 16)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", type=Path, default=None,
+                   help="encoder bundle (default: the benchmark-size architecture, untrained, exported to a temporary "
+                        "folder: same compute as a trained bundle)")
+    p.add_argument("--bank", type=Path, default=None, help="velocity models to index (default: synthetic)")
+    p.add_argument("--bank-size", type=int, default=2000, help="synthetic bank size when --bank is not given")
+    p.add_argument("--requests", type=int, default=200, help="sequential .npy requests (and in-process runs) timed")
+    p.add_argument("--json-requests", type=int, default=40, help="sequential JSON requests timed")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the sequential timings are split into")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of load per client count (split in two)")
+    p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    return p.parse_args(argv)
+
+
+def in_process_engine(encoders: Path, index_root: Path):  # noqa: ANN201 - service.engine.Engine
+    """The service's own engine (same ONNX Runtime sessions and settings as the server), without HTTP."""
+    from service.core.config import Settings
+    from service.engine import Engine
+    from service.metrics import ServiceMetrics
+
+    engine = Engine(Settings(encoders=encoders, index_root=index_root), ServiceMetrics())
+    engine.warm_up()
+    engine.load_current_index()
+    return engine
+
+
+def time_in_process(engine: Any, gather: np.ndarray, n: int) -> list[float]:
+    """Wall time of encode + search of one gather (batch 1, k = 10), n times."""
+    from service.engine import GatherQuery
+
+    q = [GatherQuery(gather[None], K)]
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        engine._encode_and_search(q)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def time_http(server: ServerProcess, path: str, body: bytes, headers: dict[str, str], n: int) -> list[float]:
+    """Wall time of n sequential requests on one kept-alive connection (client side, response fully read)."""
+    conn = server.connection()
+    out = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            status, data = call(conn, "POST", path, body, headers)
+            out.append(time.perf_counter() - t)
+            if status != 200:
+                raise RuntimeError(f"POST {path}: HTTP {status}: {data[:300]!r}")
+    finally:
+        conn.close()
+    return out
+
+
+def throughput(server: ServerProcess, body: bytes, clients: int, seconds: float) -> tuple[int, float]:
+    """(completed requests, wall seconds) of ``clients`` threads posting .npy /retrieve for ``seconds``."""
+    done = [0] * clients
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        conn = server.connection()
+        try:
+            while time.monotonic() < stop:
+                status, data = call(conn, "POST", f"/retrieve?k={K}", body, NPY_HEADERS)
+                if status != 200:
+                    errors.append(f"HTTP {status}: {data[:200]!r}")
+                    return
+                done[i] += 1
+        finally:
+            conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return sum(done), time.monotonic() - t0
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="seisbind-service-bench-") as tmp:
+        work = args.work or Path(tmp)
+        encoders = args.encoders or export_default_bundle(work / "bundle")
+        bank = args.bank or make_bank(work / "bank", args.bank_size, seed=0)
+        index_root = work / "index"
+        build_index(encoders, bank, index_root, index_type="auto")
+        gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
+        npy_body = npy_bytes(gather)
+        json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
+        engine = in_process_engine(encoders, index_root)
+        server = ServerProcess.start(encoders, index_root, log=work / "server.log")
+        try:
+            info = server.json("/v1/info")
+            time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
+            time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
+            time_in_process(engine, gather, 5)
+            inproc: list[float] = []
+            npy: list[float] = []
+            js: list[float] = []
+            for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
+                inproc += time_in_process(engine, gather, args.requests // args.rounds)
+                npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds)
+                js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds)
+            stages = server.stage_ms()
+            throughput(server, npy_body, 16, 2.0)  # warm-up
+            counts = {c: [0, 0.0] for c in CLIENTS}
+            for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
+                n, s = throughput(server, npy_body, c, args.seconds / 2)
+                counts[c][0] += n
+                counts[c][1] += s
+            batches = server.request("GET", "/metrics")[1].decode()
+        finally:
+            server.stop()
+    rps = {str(c): round(n / s, 2) for c, (n, s) in counts.items()}
+    p_in, p_npy, p_js = percentiles_ms(inproc), percentiles_ms(npy), percentiles_ms(js)
+    figures = {
+        "npy": p_npy, "json": p_js,
+        "in_process_ms": p_in["p50_ms"], "in_process": p_in,
+        "npy_p50_over_in_process": round(p_npy["p50_ms"] / p_in["p50_ms"], 3),
+        "json_p50_over_in_process": round(p_js["p50_ms"] / p_in["p50_ms"], 3),
+        "throughput_rps": rps,
+        "throughput_16_over_1": round(rps["16"] / rps["1"], 3),
+        "targets": {"npy_p50_over_in_process_max": 1.3, "throughput_16_over_1_min": 2.0,
+                    "npy_p50_met": p_npy["p50_ms"] <= 1.3 * p_in["p50_ms"],
+                    "throughput_met": rps["16"] >= 2.0 * rps["1"]},
+        "server_stage_ms_sequential": stages,
+        "server": {k: info[k] for k in ("encoder", "count", "index_type", "providers", "intra_op_threads", "batching")},
+        "mean_batch_gathers": _mean_batch(batches),
+        "k": K, "bank_size": info["count"], "seconds_per_client_count": args.seconds,
+        "notes": "latencies are client-side wall times of sequential requests on one kept-alive connection; "
+                 "in_process_ms is the p50 of the same encode + search without HTTP, interleaved with them",
+    }
+    return figures
+
+
+def _mean_batch(metrics_text: str) -> float | None:
+    vals = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(("seisbind_batch_gathers_sum", "seisbind_batch_gathers_count")):
+            name, v = line.split(" ")
+            vals[name] = float(v)
+    if not vals.get("seisbind_batch_gathers_count"):
+        return None
+    return round(vals["seisbind_batch_gathers_sum"] / vals["seisbind_batch_gathers_count"], 3)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    result = main(ARGS)
+    print(json.dumps(result, indent=1))
+    if not ARGS.no_write:
+        print("wrote", write_result("service", result))

@@ -1,0 +1,203 @@
+"""Soak test of the service (DESIGN section 8, ``benchmarks/results/soak.json``): minutes of mixed load against a
+real ``seisbind serve`` process — .npy and JSON /retrieve, /infer-descriptors, /retrieve-by-descriptors, requests
+that must be refused — while admin rebuilds swap the index back and forth between two banks. Reports failed
+requests (any valid request not answered 200, any bad one not answered 4xx, any connection error), latency
+percentiles, the server's resident-memory growth and the rebuilds completed.
+
+Run from the repository root:  python benchmarks/soak.py [--duration 180] [--clients 4] [--rebuild-every 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+
+import json  # noqa: E402
+import secrets  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks._common import write_result  # noqa: E402
+from benchmarks._serving import (  # noqa: E402
+    JSON_HEADERS,
+    NPY_HEADERS,
+    ServerProcess,
+    call,
+    export_default_bundle,
+    make_bank,
+    npy_bytes,
+    percentiles_ms,
+)
+from index.build import build_index  # noqa: E402
+from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
+from seisbind.descriptors import DESCRIPTOR_NAMES, compute_descriptors  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", type=Path, default=None,
+                   help="encoder bundle (default: the benchmark-size architecture, untrained, exported)")
+    p.add_argument("--duration", type=float, default=180.0, help="seconds of load")
+    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    p.add_argument("--rebuild-every", type=float, default=40.0, help="seconds between the starts of admin rebuilds")
+    p.add_argument("--bank-size", type=int, default=1000, help="models in each of the two banks")
+    p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    return p.parse_args(argv)
+
+
+def request_mix(seed: int) -> list[tuple[str, str, bytes, dict[str, str], bool, float]]:
+    """(name, path, body, headers, valid, weight) of the requests the clients draw from."""
+    rng = np.random.default_rng(seed)
+    one = (rng.standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
+    four = (rng.standard_normal((4, *GATHER_SHAPE)) * 5).astype(np.float32)
+    desc = dict(zip(DESCRIPTOR_NAMES, compute_descriptors(np.full((70, 70), 3000.0, np.float32)
+                                                          + np.arange(70)[:, None] * 20.0)[0].tolist()))
+    return [
+        ("retrieve_npy", "/retrieve?k=10", npy_bytes(one), NPY_HEADERS, True, 0.45),
+        ("retrieve_npy_batch4", "/retrieve?k=5", npy_bytes(four), NPY_HEADERS, True, 0.10),
+        ("retrieve_json", "/retrieve", json.dumps({"gathers": np.round(one.astype(np.float64), 3).tolist(),
+                                                   "k": 10}).encode(), JSON_HEADERS, True, 0.05),
+        ("infer_descriptors", "/infer-descriptors?k=5&weighting=similarity", npy_bytes(one), NPY_HEADERS, True, 0.15),
+        ("retrieve_by_descriptors", "/retrieve-by-descriptors", json.dumps({"descriptors": desc, "k": 10}).encode(),
+         JSON_HEADERS, True, 0.15),
+        ("bad_shape", "/retrieve", npy_bytes(one[:, :999]), NPY_HEADERS, False, 0.05),
+        ("bad_content_type", "/retrieve", b"hello", {"Content-Type": "text/plain"}, False, 0.05),
+    ]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    token = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory(prefix="seisbind-soak-") as tmp:
+        work = args.work or Path(tmp)
+        encoders = args.encoders or export_default_bundle(work / "bundle")
+        banks = work / "banks"
+        make_bank(banks / "bank_a", args.bank_size, seed=0)
+        make_bank(banks / "bank_b", args.bank_size, seed=1)
+        index_root = work / "index"
+        build_index(encoders, banks / "bank_a", index_root, index_type="auto")
+        server = ServerProcess.start(encoders, index_root, log=work / "server.log",
+                                     env={"SEISBIND_ADMIN_TOKEN": token, "SEISBIND_BANK_ROOT": str(banks)})
+        try:
+            figures = soak(server, args, token)
+        finally:
+            server.stop()
+    return figures
+
+
+def soak(server: ServerProcess, args: argparse.Namespace, token: str) -> dict[str, Any]:
+    mix = request_mix(0)
+    weights = np.array([m[5] for m in mix])
+    weights /= weights.sum()
+    latencies: dict[str, list[float]] = defaultdict(list)
+    failures: list[str] = []
+    counts: dict[str, int] = defaultdict(int)
+    versions: set[str] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(100 + i)
+        conn = server.connection()
+        while not stop.is_set():
+            name, path, body, headers, valid, _ = mix[rng.choice(len(mix), p=weights)]
+            t = time.perf_counter()
+            try:
+                status, data = call(conn, "POST", path, body, headers)
+            except OSError as e:
+                with lock:
+                    failures.append(f"{name}: {e!r}")
+                conn.close()
+                conn = server.connection()
+                continue
+            took = time.perf_counter() - t
+            ok = status == 200 if valid else 400 <= status < 500
+            with lock:
+                counts[name] += 1
+                if not ok:
+                    failures.append(f"{name}: HTTP {status} {data[:200]!r}")
+                elif valid:
+                    latencies[name].append(took)
+                    versions.add(json.loads(data)["index_version"])
+        conn.close()
+
+    rebuilds: list[dict[str, Any]] = []
+
+    def rebuilder() -> None:
+        auth = {"Authorization": f"Bearer {token}", **JSON_HEADERS}
+        bank = "bank_b"
+        while not stop.wait(args.rebuild_every if rebuilds else args.rebuild_every / 2):
+            status, data = server.request("POST", "/admin/rebuild-index",
+                                          json.dumps({"bank": bank, "index_type": "auto"}).encode(), auth)
+            if status != 202:
+                failures.append(f"rebuild: HTTP {status} {data[:200]!r}")
+                continue
+            job_id = json.loads(data)["job_id"]
+            while True:
+                job = json.loads(server.request("GET", f"/admin/jobs/{job_id}", headers=auth)[1])
+                if job["state"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.5)
+            rebuilds.append(job)
+            if job["state"] != "succeeded":
+                failures.append(f"rebuild {bank}: {job['error']}")
+            bank = "bank_a" if bank == "bank_b" else "bank_b"
+
+    rss: list[tuple[float, int]] = []
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
+    threads.append(threading.Thread(target=rebuilder, daemon=True))
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    while time.monotonic() - t0 < args.duration:
+        rss.append((time.monotonic() - t0, server.rss_bytes()))
+        time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(300)
+    duration = time.monotonic() - t0
+    assert server.proc.poll() is None, "the server died"
+
+    valid_all = [x for name, xs in latencies.items() for x in xs]
+    p = percentiles_ms(valid_all)
+    times = np.array([t for t, _ in rss])
+    mem = np.array([m for _, m in rss], np.float64)
+    early = mem[(times >= 0.1 * args.duration) & (times < 0.2 * args.duration)]
+    late = mem[times >= 0.9 * args.duration]
+    growth = float(np.median(late) / np.median(early) - 1.0) if len(early) and len(late) else None
+    return {
+        "duration_s": round(duration, 1),
+        "requests": int(sum(counts.values())),
+        "failed": len(failures),
+        "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"],
+        "rss_growth_fraction": round(growth, 4) if growth is not None else None,
+        "rebuilds": sum(1 for j in rebuilds if j["state"] == "succeeded"),
+        "rebuilds_attempted": len(rebuilds),
+        "index_versions_seen": len(versions),
+        "requests_by_kind": dict(counts),
+        "latency_by_kind": {name: percentiles_ms(xs) for name, xs in latencies.items() if xs},
+        "rss_mb": {"start": round(mem[0] / 2**20, 1), "early_median": round(float(np.median(early)) / 2**20, 1)
+                   if len(early) else None, "end": round(mem[-1] / 2**20, 1), "max": round(mem.max() / 2**20, 1)},
+        "failures_sample": failures[:10],
+        "clients": args.clients, "rebuild_every_s": args.rebuild_every, "bank_size": args.bank_size,
+        "notes": "p50/p99 over all valid requests of the mix (client-side wall time); rss_growth_fraction compares "
+                 "the server's median RSS over the last 10 % of the run with that over 10-20 %",
+    }
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    result = main(ARGS)
+    print(json.dumps(result, indent=1))
+    if not ARGS.no_write:
+        print("wrote", write_result("soak", result))

@@ -1,0 +1,92 @@
+"""Training configuration: one frozen dataclass built once from the command line, stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from model.encoders import ModelConfig
+
+RESUME_KEYS = ("data", "seed", "batch_size", "lr", "weight_decay", "warmup_fraction", "lambda1", "lambda2",
+               "val_fraction", "mirror_p", "model")
+"""Settings a resumed run must share with the checkpoint (the others, e.g. epochs or device, may change)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train the tri-modal model (``seisbind train``)."""
+
+    data: tuple[str, ...]
+    """Paired OpenFWI folders (absolute paths)."""
+    out: str
+    """Run folder: checkpoint.pt, metrics.jsonl, config.json."""
+    epochs: int = 40
+    """Upper bound on epochs; with a time budget, training may stop earlier."""
+    batch_size: int = 128
+    """Global batch (split evenly across torchrun ranks); every other pair of the batch is a negative."""
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    time_budget_min: float | None = None
+    """Wall-clock budget of the whole training (data loading included, summed over resumed sessions); the
+    learning-rate schedule follows whichever of steps or time runs out first."""
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    """AdamW weight decay on weights (not on biases, norms or the logit scale)."""
+    warmup_fraction: float = 0.03
+    """Linear warm-up over this fraction of the schedule, then cosine decay to zero."""
+    lambda1: float = 1.0
+    """Weight of InfoNCE(seismic, velocity)."""
+    lambda2: float = 0.1
+    """Weight of InfoNCE(velocity, physics)."""
+    val_fraction: float = 0.02
+    """Pairs held out for the per-epoch validation R@1."""
+    mirror_p: float = 0.5
+    """Probability of mirroring a pair (gathers and model together)."""
+    amp: Literal["auto", "on", "off"] = "auto"
+    """bf16 autocast (CPU with AVX512-BF16/AMX, CUDA); auto = on where the hardware supports it."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """channels_last memory format (auto: on together with CPU bf16)."""
+    threads: int | None = None
+    """torch intra-op threads (default: torch's choice)."""
+    checkpoint_every_min: float = 10.0
+    """Also checkpoint mid-epoch this often."""
+    max_steps: int | None = None
+    """Stop (and checkpoint) after this many optimiser steps in this session, as if interrupted (tests)."""
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (len(self.data) > 0, "at least one --data folder"),
+            (self.epochs >= 1, f"epochs >= 1 (got {self.epochs})"),
+            (self.batch_size >= 2, f"batch size >= 2 (got {self.batch_size})"),
+            (self.time_budget_min is None or self.time_budget_min > 0, f"time budget > 0 (got {self.time_budget_min})"),
+            (self.lr > 0, f"lr > 0 (got {self.lr})"),
+            (self.lambda1 >= 0 and self.lambda2 >= 0 and self.lambda1 + self.lambda2 > 0,
+             f"lambda1, lambda2 >= 0 and not both 0 (got {self.lambda1}, {self.lambda2})"),
+            (0 <= self.val_fraction < 1, f"0 <= val fraction < 1 (got {self.val_fraction})"),
+            (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
+            (self.device in ("cpu", "cuda"), f"device cpu or cuda (got {self.device!r})"),
+        ]
+        for ok, want in checks:
+            if not ok:
+                raise ValueError(f"invalid training setting: need {want}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data"] = list(self.data)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        d["data"] = tuple(d["data"])
+        d["model"] = ModelConfig.from_dict(d["model"])
+        return cls(**d)
+
+    def resume_mismatch(self, other: dict[str, Any]) -> list[str]:
+        """Names of RESUME_KEYS whose values differ from the stored config ``other``."""
+        mine = self.to_dict()
+        return [k for k in RESUME_KEYS if mine.get(k) != other.get(k)]

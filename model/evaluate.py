@@ -1,0 +1,271 @@
+"""Evaluation protocols P1, P1-large and P2 of DESIGN section 7 (``seisbind evaluate``).
+
+Works on a training run (torch, from its checkpoint) or an encoder bundle (ONNX Runtime); writes report.json
+(the keys of DESIGN section 8), report.md (the letter's table beside ours) and figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seisbind.acquisition import V_MAX, V_MIN
+from seisbind.bundle import INPUT_NAMES, MANIFEST, ONNX_FILES, OUTPUT_NAME, read_manifest, write_json_atomic
+from seisbind.descriptors import (
+    DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors, mean_absolute_errors, mean_relative_error,
+)
+from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
+from seisbind.progress import progress
+
+from model.metrics import KS, pos_neg_similarity, retrieval_report, top_k
+
+LETTER = {
+    "seismic_to_velocity": {"R@1": 0.578, "R@5": 0.861, "R@10": 0.935, "mean_pos_sim": 0.616, "mean_neg_sim": -0.007},
+    "velocity_to_physics": {"R@1": 0.681, "R@5": 0.915, "R@10": 0.961, "mean_pos_sim": 0.638, "mean_neg_sim": -0.001},
+    "descriptor_mre": 0.0912,
+}
+"""The SeisBind letter's figures (Liang & Matsushima, 2026), on its own OpenFWI test split."""
+
+Encode = Callable[[np.ndarray], np.ndarray]
+
+
+class Embedder:
+    """Batched encoders of the three modalities, physical units in, L2-normalised float32 [n, d] out."""
+
+    def __init__(self, seismic: Encode, velocity: Encode, physics: Encode, info: dict[str, Any]) -> None:
+        self.encode = {"seismic": seismic, "velocity": velocity, "physics": physics}
+        self.info = info
+
+
+def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
+    """Encoders of a training run's latest checkpoint (torch, float32, eval mode)."""
+    import torch
+
+    from model.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(run)
+    model = model_from_checkpoint(ckpt).to(device)
+
+    def wrap(enc: Any) -> Encode:
+        def f(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
+        return f
+
+    info = {"kind": "run", "path": str(run), "train_minutes": ckpt["elapsed_s"] / 60, "config": ckpt["config"],
+            "data": ckpt.get("data"), "epochs": ckpt["epoch"], "steps": ckpt["global_step"]}
+    return Embedder(wrap(model.seismic), wrap(model.velocity), wrap(model.physics), info)
+
+
+def onnx_embedder(bundle: Path, threads: int | None = None) -> Embedder:
+    """Encoders of an encoder bundle (ONNX Runtime, CPU)."""
+    import onnxruntime as ort
+
+    manifest = read_manifest(bundle, verify=True)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+
+    def session(m: str) -> Encode:
+        sess = ort.InferenceSession(str(bundle / ONNX_FILES[m]), opts, providers=["CPUExecutionProvider"])
+        return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAMES[m]: np.ascontiguousarray(x, np.float32)})[0]
+
+    training = manifest.get("training", {})
+    info = {"kind": "bundle", "path": str(bundle), "bundle_id": manifest["bundle_id"],
+            "train_minutes": training.get("train_minutes"), "config": training.get("config"),
+            "data": training.get("data")}
+    return Embedder(session("seismic"), session("velocity"), session("physics"), info)
+
+
+def load_embedder(run_or_bundle: str | os.PathLike[str]) -> Embedder:
+    """A bundle (folder with manifest.json) or a training run (folder with checkpoint.pt)."""
+    p = Path(run_or_bundle)
+    if (p / MANIFEST).is_file():
+        return onnx_embedder(p)
+    if (p / "checkpoint.pt").is_file():
+        return torch_embedder(p)
+    raise FileNotFoundError(f"{p}: neither an encoder bundle (manifest.json) nor a training run (checkpoint.pt)")
+
+
+def _chunks(arrays: Sequence[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    for a in arrays:
+        for s in range(0, len(a), batch):
+            yield np.asarray(a[s:s + batch])
+
+
+def embed_arrays(encode: Encode, arrays: Sequence[np.ndarray], batch: int, desc: str) -> np.ndarray:
+    """Encode consecutive rows of (memory-mapped) arrays in batches; [sum of rows, d] float32."""
+    n = sum(len(a) for a in arrays)
+    bar = progress(n, desc)
+    out = []
+    for x in _chunks(arrays, batch):
+        out.append(encode(x))
+        bar.update(len(x))
+    bar.close()
+    return np.concatenate(out).astype(np.float32)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, data_range=V_MAX - V_MIN))
+
+
+def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models: np.ndarray,
+              test_desc: np.ndarray, test_models: np.ndarray, k: int = 5) -> tuple[dict[str, Any], np.ndarray]:
+    """P2: descriptors from the k nearest bank models of each query, and the top-1 model's MAE and SSIM.
+
+    Returns the report and the predicted descriptors [nq, 8]."""
+    _, I = top_k(S, VB, k)
+    pred = bank_desc[I].mean(1)
+    top1 = bank_models[I[:, 0]]  # [nq, 1, 70, 70]
+    mae = float(np.abs(top1.astype(np.float64) - test_models).mean())
+    ssim = float(np.mean([_ssim(top1[i, 0], test_models[i, 0]) for i in range(len(S))]))
+    rep = {"k": k, "descriptor_mre": mean_relative_error(pred, test_desc),
+           "descriptor_mae": mean_absolute_errors(pred, test_desc),
+           "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB))}
+    return rep, pred
+
+
+def open_tests(folders: Sequence[str | os.PathLike[str]]) -> list[PairedDataset]:
+    """Validated paired test folders."""
+    if not folders:
+        raise OpenFWIError("no test folder given (--test DIR)")
+    return [open_dataset(f, check_values=True) for f in folders]
+
+
+def open_banks(folders: Sequence[str | os.PathLike[str]]) -> ModelSet:
+    """Velocity models of every bank folder/file, in order."""
+    parts = []
+    for f in folders:
+        parts += read_models(f).parts
+    if not parts:
+        raise OpenFWIError("the bank holds no velocity models")
+    return ModelSet(parts)
+
+
+def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_dirs: Sequence[str | os.PathLike[str]],
+             out_dir: str | os.PathLike[str], *, k: int = 5, batch: int = 64, figures: bool = True,
+             n_examples: int = 4) -> dict[str, Any]:
+    """Run P1, P1-large and P2 and write report.json, report.md and figures into ``out_dir``; return the report."""
+    tests = open_tests(test_dirs)
+    bank = open_banks(bank_dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test_models = np.concatenate([np.asarray(m) for d in tests for m in d.models])
+    test_desc = compute_descriptors(test_models)
+    bank_models = bank.array()
+    bank_desc = np.concatenate([compute_descriptors(b) for b in bank.batches(2000)])
+    enc = emb.encode
+    S = embed_arrays(enc["seismic"], [g for d in tests for g in d.data], batch, "embed test gathers")
+    V = embed_arrays(enc["velocity"], [test_models], batch * 4, "embed test models")
+    P = embed_arrays(enc["physics"], [test_desc.astype(np.float32)], 4096, "embed test descriptors")
+    VB = embed_arrays(enc["velocity"], [bank_models], batch * 4, "embed bank models")
+    PB = embed_arrays(enc["physics"], [bank_desc.astype(np.float32)], 4096, "embed bank descriptors")
+    p1 = {"seismic_to_velocity": retrieval_report(S, V), "velocity_to_physics": retrieval_report(V, P),
+          "gallery_size": int(len(V))}
+    G, GP = np.concatenate([V, VB]), np.concatenate([P, PB])
+    p1_large = {"seismic_to_velocity": retrieval_report(S, G), "velocity_to_physics": retrieval_report(V, GP),
+                "gallery_size": int(len(G))}
+    p2, pred = p2_report(S, VB, bank_desc, bank_models, test_desc, test_models, k=k)
+    report = {
+        "p1": p1, "p1_large": p1_large, "p2": p2,
+        "train_minutes": emb.info.get("train_minutes"),
+        "queries": int(len(S)),
+        "test": [str(Path(t).resolve()) for t in test_dirs], "bank": [str(Path(b).resolve()) for b in bank_dirs],
+        "encoders": {k_: v for k_, v in emb.info.items() if k_ != "config"},
+        "letter": LETTER,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if figures:
+        from model.figures import retrieval_examples, descriptor_scatter, similarity_histograms
+
+        offsets = np.cumsum([0] + [len(g) for d in tests for g in d.data])
+        arrays = [g for d in tests for g in d.data]
+
+        def get_gather(i: int) -> np.ndarray:
+            f = int(np.searchsorted(offsets, i, side="right") - 1)
+            return np.asarray(arrays[f][i - offsets[f]])
+
+        retrieval_examples(out / "retrieval_examples.png", get_gather, test_models, S, V, n_examples)
+        similarity_histograms(out / "similarity_histograms.png", {"seismic-velocity": pos_neg_similarity(S, V),
+                                                                  "velocity-physics": pos_neg_similarity(V, P)})
+        descriptor_scatter(out / "descriptors_pred_vs_true.png", pred, test_desc)
+        report["figures"] = ["retrieval_examples.png", "similarity_histograms.png", "descriptors_pred_vs_true.png"]
+    write_json_atomic(out / "report.json", report)
+    tmp = out / "report.md.partial"
+    tmp.write_text(report_markdown(report))
+    os.replace(tmp, out / "report.md")
+    return report
+
+
+def _f(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:.2f} %" if pct else f"{x:.3f}"
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    """report.md: the letter's table beside ours, then P1-large and P2 in full."""
+    p1, big, p2 = r["p1"], r["p1_large"], r["p2"]
+    lines = [
+        "# SeisBind evaluation", "",
+        f"Queries: {r['queries']} test gathers; encoders: {r['encoders'].get('kind')} `{r['encoders'].get('path')}`; "
+        f"training time: {_f(r.get('train_minutes'))} min.", "",
+        "**The letter's test set differs from ours**: the letter (Liang & Matsushima, 2026) reports on its own "
+        "OpenFWI split and gallery; our P1 gallery is the "
+        f"{p1['gallery_size']} test models given here, with seismic data from this project's simulator. The "
+        "numbers are comparable in protocol, not in data.", "",
+        "## P1, paired gallery (the letter's protocol)", "",
+        "| metric | letter | ours (P1) | ours (P1-large) |", "|---|---|---|---|",
+    ]
+    for task in ("seismic_to_velocity", "velocity_to_physics"):
+        for key in (*(f"R@{k}" for k in KS), "mean_pos_sim", "mean_neg_sim"):
+            lines.append(f"| {task.replace('_', ' ')} {key} | {_f(LETTER[task][key])} | {_f(p1[task][key])} | "
+                         f"{_f(big[task][key])} |")
+    lines.append(f"| descriptor error (k = {p2['k']}, mean rel.) | {_f(LETTER['descriptor_mre'], True)} | "
+                 f"{_f(p2['descriptor_mre'], True)} (P2) | |")
+    lines += ["", f"Gallery sizes: P1 {p1['gallery_size']}, P1-large {big['gallery_size']} (test + bank models).", "",
+              "## P2, open bank (the test models are not in the bank)", "",
+              f"Bank: {p2['bank_size']} velocity models. Descriptors are the mean over the {p2['k']} nearest bank "
+              "entries of each query gather.", "",
+              f"- headline descriptor error (mean relative, v_mean/v_min/v_max/v_top/v_bottom): "
+              f"{_f(p2['descriptor_mre'], True)}",
+              f"- top-1 retrieved model: MAE {p2['top1_mae_mps']:.1f} m/s, SSIM {p2['top1_ssim']:.3f}", "",
+              "| descriptor | unit | MAE |", "|---|---|---|"]
+    for name in DESCRIPTOR_NAMES:
+        lines.append(f"| {name} | {DESCRIPTOR_UNITS[name]} | {p2['descriptor_mae'][name]:.3g} |")
+    if r.get("figures"):
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def default_banks(emb: Embedder) -> list[str]:
+    """The training folders recorded with the encoders, if they still exist."""
+    data = emb.info.get("data") or []
+    folders = [d["folder"] for d in data if isinstance(d, dict) and Path(d.get("folder", "")).is_dir()]
+    if not folders:
+        raise OpenFWIError("no --bank given and the encoders record no existing training folder; give --bank DIR")
+    return folders
+
+
+def main_evaluate(run_or_bundle: str, test: Sequence[str], bank: Sequence[str], out: str, k: int = 5) -> dict[str, Any]:
+    """``seisbind evaluate``: load the encoders, pick the bank, run the protocols, return the report."""
+    emb = load_embedder(run_or_bundle)
+    banks = list(bank) or default_banks(emb)
+    return evaluate(emb, test, banks, out, k=k)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One JSON line with the headline figures."""
+    p1, p2 = report["p1"], report["p2"]
+    return json.dumps({"p1_sv_R@1": p1["seismic_to_velocity"]["R@1"], "p1_sv_R@5": p1["seismic_to_velocity"]["R@5"],
+                       "p1_vp_R@1": p1["velocity_to_physics"]["R@1"],
+                       "p1_large_sv_R@1": report["p1_large"]["seismic_to_velocity"]["R@1"],
+                       "p2_descriptor_mre": p2["descriptor_mre"], "p2_top1_mae_mps": p2["top1_mae_mps"]})

@@ -1,0 +1,222 @@
+"""Export the tri-modal model as an encoder bundle (DESIGN section 4): three ONNX graphs in physical units with a
+dynamic batch axis, a parity check against torch, and a manifest, written atomically (a temporary folder renamed
+into place, so a reader never sees half a bundle)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seisbind.acquisition import GATHER_SHAPE, V_MAX, V_MIN, VELOCITY_SHAPE
+from seisbind.bundle import INPUT_NAMES, MODALITIES, ONNX_FILES, OUTPUT_NAME, finish_manifest
+from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
+
+from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, ModelConfig, SeisBindModel, create_model
+
+OPSET = 17
+PARITY_MIN_COSINE = 0.9999
+"""Every row of the parity set must have cosine >= this between the ONNX and the torch embedding."""
+
+INPUT_SHAPES = {"seismic": list(GATHER_SHAPE), "velocity": list(VELOCITY_SHAPE), "physics": [N_DESCRIPTORS]}
+
+
+class ParityError(RuntimeError):
+    """An exported ONNX graph whose outputs differ from the torch model's."""
+
+
+def synthetic_inputs(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    """Plausible inputs for parity checks when no real data is at hand: layered velocity models with some
+    lateral variation (m/s), their descriptors, and decaying random gathers within OpenFWI's amplitude range."""
+    rng = np.random.default_rng(seed)
+    depth = np.sort(rng.uniform(V_MIN, V_MAX, size=(n, 1, VELOCITY_SHAPE[1], 1)), axis=2)
+    tilt = rng.uniform(-3, 3, size=(n, 1, 1, 1)) * np.arange(VELOCITY_SHAPE[2])[None, None, None, :]
+    vel = np.clip(depth + tilt, V_MIN, V_MAX).astype(np.float32)
+    decay = np.exp(-np.arange(GATHER_SHAPE[1]) / 250.0)[None, None, :, None]
+    gathers = (rng.standard_normal((n, *GATHER_SHAPE)) * 8 * decay).clip(DATA_MIN, DATA_MAX).astype(np.float32)
+    return {"seismic": gathers, "velocity": vel, "physics": compute_descriptors(vel).astype(np.float32)}
+
+
+def _encoders(model: SeisBindModel) -> dict[str, nn.Module]:
+    return {"seismic": model.seismic, "velocity": model.velocity, "physics": model.physics}
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, path: Path) -> None:
+    """Export one encoder (eval mode, float32) to ONNX with a dynamic batch axis (TorchScript exporter)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(path), input_names=[input_name], output_names=[OUTPUT_NAME],
+            dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET,
+            do_constant_folding=True, dynamo=False,
+        )
+
+
+def parity_check(module: nn.Module, path: Path, x: np.ndarray, input_name: str) -> float:
+    """Run the ONNX file with ONNX Runtime and the torch module on ``x``; return the smallest per-row cosine.
+    Raises ParityError if it is below PARITY_MIN_COSINE."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, min(2, os.cpu_count() or 1))
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {input_name: x})[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    if got.shape != want.shape:
+        raise ParityError(f"{path.name}: ONNX output shape {got.shape} differs from torch {want.shape}")
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1) + 1e-12)
+    worst = float(cos.min())
+    if not worst >= PARITY_MIN_COSINE:
+        raise ParityError(f"{path.name}: ONNX/torch cosine {worst:.6f} < {PARITY_MIN_COSINE} on the parity set")
+    return worst
+
+
+def _normalisation(cfg: ModelConfig) -> dict[str, Any]:
+    return {
+        "seismic": {"transform": "lowpass+decimate, then sign(x)*log1p(|x|), then min-max to [-1, 1]",
+                    "data_min": DATA_MIN, "data_max": DATA_MAX, "decimation": cfg.decimation,
+                    "lowpass_hz": cfg.lowpass_hz, "lowpass_taps": cfg.lowpass_taps},
+        "velocity": {"transform": "min-max to [-1, 1]", "v_min": V_MIN, "v_max": V_MAX, "unit": "m/s"},
+        "physics": {"transform": "(x - mean) / std", "stats": "descriptor_stats",
+                    "units": [DESCRIPTOR_UNITS[n] for n in DESCRIPTOR_NAMES]},
+    }
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Move the finished bundle ``tmp`` to ``out``; an existing bundle there is replaced, anything else refused."""
+    if out.exists():
+        if not (out / "manifest.json").is_file() and any(out.iterdir()):
+            raise FileExistsError(f"{out}: exists and is not an encoder bundle; choose another --out")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, training: dict[str, Any],
+                  metrics: dict[str, Any], parity_inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Write ``model`` as an encoder bundle into ``out_dir`` and return its manifest.
+
+    Args:
+        model: the tri-modal model (any device/mode; exported on CPU in eval mode, float32).
+        out_dir: bundle folder; written via a temporary sibling folder and renamed (an existing bundle is replaced).
+        training: provenance stored under the manifest's ``training`` key (data, config, git commit, ...).
+        metrics: figures stored under ``metrics``.
+        parity_inputs: {modality: array in physical units} for the parity check; synthetic inputs if None.
+
+    Raises:
+        ParityError: an ONNX graph does not reproduce torch (cosine < 0.9999 on some row).
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").float().eval()
+    inputs = parity_inputs if parity_inputs is not None else synthetic_inputs()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        parity = {}
+        for m, enc in _encoders(model).items():
+            x = np.ascontiguousarray(inputs[m], np.float32)
+            path = tmp / ONNX_FILES[m]
+            export_onnx(enc, torch.from_numpy(x[:2]), INPUT_NAMES[m], path)
+            parity[m] = parity_check(enc, path, x, INPUT_NAMES[m])
+        stats = {"mean": model.physics.mean.tolist(), "std": model.physics.std.tolist()}
+        manifest = {
+            "format": "seisbind-encoders/1",
+            "embedding_dim": model.cfg.embed_dim,
+            "input_names": dict(INPUT_NAMES),
+            "output_name": OUTPUT_NAME,
+            "input_shapes": INPUT_SHAPES,
+            "normalisation": _normalisation(model.cfg),
+            "descriptor_names": list(DESCRIPTOR_NAMES),
+            "descriptor_units": [DESCRIPTOR_UNITS[n] for n in DESCRIPTOR_NAMES],
+            "descriptor_stats": stats,
+            "logit_scale": float(model.scale().detach()),
+            "model_config": model.cfg.to_dict(),
+            "opset": OPSET,
+            "parity": {"min_cosine": parity, "rows": int(len(inputs["velocity"])), "threshold": PARITY_MIN_COSINE},
+            "training": training,
+            "metrics": metrics,
+        }
+        manifest = finish_manifest(tmp, manifest)
+        os.chmod(tmp, 0o755)
+        _place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def export_untrained_bundle(out: str | os.PathLike[str], seed: int = 0) -> dict[str, Any]:
+    """A small randomly-initialised model exported as a valid bundle (for tests of the index and service).
+
+    Descriptor statistics are those of uniformly random layered models in 1500-4500 m/s."""
+    model = create_model(ModelConfig.tiny(), seed=seed)
+    desc = synthetic_inputs(64, seed=seed)["physics"].astype(np.float64)
+    model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
+    return export_bundle(model, out, training={"untrained": True, "seed": seed, "config": model.cfg.to_dict()},
+                         metrics={}, parity_inputs=synthetic_inputs(4, seed=seed))
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """The repository's HEAD commit (with "-dirty" when tracked files changed), or None outside git."""
+    import subprocess
+
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarray] | None:
+    """Up to ``n`` real pairs from the first readable training folder (parity on realistic inputs), else None."""
+    from seisbind.openfwi import OpenFWIError, open_dataset
+
+    for folder in data_folders:
+        try:
+            ds = open_dataset(folder)
+        except OpenFWIError:
+            continue
+        g, m = np.asarray(ds.data[0][:n]), np.asarray(ds.models[0][:n])
+        return {"seismic": g, "velocity": m, "physics": compute_descriptors(m).astype(np.float32)}
+    return None
+
+
+def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """``seisbind export``: the latest checkpoint of a training run as an encoder bundle; returns the manifest."""
+    from model.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(run)
+    model = model_from_checkpoint(ckpt)
+    history = ckpt.get("history") or []
+    training = {
+        "run": str(Path(run).resolve()), "data": ckpt.get("data"), "config": ckpt["config"],
+        "git_commit": git_commit(), "train_minutes": ckpt["elapsed_s"] / 60, "epochs": ckpt["epoch"],
+        "steps": ckpt["global_step"], "finished": ckpt.get("finished", False), "precision": ckpt.get("precision"),
+        "world_size": ckpt.get("world_size", 1),
+    }
+    parity = run_parity_inputs(list(ckpt["config"]["data"]))
+    if parity is not None:
+        synth = synthetic_inputs(4)
+        parity = {m: np.concatenate([parity[m], synth[m]]) for m in MODALITIES}
+    return export_bundle(model, out, training=training, metrics=history[-1] if history else {}, parity_inputs=parity)

@@ -1,0 +1,455 @@
+"""``seisbind quickstart``: from nothing to a serving instance on a small embedded default, in minutes on a CPU.
+
+The steps, each cached in the work folder and skipped on a later run when it finished before with the same
+settings and its outputs are still there (a stamp per step, ``stamps/<step>.json``, written last):
+
+1. ``train-data``: synthetic velocity models of the families and their shot gathers (the project's simulator);
+2. ``test-data``: a held-out split, simulated the same way from another seed;
+3. ``bank``: velocity models only (no gathers needed), the bank the service searches;
+4. ``train``: a small model on the CPU under a time budget (an interrupted run resumes from its checkpoint);
+5. ``export``: the encoder bundle;
+6. ``index``: the bank embedded into a FAISS index version;
+7. ``evaluate``: retrieval on the held-out split (R@1/R@5) and descriptor inference from the bank;
+8. ``example``: a query gather (.npy) for the copy-paste requests;
+
+then it serves the index (``seisbind serve``) unless told not to. Every file is written atomically and every step
+resumes, so Ctrl-C loses at most the step in progress. Torch is imported only by the steps that need it: a
+second run goes straight to serving.
+
+Work folder: ``data/{train,test}/<family>`` (OpenFWI layout), ``bank/<family>.npy``, ``run/`` (training),
+``bundle/``, ``indexes/``, ``report/`` (report.json of ``seisbind evaluate``), ``example/``, ``stamps/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seisbind.bundle import BundleError, read_manifest, write_json_atomic
+
+FAMILIES = ("flatvel-a", "curvevel-a", "flatfault-a", "curvefault-a")
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """What the quickstart generates and how long it trains."""
+
+    families: tuple[str, ...]
+    """Synthetic families (model.families) of the training set, test split and bank."""
+    train_per_family: int
+    """Simulated (gathers, model) training pairs per family."""
+    test_per_family: int
+    """Held-out simulated pairs per family (the R@k queries; their models are the gallery)."""
+    bank_per_family: int
+    """Velocity models per family in the served bank (no gathers: the bank is velocity models only)."""
+    train_minutes: float
+    """Training time budget (the learning-rate schedule anneals to it)."""
+    epochs: int
+    """Upper bound on training epochs."""
+    batch_size: int
+    model: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields (architecture); a dict so that a cached run never imports torch."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if not self.families or unknown:
+            raise ValueError(f"families {list(self.families)}: expected one or more of {', '.join(FAMILIES)}")
+        for name in ("train_per_family", "test_per_family", "bank_per_family", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
+        if self.train_per_family * len(self.families) < 2 * self.batch_size:
+            raise ValueError(f"{self.train_per_family} training pairs per family are too few for batches of "
+                             f"{self.batch_size}")
+        if not self.train_minutes > 0:
+            raise ValueError(f"train_minutes = {self.train_minutes}: must be > 0")
+
+
+QUICK_MODEL = {"seis_trunk": (8, 16, 32), "seis_width": 64, "vel_width": 16, "phys_hidden": 128}
+"""A narrow version of the benchmark architecture: trains in minutes on two CPU cores."""
+
+PRESETS = {
+    # About 10 minutes from nothing to serving on a 2-core laptop CPU.
+    "default": QuickstartConfig(families=("flatvel-a", "curvevel-a"), train_per_family=400, test_per_family=50,
+                                bank_per_family=2500, train_minutes=4.0, epochs=100, batch_size=32,
+                                model=QUICK_MODEL),
+    # A few minutes (docker compose smoke runs).
+    "small": QuickstartConfig(families=("flatvel-a", "curvevel-a"), train_per_family=64, test_per_family=16,
+                              bank_per_family=500, train_minutes=1.0, epochs=30, batch_size=16, model=QUICK_MODEL),
+    # Seconds of work, for tests: the whole pipeline on a handful of models.
+    "tiny": QuickstartConfig(families=("flatvel-a",), train_per_family=16, test_per_family=8, bank_per_family=48,
+                             train_minutes=0.5, epochs=1, batch_size=8,
+                             model={"seis_trunk": (4, 8, 8), "seis_width": 16, "vel_width": 8, "phys_hidden": 32}),
+}
+
+
+def preset(name: str, train_minutes: float | None = None) -> QuickstartConfig:
+    """A named configuration (``default``, ``small``, ``tiny``), optionally with another training budget."""
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[name]
+    return cfg if train_minutes is None else replace(cfg, train_minutes=train_minutes)
+
+
+class QuickstartError(RuntimeError):
+    """A quickstart that cannot go on (work folder in use, a step's output unusable)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths inside the work folder."""
+
+    root: Path
+
+    def data(self, split: str, family: str) -> Path:
+        return self.root / "data" / split / family
+
+    @property
+    def bank(self) -> Path:
+        return self.root / "bank"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def indexes(self) -> Path:
+        return self.root / "indexes"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def query(self) -> Path:
+        return self.root / "example" / "query.npy"
+
+    def stamp(self, step: str) -> Path:
+        return self.root / "stamps" / f"{step}.json"
+
+
+def _key(step: str, params: dict[str, Any]) -> str:
+    blob = json.dumps({"step": step, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Step:
+    """One cached step: ``run()`` does the work and returns a JSON-able result; ``valid(result)`` checks that
+    the outputs recorded in a stamp are still usable. ``params`` (settings and upstream results) key the cache."""
+
+    name: str
+    title: str
+    params: dict[str, Any]
+    run: Callable[[], dict[str, Any]]
+    valid: Callable[[dict[str, Any]], bool]
+
+
+class Pipeline:
+    """Runs steps in order, skipping those whose stamp matches; prints one line per step."""
+
+    def __init__(self, layout: Layout, out: Callable[[str], None]) -> None:
+        self.layout = layout
+        self.out = out
+        self.results: dict[str, dict[str, Any]] = {}
+        self.ran: list[str] = []
+
+    def cached(self, step: Step) -> dict[str, Any] | None:
+        path = self.layout.stamp(step.name)
+        try:
+            stamp = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if stamp.get("key") != _key(step.name, step.params):
+            return None
+        result = stamp.get("result")
+        try:
+            return result if isinstance(result, dict) and step.valid(result) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def do(self, step: Step, number: int, total: int) -> dict[str, Any]:
+        head = f"[{number}/{total}] {step.title}"
+        result = self.cached(step)
+        if result is not None:
+            self.out(f"{head}: cached")
+        else:
+            self.out(f"{head} ...")
+            t0, c0 = time.monotonic(), time.process_time()
+            result = step.run()
+            seconds, cpu = time.monotonic() - t0, time.process_time() - c0
+            self.layout.stamp(step.name).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.layout.stamp(step.name), {
+                "step": step.name, "key": _key(step.name, step.params), "params": step.params, "result": result,
+                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            self.ran.append(step.name)
+            self.out(f"{head}: done in {seconds:.0f} s")
+        self.results[step.name] = result
+        return result
+
+
+@contextmanager
+def workdir_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the work folder (two quickstarts must not write it at once)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise QuickstartError(f"{root}: another quickstart is running in this work folder") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---- steps ------------------------------------------------------------------------------------------------------
+
+def _simulated(folder: Path, count: int) -> bool:
+    from seisbind.openfwi import open_dataset
+
+    return len(open_dataset(folder)) == count
+
+
+def _simulate(layout: Layout, cfg: QuickstartConfig, split: str, count: int, seed: int,
+              threads: int | None) -> dict[str, Any]:
+    import torch
+
+    from model.simulate import simulate_dataset
+
+    if threads:
+        torch.set_num_threads(threads)
+    folders = []
+    for i, family in enumerate(cfg.families):
+        folder = layout.data(split, family)
+        simulate_dataset(folder, family=family, count=count, seed=seed + i)
+        folders.append(str(folder))
+    return {"folders": folders, "pairs": count * len(cfg.families)}
+
+
+def _make_bank(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
+    from seisbind.openfwi import save_npy_atomic
+
+    from model.families import generate
+
+    layout.bank.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, family in enumerate(cfg.families):
+        models = generate(family, cfg.bank_per_family, np.random.default_rng([cfg.seed, 2, i]))
+        path = layout.bank / f"{family}.npy"
+        save_npy_atomic(path, models)
+        files.append(str(path))
+    return {"folder": str(layout.bank), "files": files, "models": cfg.bank_per_family * len(cfg.families)}
+
+
+def _bank_valid(result: dict[str, Any], per_file: int) -> bool:
+    from seisbind.openfwi import read_models
+
+    return all(len(read_models(f)) == per_file for f in result["files"])
+
+
+def _train(layout: Layout, cfg: QuickstartConfig, folders: list[str], threads: int | None) -> dict[str, Any]:
+    from model.config import TrainConfig
+    from model.encoders import ModelConfig
+    from model.train import train
+
+    tcfg = TrainConfig(data=tuple(str(Path(f).resolve()) for f in folders), out=str(layout.run),
+                       epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, device="cpu",
+                       time_budget_min=cfg.train_minutes, val_fraction=0.05, threads=threads,
+                       model=ModelConfig.from_dict(dict(cfg.model)))
+    summary = train(tcfg)
+    return {"run": str(layout.run), "epochs": summary["epochs"], "steps": summary["steps"],
+            "train_minutes": round(summary["train_minutes"], 2), "last": summary["last"]}
+
+
+def _export(layout: Layout) -> dict[str, Any]:
+    from model.export import export_run
+
+    manifest = export_run(layout.run, layout.bundle)
+    return {"bundle": str(layout.bundle), "bundle_id": manifest["bundle_id"]}
+
+
+def _bundle_valid(layout: Layout, result: dict[str, Any]) -> bool:
+    try:
+        return read_manifest(layout.bundle, verify=True)["bundle_id"] == result["bundle_id"]
+    except BundleError:
+        return False
+
+
+def _build_index(layout: Layout) -> dict[str, Any]:
+    from seisbind.progress import progress
+
+    from index.build import build_index
+
+    bar = progress(1000, "build-index")
+    done = [0]
+
+    def report(fraction: float) -> None:
+        step = int(fraction * 1000) - done[0]
+        if step > 0:
+            bar.update(step)
+            done[0] += step
+
+    try:
+        version = build_index(layout.bundle, layout.bank, layout.indexes, index_type="auto", keep=2,
+                              progress_cb=report)
+    finally:
+        bar.close()
+    return {"root": str(layout.indexes), "version": version}
+
+
+def _index_valid(layout: Layout, result: dict[str, Any], bundle_id: str) -> bool:
+    from index.store import IndexStore
+
+    version = result["version"]
+    if IndexStore(layout.indexes).current() != version:
+        return False
+    manifest = json.loads((layout.indexes / version / "manifest.json").read_text())
+    return manifest.get("bundle_id") == bundle_id
+
+
+def _evaluate(layout: Layout, test_folders: list[str], threads: int | None) -> dict[str, Any]:
+    from model.evaluate import evaluate, onnx_embedder
+
+    report = evaluate(onnx_embedder(layout.bundle, threads=threads), test_folders, [str(layout.bank)],
+                      layout.report, k=5, figures=False)
+    sv = report["p1"]["seismic_to_velocity"]
+    return {"report": str(layout.report / "report.json"), "queries": report["queries"],
+            "gallery_size": report["p1"]["gallery_size"], "R@1": sv["R@1"], "R@5": sv["R@5"], "R@10": sv["R@10"],
+            "descriptor_mre": report["p2"]["descriptor_mre"], "bank_size": report["p2"]["bank_size"]}
+
+
+def _write_example(layout: Layout, test_folder: str) -> dict[str, Any]:
+    from seisbind.openfwi import open_dataset, save_npy_atomic
+
+    ds = open_dataset(test_folder)
+    gather = np.asarray(ds.data[0][:1], dtype=np.float32)
+    layout.query.parent.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(layout.query, gather)
+    return {"query": str(layout.query), "shape": list(gather.shape), "source": [str(ds.files[0].data), 0]}
+
+
+def build_steps(layout: Layout, cfg: QuickstartConfig, pipe: Pipeline, threads: int | None) -> list[Callable[[], Step]]:
+    """The steps in order; each is created when its turn comes, so it can use the results of those before it."""
+    fams = list(cfg.families)
+    train_seed, test_seed = cfg.seed * 1000, cfg.seed * 1000 + 500
+    r = pipe.results
+    return [
+        lambda: Step("train-data", f"simulate {cfg.train_per_family * len(fams)} training pairs ({', '.join(fams)})",
+                     {"families": fams, "count": cfg.train_per_family, "seed": train_seed},
+                     lambda: _simulate(layout, cfg, "train", cfg.train_per_family, train_seed, threads),
+                     lambda res: all(_simulated(Path(f), cfg.train_per_family) for f in res["folders"])),
+        lambda: Step("test-data", f"simulate {cfg.test_per_family * len(fams)} held-out test pairs",
+                     {"families": fams, "count": cfg.test_per_family, "seed": test_seed},
+                     lambda: _simulate(layout, cfg, "test", cfg.test_per_family, test_seed, threads),
+                     lambda res: all(_simulated(Path(f), cfg.test_per_family) for f in res["folders"])),
+        lambda: Step("bank", f"generate a bank of {cfg.bank_per_family * len(fams)} velocity models",
+                     {"families": fams, "count": cfg.bank_per_family, "seed": cfg.seed},
+                     lambda: _make_bank(layout, cfg),
+                     lambda res: _bank_valid(res, cfg.bank_per_family)),
+        lambda: Step("train", f"train a small model on the CPU (budget {cfg.train_minutes:g} min)",
+                     {"data": r["train-data"], "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                      "train_minutes": cfg.train_minutes, "model": cfg.model, "seed": cfg.seed},
+                     lambda: _train(layout, cfg, r["train-data"]["folders"], threads),
+                     lambda res: (layout.run / "checkpoint.pt").is_file()),
+        lambda: Step("export", "export the encoder bundle (ONNX)", {"train": r["train"]},
+                     lambda: _export(layout), lambda res: _bundle_valid(layout, res)),
+        lambda: Step("index", "build the index of the bank", {"bank": r["bank"], "bundle_id": r["export"]["bundle_id"]},
+                     lambda: _build_index(layout),
+                     lambda res: _index_valid(layout, res, r["export"]["bundle_id"])),
+        lambda: Step("evaluate", "evaluate retrieval on the held-out split",
+                     {"test": r["test-data"], "bundle_id": r["export"]["bundle_id"], "bank": r["bank"]},
+                     lambda: _evaluate(layout, r["test-data"]["folders"], threads),
+                     lambda res: Path(res["report"]).is_file()),
+        lambda: Step("example", "write an example query", {"test": r["test-data"]},
+                     lambda: _write_example(layout, r["test-data"]["folders"][0]),
+                     lambda res: layout.query.is_file()),
+    ]
+
+
+def check_same_config(layout: Layout, cfg: QuickstartConfig) -> None:
+    """Record ``cfg`` in quickstart.json; refuse a work folder prepared with other settings (its data, run and
+    index would not match them)."""
+    path = layout.root / "quickstart.json"
+    mine = json.loads(json.dumps(asdict(cfg)))
+    try:
+        old = json.loads(path.read_text()).get("config")
+    except (OSError, ValueError):
+        old = None
+    if old is not None and old != mine:
+        diff = sorted(k for k in mine if old.get(k) != mine[k])
+        raise QuickstartError(f"{layout.root} was prepared with other settings ({', '.join(diff)} differ); "
+                              "use another --workdir, or delete this one to start over")
+    if old is None:
+        write_json_atomic(path, {"config": mine, "results": {}})
+
+
+def prepare(workdir: str | os.PathLike[str], cfg: QuickstartConfig, threads: int | None = None,
+            out: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every step in ``workdir``; returns the results by step name and the steps that ran."""
+    say = out or (lambda s: print(s, file=sys.stderr, flush=True))
+    layout = Layout(Path(workdir).resolve())
+    with workdir_lock(layout.root):
+        check_same_config(layout, cfg)
+        pipe = Pipeline(layout, say)
+        makers = build_steps(layout, cfg, pipe, threads)
+        for i, make in enumerate(makers, 1):
+            pipe.do(make(), i, len(makers))
+    write_json_atomic(layout.root / "quickstart.json", {"config": asdict(cfg), "results": pipe.results})
+    return {"layout": layout, "results": pipe.results, "ran": pipe.ran}
+
+
+def instructions(layout: Layout, results: dict[str, dict[str, Any]], host: str, port: int) -> str:
+    """Retrieval quality, where the API docs are, and requests to copy and paste."""
+    ev, idx = results["evaluate"], results["index"]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{shown}:{port}"
+    query = results["example"]["query"]
+    return "\n".join([
+        "",
+        f"SeisBind quickstart (work folder {layout.root})",
+        f"  held-out retrieval, seismic -> velocity ({ev['queries']} test gathers vs their {ev['gallery_size']} "
+        f"models): R@1 {ev['R@1']:.3f}  R@5 {ev['R@5']:.3f}  R@10 {ev['R@10']:.3f}",
+        f"  descriptors inferred from the 5 nearest of {ev['bank_size']} bank models: "
+        f"mean relative error {100 * ev['descriptor_mre']:.1f} %",
+        f"  encoders {results['export']['bundle_id'][:12]}, index version {idx['version']} ({ev['bank_size']} models)",
+        f"  report: {ev['report']}",
+        "",
+        f"API docs: {base}/docs",
+        "",
+        "Try it (the example gather is a held-out test gather, float32 [1, 5, 1000, 70]):",
+        f"  curl -s -X POST '{base}/retrieve?k=5' -H 'Content-Type: application/x-npy' \\",
+        f"       --data-binary @{query}",
+        "",
+        "From Python:",
+        "  import numpy as np",
+        "  from service.client import SeisBindClient",
+        f"  with SeisBindClient('{base}') as client:",
+        f"      hits = client.retrieve(np.load('{query}'), k=5)",
+        "      print([(n['id'], round(n['score'], 3)) for n in hits['results'][0]['neighbors']])",
+        "",
+    ])
+
+
+def serving_settings(layout: Layout, host: str | None = None, port: int | None = None) -> Any:
+    """The service Settings for the quickstart's bundle and index (other settings: SEISBIND_* variables)."""
+    from service.core.config import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    return Settings(encoders=layout.bundle, index_root=layout.indexes, bank_root=layout.root, **overrides)

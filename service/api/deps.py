@@ -1,0 +1,71 @@
+"""Request dependencies, as ``Annotated`` aliases: the service state, readiness, admin auth, JSON bodies."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from index.searcher import Searcher
+from service.core.config import Settings
+from service.engine import Engine
+from service.jobs import RebuildJobs
+from service.metrics import ServiceMetrics
+
+
+@dataclass
+class ServiceState:
+    """Everything a request handler needs, built once by create_app."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    engine: Engine
+    jobs: RebuildJobs
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.seisbind
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_searcher(state: StateDep) -> Searcher:
+    """The index being served; 503 (NotReadyError) when there is none."""
+    return state.engine.require_searcher()
+
+
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+
+_bearer = HTTPBearer(auto_error=False, description="SEISBIND_ADMIN_TOKEN (or the content of SEISBIND_ADMIN_TOKEN_FILE)")
+
+
+def require_admin(state: StateDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Bearer-token check: 403 when no token is configured (admin disabled), 401 without a token, 403 when wrong."""
+    expected = state.settings.resolved_admin_token()
+    if expected is None:
+        raise HTTPException(403, "admin endpoints are disabled: no SEISBIND_ADMIN_TOKEN or SEISBIND_ADMIN_TOKEN_FILE "
+                                 "is configured")
+    if credentials is None:
+        raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(403, "wrong admin token")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, f"unsupported Content-Type {ctype or '(none)'!r}; send application/json")
+
+
+JsonBody = Annotated[None, Depends(require_json)]

@@ -1,0 +1,128 @@
+"""POST /retrieve, /infer-descriptors (seismic queries, micro-batched) and /retrieve-by-descriptors (physics)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
+from service.api.payload import GathersPayload, read_gathers
+from service.engine import Hits
+from service.inputs import NPY_MEDIA_TYPE, check_descriptors, check_k
+from service.results import Weighting, inferred_descriptors, neighbours
+from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
+
+router = APIRouter(tags=["retrieval"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "body over SEISBIND_MAX_BODY_BYTES"},
+    415: {"model": ErrorBody, "description": "Content-Type is neither application/json nor application/x-npy"},
+    422: {"model": ErrorBody, "description": "wrong shape or dtype, NaN/Inf, k out of range, malformed body"},
+    503: {"model": ErrorBody, "description": "no index loaded (see /readyz)"},
+}
+
+
+def _gathers_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body: the JSON model, or raw .npy bytes with the other fields as query parameters."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()},
+        NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
+                                    "description": "bytes written by numpy.save of a float32 (or float64) array "
+                                                   "(5, 1000, 70) or (B, 5, 1000, 70)"}},
+    }}}
+
+
+def _json(model: type[BaseModel], doc: dict[str, Any]) -> Response:
+    """Validate a response document against its model and serialise it (velocity_model left out when absent)."""
+    return Response(model.model_validate(doc).model_dump_json(exclude_none=True), media_type="application/json")
+
+
+def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: bool) -> Response:
+    """The /retrieve response document for ``hits``, validated and serialised."""
+    names = state.engine.index_descriptor_names(hits.searcher)
+    lists = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
+    doc = {"results": [{"neighbors": n} for n in lists], "encoder": state.engine.bundle.bundle_id,
+           "index_version": hits.searcher.version, "k": k}
+    return _json(RetrieveResponse, doc)
+
+
+def _record(state: ServiceState, endpoint: str, payload: GathersPayload | None, decode_s: float, queue_s: float,
+            hits: Hits, fetch_s: float) -> None:
+    stages = {"receive": payload.receive_s} if payload is not None else {}
+    stages |= {"decode": decode_s, "queue": queue_s, "encode": hits.encode_s, "search": hits.search_s,
+               "fetch": fetch_s}
+    state.metrics.observe_stages(endpoint, stages)
+
+
+@router.post("/retrieve", response_model=RetrieveResponse, responses=_ERRORS,
+             openapi_extra=_gathers_body(RetrieveRequest),
+             summary="Shot gathers -> the top-k velocity models of the bank")
+async def retrieve(
+    request: Request, state: StateDep, searcher: SearcherDep,
+    k: Annotated[int | None, Query(description="neighbours per gather (.npy bodies; JSON may set it too)")] = None,
+    include_models: Annotated[bool | None, Query(description="return the velocity models (.npy bodies)")] = None,
+) -> Response:
+    """For each gather, in input order: rank, id, cosine score, source (file, row) and descriptors of its k nearest
+    bank entries, and with ``include_models`` each entry's velocity model ([depth 70][lateral 70], m/s)."""
+    engine, settings = state.engine, state.settings
+    with engine.incoming():
+        payload = await read_gathers(request, RetrieveRequest, {"k": k, "include_models": include_models},
+                                     settings.max_gathers)
+    kk = check_k(payload.fields["k"], settings.max_k, searcher.count)
+    hits, info = await engine.search_gathers(payload.gathers, kk)
+    t1 = time.perf_counter()
+    with_models = bool(payload.fields["include_models"])
+    # Velocity models make the response large: build it off the event loop then.
+    response = (await run_in_threadpool(_retrieve_response, state, hits, kk, True) if with_models
+                else _retrieve_response(state, hits, kk, False))
+    _record(state, "/retrieve", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
+    return response
+
+
+@router.post("/infer-descriptors", response_model=InferResponse, responses=_ERRORS,
+             openapi_extra=_gathers_body(InferRequest),
+             summary="Shot gathers -> descriptors averaged over the k nearest bank entries")
+async def infer_descriptors(
+    request: Request, state: StateDep, searcher: SearcherDep,
+    k: Annotated[int | None, Query(description="neighbours averaged (.npy bodies), default 5")] = None,
+    weighting: Annotated[Weighting | None, Query(description="mean or similarity (.npy bodies)")] = None,
+) -> Response:
+    """For each gather: every descriptor's mean over its k nearest bank entries (plain, or weighted by cosine
+    similarity), their standard deviation as the uncertainty, the unit, and the neighbours' ids and scores."""
+    engine, settings = state.engine, state.settings
+    with engine.incoming():
+        payload = await read_gathers(request, InferRequest, {"k": k, "weighting": weighting}, settings.max_gathers)
+    kk = check_k(payload.fields["k"], settings.max_k, searcher.count)
+    hits, info = await engine.search_gathers(payload.gathers, kk)
+    t1 = time.perf_counter()
+    w = payload.fields["weighting"]
+    results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
+    doc = {"results": results, "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
+           "k": kk, "weighting": w}
+    response = _json(InferResponse, doc)
+    _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
+    return response
+
+
+@router.post("/retrieve-by-descriptors", response_model=RetrieveResponse,
+             responses=_ERRORS,
+             summary="A descriptor vector (all eight, by name) -> the top-k velocity models (physics -> velocity)")
+async def retrieve_by_descriptors(body: DescriptorQuery, state: StateDep, searcher: SearcherDep,
+                                  _json_body: JsonBody) -> Response:
+    """Embed the descriptors with the physics encoder and search the bank; the response has the shape of
+    /retrieve with one result."""
+    engine, settings = state.engine, state.settings
+    t0 = time.perf_counter()
+    x = check_descriptors(body.descriptors, engine.query_descriptor_names)
+    kk = check_k(body.k, settings.max_k, searcher.count)
+    decode_s = time.perf_counter() - t0
+    hits = await run_in_threadpool(engine.search_descriptors, x, kk)
+    t1 = time.perf_counter()
+    response = await run_in_threadpool(_retrieve_response, state, hits, kk, body.include_models)
+    _record(state, "/retrieve-by-descriptors", None, decode_s, 0.0, hits, time.perf_counter() - t1)
+    return response

@@ -1,0 +1,119 @@
+"""The FastAPI application: ``create_app(settings)`` builds it (encoders and the current index loaded at start),
+``run(settings)`` serves it with uvicorn (what ``seisbind serve`` calls)."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import logging.config
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from index.build import build_index
+from index.searcher import Searcher
+from seisbind import __version__
+from service.api.deps import ServiceState
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.api.routes.admin import router as admin_router
+from service.api.routes.health import router as health_router
+from service.api.routes.metrics import router as metrics_router
+from service.api.routes.retrieval import router as retrieval_router
+from service.core.config import Settings
+from service.core.logging import log_config
+from service.engine import Engine
+from service.jobs import RebuildJobs
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service.app")
+
+DESCRIPTION = """Search seismic shot gathers by physics. Send gathers (5 shots x 1000 samples x 70 receivers, OpenFWI
+amplitudes) as raw `.npy` bytes (`Content-Type: application/x-npy`, the fast path) or JSON; get back the velocity
+models of the bank that explain them, with cosine scores, and descriptors inferred from the nearest neighbours.
+Every error is a JSON body `{"detail", "status", "request_id"}`."""
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so that the memory a rebuild used (its own
+    ONNX sessions, the bank's embeddings) does not stay resident."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def make_rebuild(settings: Settings, engine: Engine, metrics: ServiceMetrics) -> Callable[..., str]:
+    """The rebuild job's work: build and verify a new version (made current on disk), load it, swap it in."""
+
+    def rebuild(bank: Path, index_type: str, progress: Callable[[float], None]) -> str:
+        try:
+            version = build_index(settings.encoders, bank, settings.index_root, index_type=index_type,
+                                  keep=settings.index_keep, progress_cb=lambda f: progress(0.95 * f),
+                                  providers=settings.providers, intra_op_threads=settings.rebuild_threads())
+            searcher = Searcher.load(settings.index_root, version, expected_bundle_id=engine.bundle.bundle_id)
+            engine.swap(searcher)
+        except BaseException:
+            metrics.rebuilds.labels("failed").inc()
+            raise
+        finally:
+            release_memory()
+        metrics.rebuilds.labels("succeeded").inc()
+        return version
+
+    return rebuild
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service: load and warm up the encoder bundle (raises BundleError when it is unusable), load the
+    current index version (on any problem the service starts not ready, with the reason at /readyz)."""
+    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
+    metrics = ServiceMetrics()
+    engine = Engine(settings, metrics)
+    engine.warm_up()
+    engine.load_current_index()
+    state = ServiceState(settings, metrics, engine, RebuildJobs(make_rebuild(settings, engine, metrics),
+                                                                keep=settings.jobs_keep))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.batcher.start()
+        log.info("service ready" if engine.searcher else "service started, not ready",
+                 extra={"encoder": engine.bundle.bundle_id, "index_version": getattr(engine.searcher, "version", None),
+                        "providers": engine.providers, "reason": engine.not_ready_reason})
+        yield
+        await engine.batcher.stop()
+
+    app = FastAPI(title="SeisBind retrieval service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.seisbind = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for router in (retrieval_router, admin_router, health_router, metrics_router):
+        app.include_router(router)
+    static_paths = {r.path for r in app.routes if "{" not in getattr(r, "path", "{")}
+    # outermost: request ids, access logs and request metrics for everything, errors included
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, known_paths=static_paths)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:app_from_env``: settings from SEISBIND_* variables."""
+    settings = Settings()  # type: ignore[call-arg]
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
+    return create_app(settings)
+
+
+def run(settings: Settings) -> None:
+    """Serve with uvicorn on settings.host:settings.port until interrupted (JSON logs, our access log)."""
+    import uvicorn
+
+    config = log_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(config)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=config, access_log=False,
+                timeout_graceful_shutdown=10)

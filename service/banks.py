@@ -1,0 +1,34 @@
+"""Where a rebuild may read a bank: only inside the configured bank root (symlinks resolved first)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from service.inputs import InputError
+
+BANK_SUFFIXES = (".npy", ".zip")
+
+
+class BankOutsideRootError(PermissionError):
+    """A bank path that resolves outside the bank root (HTTP 403)."""
+
+
+def resolve_bank(root: Path, bank: str) -> Path:
+    """The real path of ``bank`` (a name or relative path under ``root``, or an absolute path inside it).
+
+    Raises BankOutsideRootError when it resolves outside ``root`` (``..``, absolute paths elsewhere, symlinks out),
+    InputError when it does not exist or is not a folder, .npy or .zip.
+    """
+    if "\x00" in bank:
+        raise InputError("bank: contains a NUL byte")
+    root_real = Path(os.path.realpath(root))
+    given = Path(bank)
+    real = Path(os.path.realpath(given if given.is_absolute() else root_real / given))
+    if not real.is_relative_to(root_real):
+        raise BankOutsideRootError(f"bank {bank!r} is outside the bank root; give a name or a path inside it")
+    if not real.exists():
+        raise InputError(f"bank {bank!r}: no such folder or file under the bank root")
+    if not (real.is_dir() or (real.is_file() and real.suffix in BANK_SUFFIXES)):
+        raise InputError(f"bank {bank!r}: not a folder, .npy or .zip of velocity models")
+    return real

@@ -1,0 +1,49 @@
+"""The tri-modal InfoNCE loss against a plain reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from model.loss import TriModalLoss, symmetric_info_nce
+
+torch.set_num_threads(2)
+
+
+def reference_clip(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    n = len(a)
+    total = 0.0
+    for i in range(n):  # a->b row i and b->a row i, written out
+        sa = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
+        sb = torch.stack([scale * torch.dot(b[i], a[j]) for j in range(n)])
+        total = total - torch.log_softmax(sa, 0)[i] - torch.log_softmax(sb, 0)[i]
+    return total / (2 * n)
+
+
+def test_symmetric_info_nce_matches_the_reference():
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(7, 16, generator=g), dim=1)
+    b = F.normalize(torch.randn(7, 16, generator=g), dim=1)
+    got = symmetric_info_nce(a, b, torch.tensor(10.0))
+    torch.testing.assert_close(got, reference_clip(a, b, 10.0))
+
+
+def test_aligned_pairs_give_near_zero_loss_and_random_ones_about_log_n():
+    a = F.normalize(torch.eye(32), dim=1)
+    assert symmetric_info_nce(a, a, torch.tensor(100.0)).item() < 1e-6
+    b = torch.ones(32, 32) / math.sqrt(32)
+    assert abs(symmetric_info_nce(b, b, torch.tensor(100.0)).item() - math.log(32)) < 1e-4
+
+
+def test_weights_combine_and_lambda2_zero_sends_no_gradient_to_physics():
+    g = torch.Generator().manual_seed(1)
+    s, v, p = (F.normalize(torch.randn(6, 8, generator=g), dim=1).requires_grad_() for _ in range(3))
+    scale = torch.tensor(14.0)
+    loss, parts = TriModalLoss(1.0, 0.1)(s, v, p, scale)
+    assert abs(loss.item() - (parts["sv"] + 0.1 * parts["vp"])) < 1e-5
+    loss0, parts0 = TriModalLoss(1.0, 0.0)(s, v, p, scale)
+    loss0.backward()
+    assert p.grad is None and s.grad is not None
+    assert abs(loss0.item() - parts0["sv"]) < 1e-6 and parts0["vp"] == parts["vp"]

@@ -1,0 +1,127 @@
+"""Training: a tiny CPU run lowers the loss and exports a bundle matching torch; determinism, resume, time
+budget, and bad data refused before training starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from model.config import TrainConfig
+from model.encoders import ModelConfig
+from model.export import export_run
+from model.train import RunError, load_checkpoint, train
+from model_fixtures import write_dataset
+from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
+from seisbind.cli import app
+from seisbind.descriptors import compute_descriptors
+from seisbind.openfwi import OpenFWIError, open_dataset, save_npy_atomic
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "pairs", 48, seed=0)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=(str(data),), out=str(out), epochs=4, batch_size=16, seed=0, lr=2e-3, amp="off",
+                val_fraction=0.0, threads=2, progress=False, model=ModelConfig.tiny())
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "run"
+    return out, train(_cfg(data, out))
+
+
+def test_tiny_run_lowers_the_loss_and_logs_every_epoch(tiny_run):
+    out, summary = tiny_run
+    assert summary["finished"] and summary["epochs"] == 4 and summary["steps"] == 12
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "temperature", "logit_scale", "lr"} <= set(rows[0])
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [r["loss"] for r in rows]
+
+
+def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp_path):
+    out, _ = tiny_run
+    manifest = export_run(out, tmp_path / "bundle")
+    assert read_manifest(tmp_path / "bundle")["bundle_id"] == manifest["bundle_id"]
+    assert manifest["training"]["steps"] == 12 and manifest["training"]["train_minutes"] > 0
+    ds = open_dataset(data)
+    g, m = np.asarray(ds.data[0][:6]), np.asarray(ds.models[0][:6])
+    d = compute_descriptors(m).astype(np.float32)
+    from model.train import model_from_checkpoint
+    model = model_from_checkpoint(load_checkpoint(out))
+    for modality, enc, x in (("seismic", model.seismic, g), ("velocity", model.velocity, m), ("physics", model.physics, d)):
+        sess = ort.InferenceSession(str(tmp_path / "bundle" / ONNX_FILES[modality]), providers=["CPUExecutionProvider"])
+        got = sess.run([OUTPUT_NAME], {INPUT_NAMES[modality]: x})[0]
+        with torch.no_grad():
+            want = enc(torch.from_numpy(x)).numpy()
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert (cos >= 0.9999).all(), (modality, cos)
+
+
+def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tiny_run, data, tmp_path):
+    ref = load_checkpoint(tiny_run[0])
+    out = tmp_path / "run"
+    first = train(_cfg(data, out, max_steps=5))  # stops mid-epoch, as an interruption would
+    assert not first["finished"] and first["steps"] == 5
+    assert load_checkpoint(out)["step_in_epoch"] == 2
+    second = train(_cfg(data, out))
+    assert second["finished"] and second["steps"] == 12
+    got = load_checkpoint(out)
+    for name, p in ref["model"].items():
+        torch.testing.assert_close(got["model"][name], p, msg=name)
+    assert [r["loss"] for r in got["history"]] == pytest.approx([r["loss"] for r in ref["history"]], rel=1e-6)
+
+
+def test_a_run_folder_with_other_settings_is_not_resumed(tiny_run, data):
+    with pytest.raises(RunError, match="different settings \\(seed\\)"):
+        train(_cfg(data, tiny_run[0], seed=1))
+
+
+def test_time_budget_stops_and_marks_the_run_finished(data, tmp_path):
+    summary = train(_cfg(data, tmp_path / "run", epochs=1000, time_budget_min=0.05, val_fraction=0.25))
+    assert summary["finished"] and summary["stopped"] == "time_budget" and summary["epochs"] < 1000
+    last = load_checkpoint(tmp_path / "run")["history"][-1]
+    assert 0 <= last["val_sv_R@1"] <= 1
+
+
+def _corrupt(folder: Path, how: str) -> Path:
+    if how == "counts":
+        m = np.load(folder / "model" / "model2.npy")
+        save_npy_atomic(folder / "model" / "model2.npy", m[:-1])
+        return folder / "data" / "data2.npy"
+    if how == "nan":
+        d = np.load(folder / "data" / "data1.npy")
+        d[3, 2, 100, 5] = np.nan
+        save_npy_atomic(folder / "data" / "data1.npy", d)
+        return folder / "data" / "data1.npy"
+    d = np.load(folder / "data" / "data2.npy")
+    save_npy_atomic(folder / "data" / "data2.npy", np.ascontiguousarray(d[:, :, :500]))
+    return folder / "data" / "data2.npy"
+
+
+@pytest.mark.parametrize("how,message", [("counts", "holds 24 gathers but model2.npy holds 23 models"),
+                                         ("nan", "NaN or Inf"), ("shape", r"shape is \(24, 5, 500, 70\)")])
+def test_bad_data_is_refused_naming_the_file_before_training(how, message, tmp_path):
+    good = write_dataset(tmp_path / "good", 24, seed=1)
+    bad = write_dataset(tmp_path / "bad", 48, seed=2)
+    bad_file = _corrupt(bad, how)
+    out = tmp_path / "run"
+    with pytest.raises(OpenFWIError, match=message) as e:
+        train(_cfg(good, out, data=(str(good), str(bad))))
+    assert str(bad_file) in str(e.value)
+    assert not (out / "checkpoint.pt").exists()
+    res = CliRunner().invoke(app, ["train", "--data", str(good), "--data", str(bad), "--out", str(out)])
+    assert res.exit_code != 0 and bad_file.name in res.output and not out.exists()
