@@ -117,6 +117,11 @@ class ServerProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("VmRSS not found")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stage_ms(self, endpoint: str = "/retrieve") -> dict[str, float]:
         """Mean server-side time per request in each stage (from /metrics)."""
         status, text = self.request("GET", "/metrics")

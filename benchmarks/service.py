@@ -18,6 +18,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 sys.path.insert(0, str(REPO))
 
 import json  # noqa: E402
+import os  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -54,42 +55,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-requests", type=int, default=40, help="sequential JSON requests timed")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the sequential timings are split into")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of load per client count (split in two)")
+    p.add_argument("--gap-ms", type=float, default=10.0,
+                   help="idle time between sequential calls, the same for in-process and HTTP timings")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a service setting for both the server and the in-process engine, e.g. ort_intra_op_threads=1")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
     return p.parse_args(argv)
 
 
-def in_process_engine(encoders: Path, index_root: Path):  # noqa: ANN201 - service.engine.Engine
+def in_process_engine(encoders: Path, index_root: Path, settings: dict[str, str]):  # noqa: ANN201 - Engine
     """The service's own engine (same ONNX Runtime sessions and settings as the server), without HTTP."""
     from service.core.config import Settings
     from service.engine import Engine
     from service.metrics import ServiceMetrics
 
-    engine = Engine(Settings(encoders=encoders, index_root=index_root), ServiceMetrics())
+    engine = Engine(Settings(encoders=encoders, index_root=index_root, **settings), ServiceMetrics())
     engine.warm_up()
     engine.load_current_index()
     return engine
 
 
-def time_in_process(engine: Any, gather: np.ndarray, n: int) -> list[float]:
-    """Wall time of encode + search of one gather (batch 1, k = 10), n times."""
+def time_in_process(engine: Any, gather: np.ndarray, n: int, gap_s: float) -> list[float]:
+    """Wall time of encode + search of one gather (batch 1, k = 10), n times, ``gap_s`` apart."""
     from service.engine import GatherQuery
 
     q = [GatherQuery(gather[None], K)]
     out = []
     for _ in range(n):
+        time.sleep(gap_s)
         t = time.perf_counter()
         engine._encode_and_search(q)
         out.append(time.perf_counter() - t)
     return out
 
 
-def time_http(server: ServerProcess, path: str, body: bytes, headers: dict[str, str], n: int) -> list[float]:
-    """Wall time of n sequential requests on one kept-alive connection (client side, response fully read)."""
+def time_http(server: ServerProcess, path: str, body: bytes, headers: dict[str, str], n: int,
+              gap_s: float = 0.0) -> list[float]:
+    """Wall time of n sequential requests on one kept-alive connection, ``gap_s`` apart (client side, response
+    fully read)."""
     conn = server.connection()
     out = []
     try:
         for _ in range(n):
+            time.sleep(gap_s)
             t = time.perf_counter()
             status, data = call(conn, "POST", path, body, headers)
             out.append(time.perf_counter() - t)
@@ -130,6 +139,7 @@ def throughput(server: ServerProcess, body: bytes, clients: int, seconds: float)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="seisbind-service-bench-") as tmp:
         work = args.work or Path(tmp)
         encoders = args.encoders or export_default_bundle(work / "bundle")
@@ -139,31 +149,38 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
         npy_body = npy_bytes(gather)
         json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
-        engine = in_process_engine(encoders, index_root)
-        server = ServerProcess.start(encoders, index_root, log=work / "server.log")
+        settings = dict(kv.split("=", 1) for kv in args.setting)
+        engine = in_process_engine(encoders, index_root, settings)
+        server = ServerProcess.start(encoders, index_root, log=work / "server.log",
+                                     env={f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
         try:
             info = server.json("/v1/info")
             time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
             time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
-            time_in_process(engine, gather, 5)
+            time_in_process(engine, gather, 5, 0.0)
+            gap = args.gap_ms / 1000.0
             inproc: list[float] = []
             npy: list[float] = []
             js: list[float] = []
             for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
-                inproc += time_in_process(engine, gather, args.requests // args.rounds)
-                npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds)
-                js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds)
+                inproc += time_in_process(engine, gather, args.requests // args.rounds, gap)
+                npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
+                js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds, gap)
             stages = server.stage_ms()
             throughput(server, npy_body, 16, 2.0)  # warm-up
-            counts = {c: [0, 0.0] for c in CLIENTS}
+            counts = {c: [0, 0.0, 0.0] for c in CLIENTS}  # requests, seconds, server CPU seconds
             for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
+                cpu0 = server.cpu_seconds()
                 n, s = throughput(server, npy_body, c, args.seconds / 2)
                 counts[c][0] += n
                 counts[c][1] += s
+                counts[c][2] += server.cpu_seconds() - cpu0
             batches = server.request("GET", "/metrics")[1].decode()
         finally:
             server.stop()
-    rps = {str(c): round(n / s, 2) for c, (n, s) in counts.items()}
+    rps = {str(c): round(n / s, 2) for c, (n, s, _) in counts.items()}
+    cores_used = {str(c): round(cpu / s, 2) for c, (_, s, cpu) in counts.items()}
+    cpu_ms_per_request = {str(c): round(1000 * cpu / n, 2) for c, (n, _, cpu) in counts.items()}
     p_in, p_npy, p_js = percentiles_ms(inproc), percentiles_ms(npy), percentiles_ms(js)
     figures = {
         "npy": p_npy, "json": p_js,
@@ -172,15 +189,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "json_p50_over_in_process": round(p_js["p50_ms"] / p_in["p50_ms"], 3),
         "throughput_rps": rps,
         "throughput_16_over_1": round(rps["16"] / rps["1"], 3),
+        "server_cpu_cores_used": cores_used,
+        "server_cpu_ms_per_request": cpu_ms_per_request,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "targets": {"npy_p50_over_in_process_max": 1.3, "throughput_16_over_1_min": 2.0,
                     "npy_p50_met": p_npy["p50_ms"] <= 1.3 * p_in["p50_ms"],
                     "throughput_met": rps["16"] >= 2.0 * rps["1"]},
         "server_stage_ms_sequential": stages,
         "server": {k: info[k] for k in ("encoder", "count", "index_type", "providers", "intra_op_threads", "batching")},
         "mean_batch_gathers": _mean_batch(batches),
-        "k": K, "bank_size": info["count"], "seconds_per_client_count": args.seconds,
+        "k": K, "bank_size": info["count"], "seconds_per_client_count": args.seconds, "gap_ms": args.gap_ms,
+        "settings": settings,
         "notes": "latencies are client-side wall times of sequential requests on one kept-alive connection; "
-                 "in_process_ms is the p50 of the same encode + search without HTTP, interleaved with them",
+                 "in_process_ms is the p50 of the same encode + search without HTTP, interleaved with them; "
+                 "server_cpu_cores_used is the server process's CPU time per wall second during each load phase "
+                 "(the clients run on the same machine)",
     }
     return figures
 

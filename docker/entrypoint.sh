@@ -11,6 +11,12 @@ if [ "${1:-}" = "serve" ]; then
       exit 2
     fi
   done
+  token=${SEISBIND_ADMIN_TOKEN_FILE:-}
+  if [ -n "$token" ] && [ -e "$token" ] && [ ! -r "$token" ]; then
+    echo "seisbind-entrypoint: the admin token $token is not readable by uid $(id -u); on the host, make the" \
+         "secret file readable by it (chmod 644, or chown $(id -u) and chmod 400)" >&2
+    exit 2
+  fi
   exec seisbind serve --encoders "$SEISBIND_ENCODERS" --index "$SEISBIND_INDEX_ROOT" \
     --host "$SEISBIND_HOST" --port "$SEISBIND_PORT" "$@"
 fi

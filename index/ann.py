@@ -20,7 +20,8 @@ NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-TRAIN_POINTS_PER_LIST = 64
+TRAIN_POINTS_PER_LIST = 40
+"""k-means training points per IVF list (FAISS warns below 39)."""
 TUNING_QUERIES = 1000
 QUERY_NOISE = 0.75
 """Norm of the Gaussian perturbation added to bank embeddings to make tuning queries (cosine ~0.8 to the entry)."""

@@ -104,7 +104,7 @@ def preset(name: str, train_minutes: float | None = None) -> QuickstartConfig:
 
 
 class QuickstartError(RuntimeError):
-    """A quickstart that cannot go on (work folder in use, a step's output unusable)."""
+    """A quickstart that cannot go on: its work folder is in use, or was prepared with other settings."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ class Pipeline:
             self.layout.stamp(step.name).parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.layout.stamp(step.name), {
                 "step": step.name, "key": _key(step.name, step.params), "params": step.params, "result": result,
-                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             self.ran.append(step.name)
             self.out(f"{head}: done in {seconds:.0f} s")
         self.results[step.name] = result

@@ -13,7 +13,7 @@ import torch
 
 from seisbind.acquisition import (
     DT, DX, N_RECEIVERS, N_SHOTS, NT, PEAK_FREQUENCY, RECEIVER_X, RECEIVER_Z, SOURCE_X, SOURCE_Z,
-    WAVELET_LENGTH, WAVELET_PEAK_TIME,
+    V_MAX, WAVELET_LENGTH, WAVELET_PEAK_TIME,
 )
 from seisbind.openfwi import check_velocity
 
@@ -64,6 +64,7 @@ def simulate_torch(velocity: torch.Tensor, nt: int = NT) -> torch.Tensor:
     out = deepwave.scalar(
         v_shots, DX, DT, source_amplitudes=amp, source_locations=src, receiver_locations=rec,
         accuracy=4, pml_width=PML_WIDTH, pml_freq=PEAK_FREQUENCY, courant_number=COURANT_NUMBER,
+        max_vel=max(V_MAX, float(v.max())),  # PML tuning and time stepping independent of the batch's contents
     )[-1]  # [shots, receivers, nt]
     return (AMPLITUDE_SCALE * out).reshape(n, N_SHOTS, N_RECEIVERS, nt).transpose(2, 3)
 

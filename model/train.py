@@ -269,6 +269,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = progress(n_total, "preprocess", enabled=cfg.progress and rank == 0)
     pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update)
     bar.close()
+    data_summary = folder_summary(cfg.data, datasets)
+    del datasets  # unmap the raw files (14 GB for the benchmark); only the preprocessed copy is needed
     tr_rows, val_rows = split_indices(len(pairs), cfg.val_fraction, cfg.seed)
     if len(tr_rows) < cfg.batch_size:
         raise ValueError(f"{len(tr_rows)} training pairs are fewer than one batch ({cfg.batch_size}); "
@@ -282,14 +284,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     steps_per_epoch = len(tr_rows) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "history": [], "finished": False}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "history": [], "finished": False,
+             "loss_sum": 0.0, "loss_count": 0}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        state.update({k: ckpt[k] for k in state})
+        state.update({k: ckpt[k] for k in state if k in ckpt})
         if rank == 0:
             log.info("resuming %s at epoch %d step %d", out, state["epoch"], state["step_in_epoch"])
     ddp: nn.Module = model
+    if world > 1 and device.type == "cuda":
+        # batch statistics over the global batch; SyncBatchNorm needs CUDA (on CPU each rank normalises its own part)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -304,8 +310,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def save() -> None:
         if rank == 0:
             state["elapsed_s"] = elapsed()
+            out.mkdir(parents=True, exist_ok=True)
             save_atomic(out / CHECKPOINT, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                           "config": cfg.to_dict(), "data": folder_summary(cfg.data, datasets),
+                                           "config": cfg.to_dict(), "data": data_summary,
                                            "precision": {"bf16": amp, "channels_last": channels_last},
                                            "world_size": world, "train_rows": len(tr_rows), "val_rows": len(val_rows)})
             _write_metrics(out, state["history"])
@@ -317,7 +324,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     session_steps = 0
     last_ckpt = time.monotonic()
     stop_reason = None
-    running: list[float] = []
     model.train()
     with _StopFlag() as flag:
         while not state["finished"] and state["epoch"] < cfg.epochs:
@@ -339,12 +345,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 opt.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                running.append(float(loss.detach()))
+                state["loss_sum"] += float(loss.detach())
+                state["loss_count"] += 1
+                last_loss = float(loss.detach())
                 state["step_in_epoch"] += 1
                 state["global_step"] += 1
                 session_steps += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{running[-1]:.3f}", T=f"{1 / float(model.scale().detach()):.4f}")
+                bar.set_postfix(loss=f"{last_loss:.3f}", T=f"{1 / float(model.scale().detach()):.4f}")
                 want_ckpt = time.monotonic() - last_ckpt > cfg.checkpoint_every_min * 60
                 stop, over, ckpt_now, hit_max = _agree(
                     [flag.set, bool(budget_s and elapsed() >= budget_s), want_ckpt,
@@ -363,11 +371,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             epoch_done = state["step_in_epoch"] >= steps_per_epoch
             row = {"epoch": state["epoch"] + 1 if epoch_done else state["epoch"] + state["step_in_epoch"] / steps_per_epoch,
                    "step": state["global_step"],
-                   "loss": float(np.mean(running)) if running else None,
+                   "loss": state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
                    "logit_scale": float(model.scale().detach()), "temperature": 1 / float(model.scale().detach()),
                    "lr": opt.param_groups[0]["lr"], "elapsed_min": elapsed() / 60}
             row.update(validate(model, pairs, val_rows, device, amp))
-            running = []
+            state["loss_sum"], state["loss_count"] = 0.0, 0
             state["history"].append(row)
             if rank == 0:
                 log.info("epoch %s", json.dumps(row))

@@ -11,7 +11,7 @@ import model.export as export
 from model.encoders import ModelConfig, create_model
 from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 MANIFEST_KEYS = ("embedding_dim", "input_shapes", "normalisation", "descriptor_names", "descriptor_stats",
                  "logit_scale", "training", "metrics", "sha256", "bundle_id")

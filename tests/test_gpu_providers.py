@@ -1,7 +1,8 @@
 """The GPU code path without a GPU: ONNX Runtime's CUDA provider is chosen first whenever it is offered, a
 session that cannot get it says so (never a silent CPU fallback, DESIGN section 9), and on a GPU machine the
 encoders really run on CUDA. The GPU image's dependency set (onnxruntime-gpu, faiss-gpu-cu12) is resolved for
-linux x86_64 by docker/resolve_gpu_deps.py, a network check run only with SEISBIND_NETWORK_TESTS=1."""
+linux x86_64, and checked to be built for CUDA 12, by docker/resolve_gpu_deps.py: a network check, run only with
+SEISBIND_NETWORK_TESTS=1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from packaging.requirements import Requirement
 
 from index import encoders
 from index.encoders import CPU, CUDA, OnnxEncoder, select_providers
@@ -86,6 +88,7 @@ def test_gpu_image_dependencies_resolve_for_linux_x86_64() -> None:
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "onnxruntime-gpu==" in proc.stdout and "faiss-gpu-cu12==" in proc.stdout
+    assert proc.stdout.count("(CUDA 12") == 2  # both built for the GPU image's CUDA 12 base
 
 
 def test_gpu_requirements_come_from_the_gpu_extra() -> None:
@@ -95,7 +98,10 @@ def test_gpu_requirements_come_from_the_gpu_extra() -> None:
     finally:
         sys.path.remove(str(REPO / "docker"))
     reqs = gpu_requirements()
-    assert any(r.startswith("onnxruntime-gpu") for r in reqs) and any(r.startswith("faiss-gpu") for r in reqs)
+    assert any(r.startswith("faiss-gpu-cu12") for r in reqs)
+    (ort_gpu,) = [Requirement(r) for r in reqs if r.startswith("onnxruntime-gpu")]
+    # PyPI's onnxruntime-gpu 1.19-1.26 are CUDA 12 builds (like faiss-gpu-cu12 and the image's base); 1.27+ CUDA 13
+    assert ort_gpu.specifier.contains("1.26.0") and not ort_gpu.specifier.contains("1.27.0")
     assert not any(r.startswith(("onnxruntime>", "faiss-cpu", "torch")) for r in reqs)
     assert manylinux_platforms("2.19") == ["manylinux_2_19_x86_64", "manylinux_2_18_x86_64",
                                            "manylinux_2_17_x86_64", "manylinux2014_x86_64"]

@@ -13,7 +13,7 @@ from model.encoders import (
     DATA_MAX, DATA_MIN, ModelConfig, SeismicEncoder, VelocityEncoder, create_model, filter_response, log_minmax,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

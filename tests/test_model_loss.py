@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from model.loss import TriModalLoss, symmetric_info_nce
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def reference_clip(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:

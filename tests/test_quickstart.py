@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +34,15 @@ sys.exit(code)
 """
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SEISBIND_THREADS": "1"}
+
+
+def command(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", DRIVER, "quickstart", "--workdir", str(workdir), "--no-serve", *args]
+
+
 def quickstart(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEISBIND_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, "quickstart", "--workdir", str(workdir), "--no-serve", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(command(workdir, *args), capture_output=True, text=True, env=ENV, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +103,28 @@ def test_a_missing_output_reruns_only_its_step(first_run: tuple[Path, subprocess
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count(": cached") == len(STEPS) - 1 and "write an example query: done" in proc.stderr
     np.testing.assert_array_equal(np.load(query), before)
+
+
+def test_ctrl_c_keeps_finished_steps_and_the_next_run_resumes(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    proc = subprocess.Popen(command(workdir, "--preset", "tiny"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=ENV)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # interrupt while the test split is being simulated
+        seen.append(line)
+        if line.startswith("[2/8]"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "interrupted: finished steps are kept in" in rest and "run the same command again to resume" in rest
+    assert (workdir / "stamps" / "train-data.json").is_file()
+    assert not (workdir / "stamps" / "test-data.json").exists()
+    again = quickstart(workdir, "--preset", "tiny")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[1/8] simulate 16 training pairs (flatvel-a): cached" in again.stderr
+    assert again.stderr.count(": cached") == 1 and "R@1" in again.stdout
 
 
 def test_refuses_a_work_folder_prepared_with_other_settings(

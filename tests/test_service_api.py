@@ -271,6 +271,30 @@ def test_retrieve_include_models_returns_the_bank_models(served: Server, bank_a:
         np.testing.assert_array_equal(model, bank_a[hit["source"]["row"], 0])
 
 
+def test_concurrent_requests_each_get_their_own_results(served: Server) -> None:
+    """Requests that arrive together are encoded together; each must still get the neighbours of its own gathers."""
+    bodies = [npy(gathers(1 + i % 2, seed=20 + i)) for i in range(8)]
+    with served.client() as c:
+        expected = [[[n["id"] for n in r["neighbors"]] for r in c.post("/retrieve?k=4", content=b,
+                                                                           headers=NPY).json()["results"]]
+                    for b in bodies]
+    barrier = threading.Barrier(len(bodies))
+    got: list[list[list[str]] | None] = [None] * len(bodies)
+
+    def one(i: int) -> None:
+        with served.client() as c:
+            barrier.wait(30)
+            r = c.post("/retrieve?k=4", content=bodies[i], headers=NPY)
+            got[i] = [[n["id"] for n in x["neighbors"]] for x in r.json()["results"]]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == expected
+
+
 # -- /infer-descriptors ----------------------------------------------------------------------------------------
 
 def test_infer_descriptors_mean_and_similarity_weighting(served: Server) -> None:

@@ -22,7 +22,7 @@ from seisbind.cli import app
 from seisbind.descriptors import compute_descriptors
 from seisbind.openfwi import OpenFWIError, open_dataset, save_npy_atomic
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def data(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data") / "pairs", 48, seed=0)
 
 
-def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=(str(data),), out=str(out), epochs=4, batch_size=16, seed=0, lr=2e-3, amp="off",
-                val_fraction=0.0, threads=2, progress=False, model=ModelConfig.tiny())
+def _cfg(data: Path | tuple[str, ...], out: Path, **kw) -> TrainConfig:
+    base = dict(data=data if isinstance(data, tuple) else (str(data),), out=str(out), epochs=6, batch_size=8, seed=0, lr=2e-3, amp="off",
+                val_fraction=0.0, threads=1, progress=False, model=ModelConfig.tiny())
     base.update(kw)
     return TrainConfig(**base)
 
@@ -45,18 +45,18 @@ def tiny_run(data, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_tiny_run_lowers_the_loss_and_logs_every_epoch(tiny_run):
     out, summary = tiny_run
-    assert summary["finished"] and summary["epochs"] == 4 and summary["steps"] == 12
+    assert summary["finished"] and summary["epochs"] == 6 and summary["steps"] == 36
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "temperature", "logit_scale", "lr"} <= set(rows[0])
-    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [r["loss"] for r in rows]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
 
 
 def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp_path):
     out, _ = tiny_run
     manifest = export_run(out, tmp_path / "bundle")
     assert read_manifest(tmp_path / "bundle")["bundle_id"] == manifest["bundle_id"]
-    assert manifest["training"]["steps"] == 12 and manifest["training"]["train_minutes"] > 0
+    assert manifest["training"]["steps"] == 36 and manifest["training"]["train_minutes"] > 0
     ds = open_dataset(data)
     g, m = np.asarray(ds.data[0][:6]), np.asarray(ds.models[0][:6])
     d = compute_descriptors(m).astype(np.float32)
@@ -66,7 +66,7 @@ def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp
         sess = ort.InferenceSession(str(tmp_path / "bundle" / ONNX_FILES[modality]), providers=["CPUExecutionProvider"])
         got = sess.run([OUTPUT_NAME], {INPUT_NAMES[modality]: x})[0]
         with torch.no_grad():
-            want = enc(torch.from_numpy(x)).numpy()
+            want = enc(torch.from_numpy(x.copy())).numpy()
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert (cos >= 0.9999).all(), (modality, cos)
 
@@ -74,11 +74,11 @@ def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp
 def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tiny_run, data, tmp_path):
     ref = load_checkpoint(tiny_run[0])
     out = tmp_path / "run"
-    first = train(_cfg(data, out, max_steps=5))  # stops mid-epoch, as an interruption would
-    assert not first["finished"] and first["steps"] == 5
-    assert load_checkpoint(out)["step_in_epoch"] == 2
+    first = train(_cfg(data, out, max_steps=10))  # stops mid-epoch, as an interruption would
+    assert not first["finished"] and first["steps"] == 10
+    assert load_checkpoint(out)["step_in_epoch"] == 4
     second = train(_cfg(data, out))
-    assert second["finished"] and second["steps"] == 12
+    assert second["finished"] and second["steps"] == 36
     got = load_checkpoint(out)
     for name, p in ref["model"].items():
         torch.testing.assert_close(got["model"][name], p, msg=name)
@@ -120,7 +120,7 @@ def test_bad_data_is_refused_naming_the_file_before_training(how, message, tmp_p
     bad_file = _corrupt(bad, how)
     out = tmp_path / "run"
     with pytest.raises(OpenFWIError, match=message) as e:
-        train(_cfg(good, out, data=(str(good), str(bad))))
+        train(_cfg((str(good), str(bad)), out))
     assert str(bad_file) in str(e.value)
     assert not (out / "checkpoint.pt").exists()
     res = CliRunner().invoke(app, ["train", "--data", str(good), "--data", str(bad), "--out", str(out)])

@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.core.logging import REQUEST_ID
 from service.engine import NotReadyError
@@ -63,6 +64,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobRunningError)
     async def job_running(request: Request, exc: JobRunningError) -> JSONResponse:
         return error_response(409, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        log.info("client disconnected before sending the whole body of %s %s", request.method, request.url.path)
+        return error_response(400, "client disconnected before the request body was complete")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,170 @@
+"""Benchmark ``openfwi-vel`` (DESIGN sections 7 and 8): real FlatVel-A and CurveVel-A velocity models with
+simulated gathers; train on the 10,000 training pairs within a time budget on this machine's CPUs, evaluate on
+the 2,000 test models as one gallery (P1, P1-large, P2), and the ablation lambda2 = 0 against lambda2 = 0.1 with a
+matched (shorter) budget. Writes ``benchmarks/results/retrieval_openfwi_vel.json``.
+
+Simulated data are cached in ``.cache/openfwi_vel/<family>/<split>`` (only missing chunks are simulated); runs,
+the exported bundle and the reports go to ``.cache/openfwi_vel/{runs,bundle,reports}``. Every stage resumes:
+rerunning the command after an interruption continues the training where it stopped and skips finished work.
+
+Run from the repository root:
+    python benchmarks/openfwi_vel.py                       # full: 90 min headline + 2 x 25 min ablation
+    python benchmarks/openfwi_vel.py --budget-min 2 --ablation-budget-min 1 --train-chunks 1 --test-chunks 1 \\
+        --work /tmp/openfwi_vel_check --no-write          # quick end-to-end check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "benchmarks"))
+
+FAMILIES = ("flatvel_a", "curvevel_a")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--openfwi-dir", type=Path,
+                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")),
+                   help="folder with <family>/{train,test}_vmodel.zip (real OpenFWI velocity models)")
+    p.add_argument("--cache", type=Path, default=REPO / ".cache" / "openfwi_vel",
+                   help="simulated data: <cache>/<family>/<split> (OpenFWI layout)")
+    p.add_argument("--work", type=Path, default=None, help="runs, bundle and reports (default: the cache folder)")
+    p.add_argument("--budget-min", type=float, default=90.0, help="headline training budget, minutes (<= 90)")
+    p.add_argument("--ablation-budget-min", type=float, default=25.0,
+                   help="budget of each ablation arm (lambda2 = 0 and 0.1), minutes; 0 skips the ablation")
+    p.add_argument("--epochs", type=int, default=200, help="upper bound on epochs (the budget normally ends training)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
+    p.add_argument("--train-chunks", type=int, default=None,
+                   help="use only the first N 500-pair chunks of each training folder (quick checks)")
+    p.add_argument("--test-chunks", type=int, default=None, help="likewise for the test folders")
+    p.add_argument("--no-simulate", action="store_true", help="fail instead of simulating missing chunks")
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    p.add_argument("--name", default="retrieval_openfwi_vel", help="result file stem under benchmarks/results")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:  # before torch starts its thread pools
+    os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see `seisbind train`: no spinning on a shared machine
+
+import json  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from _common import write_result  # noqa: E402
+
+from seisbind.openfwi import CHUNK_SIZE, OpenFWIError, chunk_counts, chunk_is_complete, chunk_paths  # noqa: E402
+
+
+def simulated_folder(args: argparse.Namespace, family: str, split: str) -> Path:
+    """The cached simulation of one family/split, simulating missing chunks first (resumable, skips finished)."""
+    out = args.cache / family / split
+    src = args.openfwi_dir / family / f"{split}_vmodel.zip"
+    meta = out / "seisbind_dataset.json"
+    total = json.loads(meta.read_text())["count"] if meta.is_file() else None
+    if total is not None:
+        counts = chunk_counts(total, CHUNK_SIZE)
+        limit = args.train_chunks if split == "train" else args.test_chunks
+        want = range(1, min(len(counts), limit or len(counts)) + 1)
+        if all(chunk_is_complete(out, c, counts[c - 1]) for c in want):
+            return out
+    if args.no_simulate:
+        raise OpenFWIError(f"{out}: simulation incomplete and --no-simulate given")
+    if not src.is_file():
+        raise OpenFWIError(f"{src}: real OpenFWI models not found (set --openfwi-dir or SEISBIND_OPENFWI_DIR)")
+    from model.simulate import simulate_dataset
+
+    print(f"simulating missing chunks of {out}", file=sys.stderr, flush=True)
+    simulate_dataset(out, models=src)
+    return out
+
+
+def chunk_subset(src: Path, n_chunks: int | None, dst: Path) -> Path:
+    """``src`` itself, or a folder of symbolic links to its first ``n_chunks`` chunks."""
+    if not n_chunks:
+        return src
+    for c in range(1, n_chunks + 1):
+        s, d = chunk_paths(src, c), chunk_paths(dst, c)
+        for a, b in ((s.data, d.data), (s.model, d.model)):
+            b.parent.mkdir(parents=True, exist_ok=True)
+            if not b.is_symlink():
+                b.symlink_to(a.resolve())
+    return dst
+
+
+def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_dirs: list[Path], lambda2: float,
+            budget_min: float, export_to: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) one run within ``budget_min`` and evaluate it; returns the report plus training facts."""
+    from model.config import TrainConfig
+    from model.evaluate import evaluate, load_embedder
+    from model.export import export_run
+    from model.train import load_checkpoint, train
+
+    work = args.work or args.cache
+    run = work / "runs" / name
+    cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
+                      batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
+                      time_budget_min=budget_min, threads=args.threads)
+    t0 = time.monotonic()
+    summary = train(cfg)
+    target = run
+    if export_to is not None:
+        export_run(run, export_to)
+        target = export_to
+    report = evaluate(load_embedder(target), [str(t) for t in test_dirs], [str(t) for t in train_dirs],
+                      work / "reports" / name)
+    report["training"] = {k: summary[k] for k in ("epochs", "steps", "train_minutes", "stopped", "precision")}
+    ckpt = load_checkpoint(run)
+    report["training"].update(lambda2=lambda2, budget_min=budget_min, batch_size=args.batch_size,
+                              train_pairs=ckpt["train_rows"], val_pairs=ckpt["val_rows"],
+                              history=ckpt["history"], wall_minutes_this_call=(time.monotonic() - t0) / 60)
+    return report
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.budget_min > 90:
+        raise SystemExit("--budget-min: the benchmark allows at most 90 minutes of training")
+    work = args.work or args.cache
+    train_dirs, test_dirs = [], []
+    for fam in FAMILIES:
+        tr, te = simulated_folder(args, fam, "train"), simulated_folder(args, fam, "test")
+        train_dirs.append(chunk_subset(tr, args.train_chunks, work / "subsets" / fam / "train"))
+        test_dirs.append(chunk_subset(te, args.test_chunks, work / "subsets" / fam / "test"))
+    result = run_arm(args, "main", train_dirs, test_dirs, 0.1, args.budget_min, export_to=work / "bundle")
+    result["bundle"] = str(work / "bundle")
+    if args.ablation_budget_min > 0:
+        arms = {lam: run_arm(args, f"ablation_lambda2_{lam:g}", train_dirs, test_dirs, lam, args.ablation_budget_min)
+                for lam in (0.0, 0.1)}
+        ablation = dict(arms[0.0])
+        ablation["matched_lambda2_0.1"] = arms[0.1]
+        ablation["budget_min"] = args.ablation_budget_min
+        result["ablation_lambda2_0"] = ablation
+    return result
+
+
+def headline(r: dict[str, Any]) -> dict[str, Any]:
+    p1, big, p2 = r["p1"], r["p1_large"], r["p2"]
+    return {"p1_sv": {k: p1["seismic_to_velocity"][k] for k in ("R@1", "R@5", "R@10")},
+            "p1_vp": {k: p1["velocity_to_physics"][k] for k in ("R@1", "R@5", "R@10")},
+            "p1_large_sv_R@1": big["seismic_to_velocity"]["R@1"], "gallery": p1["gallery_size"],
+            "p2_mre": p2["descriptor_mre"], "p2_top1_mae": p2["top1_mae_mps"], "train_minutes": r["train_minutes"]}
+
+
+if __name__ == "__main__":
+    res = main(ARGS)
+    print(json.dumps({"main": headline(res), **({"ablation_lambda2_0": headline(res["ablation_lambda2_0"]),
+                                                  "ablation_lambda2_0.1": headline(res["ablation_lambda2_0"]["matched_lambda2_0.1"])}
+                                                 if "ablation_lambda2_0" in res else {})}, indent=1))
+    if not ARGS.no_write:
+        print(write_result(ARGS.name, res))
