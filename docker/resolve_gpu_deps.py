@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if result["ok"] and (wrong or set(cuda) != set(GPU_PACKAGES)):
         result["ok"] = False
         result["pip_output"] = (f"resolved, but built for another CUDA than the base image's {args.cuda_major}: "
-                                f"{wrong or cuda}; pin the gpu extra in pyproject.toml to CUDA {args.cuda_major} builds")
+                                f"{wrong or cuda}; pin the gpu extra in pyproject.toml to CUDA "
+                                f"{args.cuda_major} builds")
     figures = {"ok": result["ok"], "python_version": args.python_version, "glibc": args.glibc,
                "cuda_major": args.cuda_major, "cuda_versions": cuda,
                "platforms": manylinux_platforms(args.glibc), "requirements": requirements,

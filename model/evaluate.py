@@ -55,7 +55,7 @@ def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
     def wrap(enc: Any) -> Encode:
         def f(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
+                return enc(torch.from_numpy(np.array(x, dtype=np.float32)).to(device)).float().cpu().numpy()
         return f
 
     info = {"kind": "run", "path": str(run), "train_minutes": ckpt["elapsed_s"] / 60, "config": ckpt["config"],

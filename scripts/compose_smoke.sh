@@ -93,7 +93,7 @@ t1=$(date +%s)
 log "docker compose up -d (bootstrap preset $SEISBIND_QUICKSTART_PRESET, then api)"
 docker compose up -d || die "docker compose up failed"
 log "bootstrap finished and api started in $(( $(date +%s) - t1 )) s; the bootstrap's summary:"
-docker compose logs --no-color --no-log-prefix bootstrap 2>/dev/null | grep -E '^\[[0-9]/[0-9]\]|R@1|relative error' >&2 || true
+docker compose logs --no-color --no-log-prefix bootstrap 2>/dev/null | grep -E '^\[[0-9]/[0-9]\]|held-out retrieval|descriptors inferred' >&2 || true
 
 log "waiting for $BASE/readyz"
 deadline=$(( $(date +%s) + TIMEOUT ))

@@ -2,9 +2,9 @@
 /readyz, a real /retrieve with a .npy body, HEALTHCHECK, admin token secret, ``down -v``) runs only when
 SEISBIND_DOCKER_TESTS=1: it needs a Docker engine and takes minutes. Where ../shared/scripts/docker-sandbox.sh
 exists (this project's machines: a docker client, no engine, no registry) it runs that first
-(SEISBIND_DOCKER_SANDBOX=0/1 forces it off/on). The other checks here need no Docker: the settings the images and compose file pass
-exist in the service's Settings, the entry point refuses an empty volume, and the HEALTHCHECK script tells a live
-service from a dead one."""
+(SEISBIND_DOCKER_SANDBOX=0/1 forces it off/on). The other checks here need no Docker: the settings the images
+and compose file pass exist in the service's Settings, the entry point refuses an empty volume, and the
+HEALTHCHECK script tells a live service from a dead one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ DOCKER_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "Dockerfile", REP
                 REPO / "docker" / "entrypoint.sh"]
 NOT_SERVICE_SETTINGS = {
     "SEISBIND_BASE_IMAGE", "SEISBIND_CUDA_BASE_IMAGE", "SEISBIND_TORCH_INDEX_URL", "SEISBIND_QUICKSTART_PRESET",
-    "SEISBIND_THREADS", "SEISBIND_GPU_PORT", "SEISBIND_ADMIN_TOKEN_PATH", "SEISBIND_DATA",
+    "SEISBIND_THREADS", "SEISBIND_GPU_PORT", "SEISBIND_ADMIN_TOKEN_PATH",
 }
 """Variables of the compose file and images that are not service settings (build and bootstrap knobs)."""
 

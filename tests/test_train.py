@@ -125,3 +125,21 @@ def test_bad_data_is_refused_naming_the_file_before_training(how, message, tmp_p
     assert not (out / "checkpoint.pt").exists()
     res = CliRunner().invoke(app, ["train", "--data", str(good), "--data", str(bad), "--out", str(out)])
     assert res.exit_code != 0 and bad_file.name in res.output and not out.exists()
+
+
+def test_cli_export_and_evaluation_of_run_and_bundle_agree(tiny_run, data, tmp_path):
+    from model.evaluate import evaluate, load_embedder
+
+    out, _ = tiny_run
+    bundle = tmp_path / "bundle"
+    res = CliRunner().invoke(app, ["export", "--run", str(out), "--out", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["bundle_id"] == read_manifest(bundle)["bundle_id"]
+    test = write_dataset(tmp_path / "test", 16, seed=9, chunk=16)
+    a = evaluate(load_embedder(out), [str(test)], [str(data)], tmp_path / "ra", figures=False)
+    b = evaluate(load_embedder(bundle), [str(test)], [str(data)], tmp_path / "rb", figures=False)
+    for part in ("p1", "p1_large"):
+        for task in ("seismic_to_velocity", "velocity_to_physics"):
+            assert a[part][task]["mean_pos_sim"] == pytest.approx(b[part][task]["mean_pos_sim"], abs=1e-4)
+    assert a["p2"]["descriptor_mre"] == pytest.approx(b["p2"]["descriptor_mre"], rel=1e-3)
+    assert a["train_minutes"] == pytest.approx(b["train_minutes"])
