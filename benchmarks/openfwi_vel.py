@@ -115,7 +115,8 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
     run = work / "runs" / name
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
-                      time_budget_min=budget_min, threads=args.threads)
+                      time_budget_min=budget_min, threads=args.threads,
+                      preprocess_cache=str(work / "preprocessed"))
     t0 = time.monotonic()
     summary = train(cfg)
     target = run

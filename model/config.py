@@ -53,6 +53,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop (and checkpoint) after this many optimiser steps in this session, as if interrupted (tests)."""
     progress: bool = True
+    preprocess_cache: str | None = None
+    """Folder caching the preprocessed gathers of every data file (reused by resumed runs and other arms)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

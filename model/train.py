@@ -258,16 +258,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if rank == 0:
             log.info("%s: training already finished", out)
         return _summary(ckpt, out, ckpt.get("precision", {}), world, "already finished")
-    datasets = open_folders(cfg.data)  # full validation before any work
+    model = create_model(cfg.model, seed=cfg.seed)
+    datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache)  # full validation before any work
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", cfg.to_dict())
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = create_model(cfg.model, seed=cfg.seed)
     n_total = sum(len(d) for d in datasets)
     bar = progress(n_total, "preprocess", enabled=cfg.progress and rank == 0)
-    pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update)
+    pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update, cache_dir=cfg.preprocess_cache)
     bar.close()
     data_summary = folder_summary(cfg.data, datasets)
     del datasets  # unmap the raw files (14 GB for the benchmark); only the preprocessed copy is needed

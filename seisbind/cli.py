@@ -25,8 +25,6 @@ def fail(message: str) -> None:
 
 def parse_shard(shard: Optional[str]) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n; None -> torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    import os
-
     if shard is None:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
@@ -175,13 +173,10 @@ def train(
     amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto, on or off"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
     model_config: Optional[Path] = typer.Option(None, "--model-config", help="JSON of ModelConfig fields (architecture)"),
+    preprocess_cache: Optional[Path] = typer.Option(None, "--preprocess-cache",
+                                                    help="folder caching the preprocessed gathers (reused by later runs)"),
 ) -> None:
     """Train the tri-modal model (resumes when --out holds a compatible run)."""
-    import os
-
-    # OpenMP threads sleep instead of spinning while they wait: on a shared machine, spinning threads
-    # that lose their core make every step several times slower. Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from seisbind.openfwi import OpenFWIError
 
     from model.config import TrainConfig
@@ -194,7 +189,7 @@ def train(
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, val_fraction=val_fraction, amp=amp, threads=threads,
-                          model=mcfg)
+                          model=mcfg, preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)
     except (OpenFWIError, RunError, ValueError, OSError, RuntimeError) as e:
         fail(str(e))

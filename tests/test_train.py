@@ -143,3 +143,22 @@ def test_cli_export_and_evaluation_of_run_and_bundle_agree(tiny_run, data, tmp_p
             assert a[part][task]["mean_pos_sim"] == pytest.approx(b[part][task]["mean_pos_sim"], abs=1e-4)
     assert a["p2"]["descriptor_mre"] == pytest.approx(b["p2"]["descriptor_mre"], rel=1e-3)
     assert a["train_minutes"] == pytest.approx(b["train_minutes"])
+
+
+def test_preprocess_cache_gives_the_same_pairs_and_a_changed_file_is_checked_again(tmp_path):
+    from model.data import load_pairs, open_folders
+    from model.encoders import create_model
+
+    folder = write_dataset(tmp_path / "pairs", 24, seed=3)
+    enc = create_model(ModelConfig.tiny()).seismic
+    cache = tmp_path / "cache"
+    fresh = load_pairs(open_folders([folder]), enc)
+    first = load_pairs(open_folders([folder], enc, cache), enc, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 1
+    again = load_pairs(open_folders([folder], enc, cache), enc, cache_dir=cache)
+    assert torch.equal(fresh.pre, first.pre) and torch.equal(fresh.pre, again.pre)
+    d = np.load(folder / "data" / "data1.npy")
+    d[0, 0, 0, 0] = np.inf
+    save_npy_atomic(folder / "data" / "data1.npy", d)
+    with pytest.raises(OpenFWIError, match="data1.npy: holds NaN or Inf"):
+        open_folders([folder], enc, cache)
