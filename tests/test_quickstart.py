@@ -107,8 +107,9 @@ def test_a_missing_output_reruns_only_its_step(first_run: tuple[Path, subprocess
 
 def test_ctrl_c_keeps_finished_steps_and_the_next_run_resumes(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
+    # A runner started in the background may ignore SIGINT, and Python keeps an inherited SIG_IGN: reset it.
     proc = subprocess.Popen(command(workdir, "--preset", "tiny"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=ENV)
+                            text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     assert proc.stderr is not None
     for line in proc.stderr:  # interrupt while the test split is being simulated
