@@ -14,7 +14,7 @@ import numpy as np
 from seisbind.acquisition import VELOCITY_SHAPE
 from seisbind.bundle import sha256_file
 
-from index.ann import exact_knn, search_params
+from index.ann import configure_blas_threshold, exact_knn, search_params
 from index.gpu import GPU_MAX_K, GpuReplicas, want_gpu
 from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
                          VELOCITY_FILE, BundleMismatchError, IndexStore, IndexStoreError)
@@ -135,6 +135,7 @@ class Searcher:
                                 count, mmap=False)
         ids, sources = _read_entries(folder / ENTRIES_FILE, count)
         params = manifest["index"]
+        configure_blas_threshold()
         gpu = None
         if want_gpu(params["type"], use_gpu) and int(params.get("nprobe", 1)) <= GPU_MAX_K:
             gpu = GpuReplicas(index)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from model.encoders import ModelConfig
 
 RESUME_KEYS = ("data", "seed", "batch_size", "lr", "weight_decay", "warmup_fraction", "lambda1", "lambda2",
-               "val_fraction", "mirror_p", "model")
+               "scale_lr_mult", "val_fraction", "mirror_p", "model")
 """Settings a resumed run must share with the checkpoint (the others, e.g. epochs or device, may change)."""
 
 
@@ -38,6 +38,8 @@ class TrainConfig:
     """Weight of InfoNCE(seismic, velocity)."""
     lambda2: float = 0.1
     """Weight of InfoNCE(velocity, physics)."""
+    scale_lr_mult: float = 1.0
+    """Learning-rate multiplier of the logit scale(s): the temperature moves at most ~lr per step under Adam."""
     val_fraction: float = 0.02
     """Pairs held out for the per-epoch validation R@1."""
     mirror_p: float = 0.5
@@ -90,5 +92,5 @@ class TrainConfig:
 
     def resume_mismatch(self, other: dict[str, Any]) -> list[str]:
         """Names of RESUME_KEYS whose values differ from the stored config ``other``."""
-        mine = self.to_dict()
-        return [k for k in RESUME_KEYS if mine.get(k) != other.get(k)]
+        mine, theirs = self.to_dict(), TrainConfig.from_dict(other).to_dict()  # settings added since: defaults
+        return [k for k in RESUME_KEYS if mine.get(k) != theirs.get(k)]

@@ -64,6 +64,8 @@ class ModelConfig:
     """Linear layers of the physics MLP (>= 2)."""
     head: Literal["avg", "flatten"] = "flatten"
     """How the last feature map becomes a vector: global average, or flatten (keeps where structures are)."""
+    vp_scale: bool = False
+    """Give the velocity-physics InfoNCE its own learnable logit scale (else both pairs share one)."""
 
     def __post_init__(self) -> None:
         if self.embed_dim <= 0 or self.decimation < 1 or self.lowpass_taps % 2 == 0 or self.phys_layers < 2:
@@ -278,17 +280,28 @@ class SeisBindModel(nn.Module):
         self.physics = PhysicsEncoder(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         """log of the inverse temperature (CLIP): initial 1/0.07, clamped at 100 when used."""
+        if cfg.vp_scale:
+            self.logit_scale_vp = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            """The velocity-physics pair's own logit scale (ModelConfig.vp_scale)."""
 
     def scale(self, max_scale: float = 100.0) -> torch.Tensor:
-        """exp(logit_scale), clamped at ``max_scale``."""
+        """exp(logit_scale), clamped at ``max_scale`` (the seismic-velocity scale)."""
         return self.logit_scale.exp().clamp(max=max_scale)
+
+    def scale_vp(self, max_scale: float = 100.0) -> torch.Tensor:
+        """The velocity-physics scale: its own if ModelConfig.vp_scale, else the shared one."""
+        if self.cfg.vp_scale:
+            return self.logit_scale_vp.exp().clamp(max=max_scale)
+        return self.scale(max_scale)
 
     def forward(self, pre_gathers: torch.Tensor, velocity: torch.Tensor, descriptors: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Training forward on preprocessed gathers: (seismic, velocity, physics embeddings, logit scale).
-        The physics encoder is skipped (None) when ``descriptors`` is None, e.g. when its loss weight is 0."""
+        """Training forward on preprocessed gathers: (seismic, velocity, physics embeddings, logit scales [2]:
+        seismic-velocity, velocity-physics). The physics encoder is skipped (None) when ``descriptors`` is None,
+        e.g. when its loss weight is 0."""
         phys = None if descriptors is None else self.physics(descriptors)
-        return self.seismic.forward_features(pre_gathers), self.velocity(velocity), phys, self.scale()
+        scales = torch.stack([self.scale(), self.scale_vp()])
+        return self.seismic.forward_features(pre_gathers), self.velocity(velocity), phys, scales
 
 
 def create_model(cfg: ModelConfig | None = None, seed: int | None = None) -> SeisBindModel:

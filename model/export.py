@@ -146,6 +146,7 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             "descriptor_units": [DESCRIPTOR_UNITS[n] for n in DESCRIPTOR_NAMES],
             "descriptor_stats": stats,
             "logit_scale": float(model.scale().detach()),
+            "logit_scale_vp": float(model.scale_vp().detach()),
             "model_config": model.cfg.to_dict(),
             "opset": OPSET,
             "parity": {"min_cosine": parity, "rows": int(len(inputs["velocity"])), "threshold": PARITY_MIN_COSINE},

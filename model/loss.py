@@ -45,13 +45,15 @@ class TriModalLoss:
 
     def __call__(self, seis: torch.Tensor, vel: torch.Tensor, phys: torch.Tensor, scale: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss (a scalar tensor) and its detached parts {"sv", "vp"}."""
-        sv = symmetric_info_nce(seis, vel, scale)
+        """Total loss (a scalar tensor) and its detached parts {"sv", "vp"}. ``scale``: one logit scale for both
+        pairs (a scalar), or [2] = (seismic-velocity, velocity-physics)."""
+        s_sv, s_vp = (scale, scale) if scale.ndim == 0 else (scale[0], scale[1])
+        sv = symmetric_info_nce(seis, vel, s_sv)
         if self.lambda2 > 0:
-            vp = symmetric_info_nce(vel, phys, scale)
+            vp = symmetric_info_nce(vel, phys, s_vp)
             total = self.lambda1 * sv + self.lambda2 * vp
         else:
             with torch.no_grad():
-                vp = symmetric_info_nce(vel, phys, scale)
+                vp = symmetric_info_nce(vel, phys, s_vp)
             total = self.lambda1 * sv
         return total, {"sv": float(sv.detach()), "vp": float(vp.detach())}

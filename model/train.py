@@ -90,12 +90,19 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> SeisBindModel:
     return model.eval()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices/kernels; none on biases, norms and the logit scale."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, scale_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices/kernels; none on biases, norms and the logit scales (which get their
+    own group, learning rate times ``scale_lr_mult``, when that is not 1)."""
+    decay, no_decay, scales = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if "logit_scale" in name:
+            (scales if scale_lr_mult != 1.0 else no_decay).append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0, "lr_mult": scale_lr_mult})
+    return groups
 
 
 def lr_factor(progress_fraction: float, warmup: float) -> float:
@@ -281,7 +288,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.scale_lr_mult), lr=cfg.lr, betas=(0.9, 0.98),
+                            eps=1e-6)
     steps_per_epoch = len(tr_rows) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "history": [], "finished": False,
@@ -338,13 +346,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if budget_s:
                     frac = max(frac, elapsed() / budget_s)
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(frac, cfg.warmup_fraction)
+                    g["lr"] = cfg.lr * lr_factor(frac, cfg.warmup_fraction) * g.get("lr_mult", 1.0)
                 loss, parts = train_loss(ddp, model, loss_fn, pre, vel, desc, device, amp)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                    for name, p in model.named_parameters():
+                        if "logit_scale" in name:
+                            p.clamp_(0, MAX_LOGIT_SCALE)
                 state["loss_sum"] += float(loss.detach())
                 state["loss_count"] += 1
                 last_loss = float(loss.detach())
@@ -373,6 +383,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    "step": state["global_step"],
                    "loss": state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
                    "logit_scale": float(model.scale().detach()), "temperature": 1 / float(model.scale().detach()),
+                   "logit_scale_vp": float(model.scale_vp().detach()),
                    "lr": opt.param_groups[0]["lr"], "elapsed_min": elapsed() / 60}
             row.update(validate(model, pairs, val_rows, device, amp))
             state["loss_sum"], state["loss_count"] = 0.0, 0

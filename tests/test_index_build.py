@@ -163,7 +163,7 @@ def test_missing_root_and_bad_manifest_are_clear_errors(built: tuple[Path, str],
 def test_index_of_another_bundle_is_refused(built: tuple[Path, str], bundles: tuple[Path, Path]) -> None:
     other = EncoderBundle(bundles[1]).bundle_id
     assert other != EncoderBundle(bundles[0]).bundle_id
-    with pytest.raises(BundleMismatchError, match=rf"built with encoder bundle \w+, but the encoders in use are {other}"):
+    with pytest.raises(BundleMismatchError, match=rf"encoder bundle \w+, but the encoders in use are {other}"):
         Searcher.load(built[0], expected_bundle_id=other)
 
 

@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index.ann import (EXACT_MAX, build_ann, exact_knn, ivf_nlist, perturbed_queries, recall_at_k, resolve_type,
-                       search_params)
+from index.ann import (EXACT_MAX, build_ann, configure_blas_threshold, exact_knn, ivf_nlist, perturbed_queries,
+                       recall_at_k, resolve_type, search_params)
 from index.gpu import GPU_MAX_K, GpuReplicas, gpu_count, want_gpu
 from index.synthetic import clustered_embeddings, random_unit_vectors
 
@@ -32,6 +32,24 @@ def test_exact_search_equals_numpy_brute_force() -> None:
     D_np, I_np = numpy_topk(xq, xb, 25)
     np.testing.assert_array_equal(I, I_np)
     np.testing.assert_allclose(D, D_np, atol=1e-5)
+    # One query at a time takes FAISS's sequential scan instead of BLAS: same answer.
+    I_one = np.concatenate([index.search(xq[i:i + 1], 25)[1] for i in range(len(xq))])
+    np.testing.assert_array_equal(I_one, I_np)
+
+
+def test_blas_threshold_is_lowered_only_from_the_faiss_1_15_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import index.ann as ann
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    try:
+        monkeypatch.setattr(ann, "_DEFAULT_BLAS_THRESHOLD", 128000)  # faiss 1.15: compared with nq * d
+        assert configure_blas_threshold(2) == 1600 == faiss.cvar.distance_compute_blas_threshold
+        assert configure_blas_threshold(1) == 800
+        faiss.cvar.distance_compute_blas_threshold = 20
+        monkeypatch.setattr(ann, "_DEFAULT_BLAS_THRESHOLD", 20)  # older faiss: a number of queries
+        assert configure_blas_threshold(2) == 20
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def test_ivf_on_100k_vectors_meets_recall_target() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +49,23 @@ def test_weights_combine_and_lambda2_zero_sends_no_gradient_to_physics():
     loss0.backward()
     assert p.grad is None and s.grad is not None
     assert abs(loss0.item() - parts0["sv"]) < 1e-6 and parts0["vp"] == parts["vp"]
+
+
+def test_a_pair_of_scales_scores_each_pair_with_its_own():
+    g = torch.Generator().manual_seed(2)
+    s, v, p = (F.normalize(torch.randn(5, 8, generator=g), dim=1) for _ in range(3))
+    _, parts = TriModalLoss(1.0, 0.1)(s, v, p, torch.tensor([10.0, 30.0]))
+    assert parts["sv"] == pytest.approx(symmetric_info_nce(s, v, torch.tensor(10.0)).item())
+    assert parts["vp"] == pytest.approx(symmetric_info_nce(v, p, torch.tensor(30.0)).item())
+
+
+def test_separate_velocity_physics_scale_is_a_second_parameter_with_its_own_learning_rate():
+    from model.encoders import ModelConfig, create_model
+    from model.train import param_groups
+
+    shared = create_model(ModelConfig.tiny())
+    assert not hasattr(shared, "logit_scale_vp") and torch.equal(shared.scale_vp(), shared.scale())
+    own = create_model(ModelConfig(**{**ModelConfig.tiny().to_dict(), "seis_trunk": (4, 8, 8), "vp_scale": True}))
+    groups = param_groups(own, 0.05, scale_lr_mult=10.0)
+    assert len(groups) == 3 and groups[2]["lr_mult"] == 10.0 and len(groups[2]["params"]) == 2
+    assert len(param_groups(own, 0.05)) == 2
