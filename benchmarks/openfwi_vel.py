@@ -142,10 +142,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         tr, te = simulated_folder(args, fam, "train"), simulated_folder(args, fam, "test")
         train_dirs.append(chunk_subset(tr, args.train_chunks, work / "subsets" / fam / "train"))
         test_dirs.append(chunk_subset(te, args.test_chunks, work / "subsets" / fam / "test"))
-    result = run_arm(args, "main", train_dirs, test_dirs, 0.1, args.budget_min, export_to=work / "bundle")
+    result = run_arm(args, f"main_{args.budget_min:g}min", train_dirs, test_dirs, 0.1, args.budget_min,
+                     export_to=work / "bundle")
     result["bundle"] = str(work / "bundle")
     if args.ablation_budget_min > 0:
-        arms = {lam: run_arm(args, f"ablation_lambda2_{lam:g}", train_dirs, test_dirs, lam, args.ablation_budget_min)
+        arms = {lam: run_arm(args, f"ablation_lambda2_{lam:g}_{args.ablation_budget_min:g}min", train_dirs,
+                             test_dirs, lam, args.ablation_budget_min)
                 for lam in (0.0, 0.1)}
         ablation = dict(arms[0.0])
         ablation["matched_lambda2_0.1"] = arms[0.1]

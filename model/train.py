@@ -262,6 +262,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise RunError(f"{out}: holds a run with different settings ({', '.join(diff)}); "
                            "use another --out or the original settings to resume")
     if ckpt is not None and ckpt.get("finished"):
+        old = TrainConfig.from_dict(ckpt["config"])
+        if (old.epochs, old.time_budget_min) != (cfg.epochs, cfg.time_budget_min):
+            raise RunError(f"{out}: training already finished with epochs={old.epochs}, time budget "
+                           f"{old.time_budget_min} min; a finished schedule cannot be extended, use another --out")
         if rank == 0:
             log.info("%s: training already finished", out)
         return _summary(ckpt, out, ckpt.get("precision", {}), world, "already finished")

@@ -88,6 +88,9 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tiny_run, dat
 def test_a_run_folder_with_other_settings_is_not_resumed(tiny_run, data):
     with pytest.raises(RunError, match="different settings \\(seed\\)"):
         train(_cfg(data, tiny_run[0], seed=1))
+    with pytest.raises(RunError, match="already finished with epochs=6"):
+        train(_cfg(data, tiny_run[0], epochs=8))
+    assert train(_cfg(data, tiny_run[0]))["stopped"] == "already finished"
 
 
 def test_time_budget_stops_and_marks_the_run_finished(data, tmp_path):
