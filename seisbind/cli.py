@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-
-# OpenMP threads that busy-wait are up to 15x slower on shared cores (measured: simulator 4 s/model vs 0.25).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Optional
 
