@@ -294,18 +294,11 @@ def _bundle_valid(layout: Layout, result: dict[str, Any]) -> bool:
 
 
 def _build_index(layout: Layout) -> dict[str, Any]:
-    from seisbind.progress import progress
+    from seisbind.progress import fraction_progress
 
     from index.build import build_index
 
-    bar = progress(1000, "build-index")
-    done = [0]
-
-    def report(fraction: float) -> None:
-        step = int(fraction * 1000) - done[0]
-        if step > 0:
-            bar.update(step)
-            done[0] += step
+    bar, report = fraction_progress("build-index")
 
     try:
         version = build_index(layout.bundle, layout.bank, layout.indexes, index_type="auto", keep=2,

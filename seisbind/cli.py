@@ -104,18 +104,11 @@ def build_index(
     """Embed a bank of velocity models and write a new verified index version (DESIGN section 4)."""
     from seisbind.bundle import BundleError
     from seisbind.openfwi import OpenFWIError
-    from seisbind.progress import progress
+    from seisbind.progress import fraction_progress
 
     from index.build import build_index as run_build
 
-    bar = progress(1000, "build-index")
-    done = [0]
-
-    def report(fraction: float) -> None:
-        step = int(fraction * 1000) - done[0]
-        if step > 0:
-            bar.update(step)
-            done[0] += step
+    bar, report = fraction_progress("build-index")
 
     try:
         version = run_build(encoders, bank, out, index_type=index_type, recall_target=recall_target, keep=keep,

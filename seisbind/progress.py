@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -45,3 +46,18 @@ def progress(total: int, desc: str, initial: int = 0, enabled: bool = True) -> A
     if enabled and sys.stderr.isatty():
         return tqdm(total=total, desc=desc, initial=initial, unit="model", dynamic_ncols=True)
     return LogProgress(total, desc, interval=30.0 if enabled else float("inf"), initial=initial)
+
+
+def fraction_progress(desc: str, resolution: int = 1000) -> tuple[Any, Callable[[float], None]]:
+    """A progress counter and a callback that moves it to a completed fraction in [0, 1] (for APIs that report
+    fractions, such as ``index.build.build_index(progress_cb=...)``)."""
+    bar = progress(resolution, desc)
+    done = [0]
+
+    def report(fraction: float) -> None:
+        step = int(fraction * resolution) - done[0]
+        if step > 0:
+            bar.update(step)
+            done[0] += step
+
+    return bar, report
