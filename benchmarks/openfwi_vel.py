@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale-lr-mult", type=float, default=10.0, help="learning-rate multiplier of the logit scales")
+    p.add_argument("--shared-scale", action="store_true",
+                   help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
     p.add_argument("--train-chunks", type=int, default=None,
                    help="use only the first N 500-pair chunks of each training folder (quick checks)")
@@ -113,8 +116,11 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
 
     work = args.work or args.cache
     run = work / "runs" / name
+    from model.encoders import ModelConfig
+
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
+                      scale_lr_mult=args.scale_lr_mult, model=ModelConfig(vp_scale=not args.shared_scale),
                       time_budget_min=budget_min, threads=args.threads,
                       preprocess_cache=str(work / "preprocessed"))
     t0 = time.monotonic()

@@ -64,8 +64,9 @@ class ModelConfig:
     """Linear layers of the physics MLP (>= 2)."""
     head: Literal["avg", "flatten"] = "flatten"
     """How the last feature map becomes a vector: global average, or flatten (keeps where structures are)."""
-    vp_scale: bool = False
-    """Give the velocity-physics InfoNCE its own learnable logit scale (else both pairs share one)."""
+    vp_scale: bool = True
+    """Give the velocity-physics InfoNCE its own learnable logit scale (else both pairs share one). Configs saved
+    before this option existed read as False."""
 
     def __post_init__(self) -> None:
         if self.embed_dim <= 0 or self.decimation < 1 or self.lowpass_taps % 2 == 0 or self.phys_layers < 2:
@@ -92,6 +93,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}")
         d = dict(d)
+        d.setdefault("vp_scale", False)  # saved before the option existed: one shared scale
         if "seis_trunk" in d:
             d["seis_trunk"] = tuple(d["seis_trunk"])
         return cls(**d)

@@ -63,9 +63,11 @@ def test_separate_velocity_physics_scale_is_a_second_parameter_with_its_own_lear
     from model.encoders import ModelConfig, create_model
     from model.train import param_groups
 
-    shared = create_model(ModelConfig.tiny())
+    tiny = {**ModelConfig.tiny().to_dict(), "seis_trunk": (4, 8, 8)}
+    shared = create_model(ModelConfig(**{**tiny, "vp_scale": False}))
     assert not hasattr(shared, "logit_scale_vp") and torch.equal(shared.scale_vp(), shared.scale())
-    own = create_model(ModelConfig(**{**ModelConfig.tiny().to_dict(), "seis_trunk": (4, 8, 8), "vp_scale": True}))
+    assert ModelConfig.from_dict({k: v for k, v in tiny.items() if k != "vp_scale"}).vp_scale is False
+    own = create_model(ModelConfig(**{**tiny, "vp_scale": True}))
     groups = param_groups(own, 0.05, scale_lr_mult=10.0)
     assert len(groups) == 3 and groups[2]["lr_mult"] == 10.0 and len(groups[2]["params"]) == 2
     assert len(param_groups(own, 0.05)) == 2
