@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale-lr-mult", type=float, default=10.0, help="learning-rate multiplier of the logit scales")
+    p.add_argument("--scale-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the logit scales")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")

@@ -42,6 +42,7 @@ from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
 
 K = 10
 CLIENTS = (1, 4, 16)
+DEFAULT_PROFILE = "throughput:ort_intra_op_threads=1,encode_workers=2"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="idle time between sequential calls, the same for in-process and HTTP timings")
     p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a service setting for both the server and the in-process engine, e.g. ort_intra_op_threads=1")
+    p.add_argument("--profile", action="append", default=None, metavar="NAME:NAME=VALUE[,NAME=VALUE]",
+                   help="also measure these settings (on top of --setting), in the same run, recorded under "
+                        "profiles.NAME (default: throughput:ort_intra_op_threads=1,encode_workers=2; 'none' for none)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
     return p.parse_args(argv)
@@ -138,49 +142,70 @@ def throughput(server: ServerProcess, body: bytes, clients: int, seconds: float)
     return sum(done), time.monotonic() - t0
 
 
+def parse_profiles(given: list[str] | None) -> dict[str, dict[str, str]]:
+    """--profile values -> {name: {setting: value}}."""
+    profiles = {}
+    for spec in given if given is not None else [DEFAULT_PROFILE]:
+        if spec == "none":
+            continue
+        name, _, kvs = spec.partition(":")
+        profiles[name] = dict(kv.split("=", 1) for kv in kvs.split(",") if kv)
+    return profiles
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
+    base = dict(kv.split("=", 1) for kv in args.setting)
     with tempfile.TemporaryDirectory(prefix="seisbind-service-bench-") as tmp:
         work = args.work or Path(tmp)
         encoders = args.encoders or export_default_bundle(work / "bundle")
         bank = args.bank or make_bank(work / "bank", args.bank_size, seed=0)
         index_root = work / "index"
         build_index(encoders, bank, index_root, index_type="auto")
-        gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
-        npy_body = npy_bytes(gather)
-        json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
-        settings = dict(kv.split("=", 1) for kv in args.setting)
-        engine = in_process_engine(encoders, index_root, settings)
-        server = ServerProcess.start(encoders, index_root, log=work / "server.log",
-                                     env={f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
-        try:
-            info = server.json("/v1/info")
-            time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
-            time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
-            time_in_process(engine, gather, 5, 0.0)
-            gap = args.gap_ms / 1000.0
-            inproc: list[float] = []
-            npy: list[float] = []
-            js: list[float] = []
-            for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
-                inproc += time_in_process(engine, gather, args.requests // args.rounds, gap)
-                npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
-                js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds, gap)
-            stages = server.stage_ms()
-            throughput(server, npy_body, 16, 2.0)  # warm-up
-            counts = {c: [0, 0.0, 0.0] for c in CLIENTS}  # requests, seconds, server CPU seconds
-            for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
-                cpu0 = server.cpu_seconds()
-                n, s = throughput(server, npy_body, c, args.seconds / 2)
-                counts[c][0] += n
-                counts[c][1] += s
-                counts[c][2] += server.cpu_seconds() - cpu0
-            batches = server.request("GET", "/metrics")[1].decode()
-        finally:
-            server.stop()
-    rps = {str(c): round(n / s, 2) for c, (n, s, _) in counts.items()}
-    cores_used = {str(c): round(cpu / s, 2) for c, (_, s, cpu) in counts.items()}
-    cpu_ms_per_request = {str(c): round(1000 * cpu / n, 2) for c, (n, _, cpu) in counts.items()}
+        figures = measure(args, encoders, index_root, base, work / "server.log")
+        figures["profiles"] = {name: measure(args, encoders, index_root, {**base, **extra}, work / f"server-{name}.log")
+                               for name, extra in parse_profiles(args.profile).items()}
+    figures["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return figures
+
+
+def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings: dict[str, str],
+            log: Path) -> dict[str, Any]:
+    """Every figure of service.json for one set of service settings."""
+    gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
+    npy_body = npy_bytes(gather)
+    json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
+    engine = in_process_engine(encoders, index_root, settings)
+    server = ServerProcess.start(encoders, index_root, log=log,
+                                 env={f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
+    try:
+        info = server.json("/v1/info")
+        time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
+        time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
+        time_in_process(engine, gather, 5, 0.0)
+        gap = args.gap_ms / 1000.0
+        inproc: list[float] = []
+        npy: list[float] = []
+        js: list[float] = []
+        for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
+            inproc += time_in_process(engine, gather, args.requests // args.rounds, gap)
+            npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
+            js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds, gap)
+        stages = server.stage_ms()
+        throughput(server, npy_body, 16, 2.0)  # warm-up
+        counts = {c: [0, 0.0, 0.0, 0.0, 0.0] for c in CLIENTS}  # requests, s, server CPU s, batched gathers, batches
+        for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
+            cpu0, b0 = server.cpu_seconds(), _batch_totals(server)
+            n, s = throughput(server, npy_body, c, args.seconds / 2)
+            b1 = _batch_totals(server)
+            for i, v in enumerate((n, s, server.cpu_seconds() - cpu0, b1[0] - b0[0], b1[1] - b0[1])):
+                counts[c][i] += v
+    finally:
+        server.stop()
+    rps = {str(c): round(n / s, 2) for c, (n, s, *_) in counts.items()}
+    cores_used = {str(c): round(cpu / s, 2) for c, (_, s, cpu, *_) in counts.items()}
+    cpu_ms_per_request = {str(c): round(1000 * cpu / n, 2) for c, (n, _, cpu, *_) in counts.items()}
+    mean_batch = {str(c): round(g / b, 2) if b else None for c, (*_, g, b) in counts.items()}
     p_in, p_npy, p_js = percentiles_ms(inproc), percentiles_ms(npy), percentiles_ms(js)
     figures = {
         "npy": p_npy, "json": p_js,
@@ -191,13 +216,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "throughput_16_over_1": round(rps["16"] / rps["1"], 3),
         "server_cpu_cores_used": cores_used,
         "server_cpu_ms_per_request": cpu_ms_per_request,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "targets": {"npy_p50_over_in_process_max": 1.3, "throughput_16_over_1_min": 2.0,
                     "npy_p50_met": p_npy["p50_ms"] <= 1.3 * p_in["p50_ms"],
                     "throughput_met": rps["16"] >= 2.0 * rps["1"]},
         "server_stage_ms_sequential": stages,
         "server": {k: info[k] for k in ("encoder", "count", "index_type", "providers", "intra_op_threads", "batching")},
-        "mean_batch_gathers": _mean_batch(batches),
+        "mean_batch_gathers": mean_batch,
         "k": K, "bank_size": info["count"], "seconds_per_client_count": args.seconds, "gap_ms": args.gap_ms,
         "settings": settings,
         "notes": "latencies are client-side wall times of sequential requests on one kept-alive connection; "
@@ -208,15 +232,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def _mean_batch(metrics_text: str) -> float | None:
-    vals = {}
-    for line in metrics_text.splitlines():
-        if line.startswith(("seisbind_batch_gathers_sum", "seisbind_batch_gathers_count")):
-            name, v = line.split(" ")
+def _batch_totals(server: ServerProcess) -> tuple[float, float]:
+    """(gathers encoded, micro-batches run) so far, from /metrics."""
+    vals = {"seisbind_batch_gathers_sum": 0.0, "seisbind_batch_gathers_count": 0.0}
+    for line in server.request("GET", "/metrics")[1].decode().splitlines():
+        name, _, v = line.partition(" ")
+        if name in vals:
             vals[name] = float(v)
-    if not vals.get("seisbind_batch_gathers_count"):
-        return None
-    return round(vals["seisbind_batch_gathers_sum"] / vals["seisbind_batch_gathers_count"], 3)
+    return vals["seisbind_batch_gathers_sum"], vals["seisbind_batch_gathers_count"]
 
 
 if __name__ == "__main__":

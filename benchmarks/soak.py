@@ -4,7 +4,10 @@ that must be refused — while admin rebuilds swap the index back and forth betw
 requests (any valid request not answered 200, any bad one not answered 4xx, any connection error), latency
 percentiles, the server's resident-memory growth and the rebuilds completed.
 
-Run from the repository root:  python benchmarks/soak.py [--duration 180] [--clients 4] [--rebuild-every 40]
+Clients are paced to a target request rate (by default the 16-client throughput recorded in
+``benchmarks/results/service.json``); the figures say which rate was asked for and which was reached.
+
+Run from the repository root:  python benchmarks/soak.py [--duration 600] [--clients 16] [--rate RPS]
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoders", type=Path, default=None,
                    help="encoder bundle (default: the benchmark-size architecture, untrained, exported)")
-    p.add_argument("--duration", type=float, default=180.0, help="seconds of load")
-    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    p.add_argument("--rebuild-every", type=float, default=40.0, help="seconds between the starts of admin rebuilds")
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    p.add_argument("--clients", type=int, default=16, help="concurrent client threads")
+    p.add_argument("--rate", type=float, default=None,
+                   help="target requests per second over all clients (default: throughput_rps.16 of "
+                        "benchmarks/results/service.json; 0: as fast as the clients go)")
+    p.add_argument("--rebuild-every", type=float, default=150.0,
+                   help="seconds between the starts of admin rebuilds (the first at half of it)")
     p.add_argument("--bank-size", type=int, default=1000, help="models in each of the two banks")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
@@ -76,7 +83,19 @@ def request_mix(seed: int) -> list[tuple[str, str, bytes, dict[str, str], bool, 
     ]
 
 
+def default_rate() -> float:
+    """The 16-client throughput the service benchmark recorded (requests per second)."""
+    path = REPO / "benchmarks" / "results" / "service.json"
+    try:
+        return float(json.loads(path.read_text())["throughput_rps"]["16"])
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"--rate not given and no throughput_rps.16 in {path} ({e}); run benchmarks/service.py "
+                         "first or pass --rate") from e
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.rate is None:
+        args.rate = default_rate()
     token = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="seisbind-soak-") as tmp:
         work = args.work or Path(tmp)
@@ -105,11 +124,27 @@ def soak(server: ServerProcess, args: argparse.Namespace, token: str) -> dict[st
     versions: set[str] = set()
     stop = threading.Event()
     lock = threading.Lock()
+    start = time.perf_counter()
+    issued = [0]
+
+    def wait_for_slot() -> None:
+        """Pace all clients together to args.rate requests per second (no pacing when it is 0)."""
+        if args.rate <= 0:
+            return
+        with lock:
+            slot = start + issued[0] / args.rate
+            issued[0] += 1
+        delay = slot - time.perf_counter()
+        if delay > 0:
+            stop.wait(delay)
 
     def client(i: int) -> None:
         rng = np.random.default_rng(100 + i)
         conn = server.connection()
         while not stop.is_set():
+            wait_for_slot()
+            if stop.is_set():
+                break
             name, path, body, headers, valid, _ = mix[rng.choice(len(mix), p=weights)]
             t = time.perf_counter()
             try:
@@ -178,6 +213,7 @@ def soak(server: ServerProcess, args: argparse.Namespace, token: str) -> dict[st
     return {
         "duration_s": round(duration, 1),
         "requests": int(sum(counts.values())),
+        "target_rate_rps": args.rate, "achieved_rate_rps": round(sum(counts.values()) / duration, 2),
         "failed": len(failures),
         "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"],
         "rss_growth_fraction": round(growth, 4) if growth is not None else None,

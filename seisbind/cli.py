@@ -159,7 +159,7 @@ def train(
     lr: float = typer.Option(1e-3, "--lr"),
     lambda1: float = typer.Option(1.0, "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
     lambda2: float = typer.Option(0.1, "--lambda2", help="weight of InfoNCE(velocity, physics)"),
-    scale_lr_mult: float = typer.Option(10.0, "--scale-lr-mult", help="learning-rate multiplier of the logit scales"),
+    scale_lr_mult: float = typer.Option(1.0, "--scale-lr-mult", help="learning-rate multiplier of the logit scales"),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="pairs held out for validation R@1"),
     amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto, on or off"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
