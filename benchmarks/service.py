@@ -42,7 +42,7 @@ from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
 
 K = 10
 CLIENTS = (1, 4, 16)
-DEFAULT_PROFILE = "throughput:ort_intra_op_threads=1,encode_workers=2"
+DEFAULT_PROFILES = ["throughput:ort_intra_op_threads=1,encode_workers=2", "one_worker:encode_workers=1"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a service setting for both the server and the in-process engine, e.g. ort_intra_op_threads=1")
     p.add_argument("--profile", action="append", default=None, metavar="NAME:NAME=VALUE[,NAME=VALUE]",
                    help="also measure these settings (on top of --setting), in the same run, recorded under "
-                        "profiles.NAME (default: throughput:ort_intra_op_threads=1,encode_workers=2; 'none' for none)")
+                        f"profiles.NAME (default: {' and '.join(DEFAULT_PROFILES)}; 'none' for none)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
     return p.parse_args(argv)
@@ -145,7 +145,7 @@ def throughput(server: ServerProcess, body: bytes, clients: int, seconds: float)
 def parse_profiles(given: list[str] | None) -> dict[str, dict[str, str]]:
     """--profile values -> {name: {setting: value}}."""
     profiles = {}
-    for spec in given if given is not None else [DEFAULT_PROFILE]:
+    for spec in given if given is not None else DEFAULT_PROFILES:
         if spec == "none":
             continue
         name, _, kvs = spec.partition(":")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -30,7 +29,7 @@ from index.ann import build_ann, check_index_type, check_recall_target, resolve_
 from index.encoders import EncoderBundle, OnnxEncoder
 from index.searcher import Searcher
 from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
-                         VELOCITY_FILE, IndexStore, IndexStoreError, fsync_path, new_version_id)
+                         VELOCITY_FILE, IndexStore, IndexStoreError, fsync_path, new_version_id, storage_error)
 
 log = logging.getLogger("seisbind.index")
 
@@ -101,11 +100,17 @@ def build_index(bundle_dir: str | os.PathLike[str], bank_path: str | os.PathLike
         manifest["verification"] = verify_version(tmp, bundle, verify_sample)
         write_json_atomic(tmp / MANIFEST, manifest)
         store.publish(tmp, version)
+    except OSError as e:  # disk full, read-only, ...: say so, leave nothing behind
+        store.abort(tmp)
+        raise storage_error(tmp, e, f"writing version {version}") from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        store.abort(tmp)
         raise
     store.set_current(version)
-    store.prune(keep)
+    try:
+        store.prune(keep)
+    except OSError as e:  # the new version is current; failing to delete old ones does not undo that
+        log.warning("build-index %s: pruning old versions failed: %s", version, e)
     report(1.0)
     log.info("build-index %s: current (%d entries, %s)", version, n, params["type"])
     return version
@@ -129,7 +134,6 @@ def _embed_bank(bank: ModelSet, bank_path: str | os.PathLike[str], encoder: Onnx
     """Stream the bank through validation, descriptors and the velocity encoder, writing the velocity store,
     embeddings, descriptors and entries into ``tmp``. Returns (embeddings [N, dim], content sha256)."""
     n = len(bank)
-    velocity = np.lib.format.open_memmap(tmp / VELOCITY_FILE, mode="w+", dtype=np.float32, shape=(n, *VELOCITY_SHAPE))
     embeddings: np.ndarray | None = None
     descriptors = np.empty((n, len(DESCRIPTOR_NAMES)), np.float64)
     digest = hashlib.sha256()
@@ -138,30 +142,30 @@ def _embed_bank(bank: ModelSet, bank_path: str | os.PathLike[str], encoder: Onnx
     file_index: list[int] = []
     rows: list[int] = []
     i = 0
-    for f, (label, arr) in enumerate(bank.parts):
-        files.append(label)
-        prefix = _id_prefix(label, Path(bank_path))
-        for start in range(0, len(arr), batch_size):
-            stop = min(start + batch_size, len(arr))
-            try:
-                chunk = check_velocity(np.asarray(arr[start:stop]), f"{label} rows {start}..{stop - 1}")
-            except ValueError as e:
-                raise OpenFWIError(f"bank {bank_path}: {e}") from e
-            b = len(chunk)
-            emb = encoder.encode(chunk)
-            if embeddings is None:
-                embeddings = np.empty((n, emb.shape[1]), np.float32)
-            embeddings[i:i + b] = emb
-            velocity[i:i + b] = chunk
-            descriptors[i:i + b] = compute_descriptors(chunk)
-            digest.update(chunk.tobytes())
-            ids.extend(f"{prefix}:{r}" for r in range(start, stop))
-            file_index.extend([f] * b)
-            rows.extend(range(start, stop))
-            i += b
-            report(EMBED_SHARE * i / n)
-    velocity.flush()
-    del velocity
+    with _NpyWriter(tmp / VELOCITY_FILE, np.float32, (n, *VELOCITY_SHAPE)) as velocity:
+        for f, (label, arr) in enumerate(bank.parts):
+            files.append(label)
+            prefix = _id_prefix(label, Path(bank_path))
+            for start in range(0, len(arr), batch_size):
+                stop = min(start + batch_size, len(arr))
+                try:
+                    chunk = check_velocity(np.asarray(arr[start:stop]), f"{label} rows {start}..{stop - 1}")
+                except ValueError as e:
+                    raise OpenFWIError(f"bank {bank_path}: {e}") from e
+                b = len(chunk)
+                emb = encoder.encode(chunk)
+                if embeddings is None:
+                    embeddings = np.empty((n, emb.shape[1]), np.float32)
+                embeddings[i:i + b] = emb
+                velocity.write(chunk)
+                descriptors[i:i + b] = compute_descriptors(chunk)
+                digest.update(chunk.tobytes())
+                ids.extend(f"{prefix}:{r}" for r in range(start, stop))
+                file_index.extend([f] * b)
+                rows.extend(range(start, stop))
+                i += b
+                report(EMBED_SHARE * i / n)
+        velocity.finish()
     assert embeddings is not None
     if not np.isfinite(embeddings).all():
         raise IndexStoreError(f"{encoder.path}: produced NaN or Inf embeddings")
@@ -172,6 +176,39 @@ def _embed_bank(bank: ModelSet, bank_path: str | os.PathLike[str], encoder: Onnx
     _save_npy(tmp / DESCRIPTORS_FILE, descriptors)
     (tmp / ENTRIES_FILE).write_text(json.dumps({"files": files, "ids": ids, "file_index": file_index, "rows": rows}))
     return embeddings, digest.hexdigest()
+
+
+class _NpyWriter:
+    """Writes a .npy file front to back with ordinary writes, so that a full disk raises OSError (ENOSPC); filling
+    a memory map of a sparse file instead kills the whole process with SIGBUS when the disk fills up. Use as a
+    context manager (the file is closed on errors too) and call :meth:`finish` after the last chunk."""
+
+    def __init__(self, path: Path, dtype: type, shape: tuple[int, ...]) -> None:
+        self._f = open(path, "wb")
+        self._dtype = np.dtype(dtype)
+        self._left = int(np.prod(shape))
+        header = {"descr": np.lib.format.dtype_to_descr(self._dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self._f, header)
+
+    def __enter__(self) -> "_NpyWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def write(self, chunk: np.ndarray) -> None:
+        data = np.ascontiguousarray(chunk, dtype=self._dtype)
+        self._left -= data.size
+        if self._left < 0:
+            raise ValueError(f"{self._f.name}: more data than its header declares")
+        self._f.write(memoryview(data).cast("B"))
+
+    def finish(self) -> None:
+        """Check every value was written, and fsync."""
+        if self._left != 0:
+            raise ValueError(f"{self._f.name}: {self._left} values short of its header's shape")
+        self._f.flush()
+        os.fsync(self._f.fileno())
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -105,7 +105,11 @@ class Searcher:
             if version is None:
                 raise IndexStoreError(f"{store.root}: no current index version (no CURRENT file); "
                                       "build one with `seisbind build-index`")
-        return cls.open(store.version_dir(version), expected_bundle_id, use_gpu, verify)
+        searcher = cls.open(store.version_dir(version), expected_bundle_id, use_gpu, verify)
+        if searcher.version != version:  # e.g. a version folder copied under another name
+            raise IndexStoreError(f"{searcher.folder / MANIFEST}: names version {searcher.version!r}, not its "
+                                  f"folder's name {version!r}")
+        return searcher
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str], expected_bundle_id: str | None = None,

@@ -2,8 +2,9 @@
 # End-to-end check of the docker compose deployment: builds the CPU images (bootstrap + api), brings the stack up
 # (bootstrap runs the quickstart pipeline into a fresh volume, then api serves it), waits for /readyz, sends a real
 # /retrieve request with a .npy body (a held-out gather the bootstrap wrote), checks the neighbours, checks the
-# container HEALTHCHECK, /v1/info and the admin token (compose secret) with an index rebuild, and always tears the
-# stack down with its volume (`docker compose down -v`), on success, failure or Ctrl-C.
+# container HEALTHCHECK, the container hardening (non-root, no capabilities, read-only root filesystem), /v1/info
+# and the admin token (compose secret) with an index rebuild, and always tears the stack down with its volume
+# (`docker compose down -v`), on success, failure or Ctrl-C.
 #
 # Usage: scripts/compose_smoke.sh [--sandbox] [--keep-images]
 #   --sandbox  first run ../shared/scripts/docker-sandbox.sh (relative to the repository; or $SEISBIND_DOCKER_SANDBOX),
@@ -25,7 +26,7 @@ SANDBOX=0
 for arg in "$@"; do
   case "$arg" in
     --sandbox) SANDBOX=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "compose_smoke: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -134,6 +135,23 @@ for _ in $(seq 1 30); do
 done
 [ "$health" = healthy ] || die "api container health is '$health'"
 log "api container: $health"
+
+# Hardening (docker-compose.yml x-hardening): every process of the api container runs as a non-root user, without
+# capabilities and with no_new_privs; the root filesystem is read-only even for root (exec -u 0), /tmp is writable.
+uids=$(docker compose exec -T api sh -c 'for f in /proc/[0-9]*/status; do awk "/^Uid:/{print \$2}" "$f" 2>/dev/null;
+  done; true' | sort -u | xargs || true)
+[ -n "$uids" ] && ! echo " $uids" | grep -qw 0 || die "api container processes run as uids '$uids' (root among them)"
+caps=$(docker compose exec -T api sh -c 'grep -E "^(CapEff|CapBnd|NoNewPrivs):" /proc/1/status' \
+  | tr -s ' \t\r\n' ' ' || true)
+echo "$caps" | grep -q 'CapEff: 0000000000000000' && echo "$caps" | grep -q 'CapBnd: 0000000000000000' \
+  && echo "$caps" | grep -q 'NoNewPrivs: 1' || die "api container capabilities / no_new_privs: $caps"
+if out=$(docker compose exec -T -u 0 api sh -c 'touch /x /usr/local/bin/x' 2>&1); then
+  die "root could write to the api container's root filesystem"
+fi
+echo "$out" | grep -qi 'read-only file system' || die "writing / failed, but not as read-only: $out"
+docker compose exec -T api sh -c 'echo ok > /tmp/probe && rm /tmp/probe' || die "/tmp is not writable in api"
+[ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$cid")" = true ] || die "api: ReadonlyRootfs is not set"
+log "api container hardened: uids $uids, $caps, read-only root filesystem (writable /tmp)"
 
 # The admin token is the compose secret: a rebuild without it is refused, with it accepted and swapped in.
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$BASE/admin/rebuild-index" -H 'Content-Type: application/json' \

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from index.build import build_index
 from index.searcher import Searcher
@@ -24,8 +25,10 @@ from service.api.routes.health import router as health_router
 from service.api.routes.metrics import router as metrics_router
 from service.api.routes.retrieval import router as retrieval_router
 from service.core.config import Settings
+from service.core.http_guard import http_options
 from service.core.logging import log_config
 from service.engine import Engine
+from service.index_watch import CurrentWatcher
 from service.jobs import RebuildJobs
 from service.metrics import ServiceMetrics
 
@@ -79,13 +82,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state = ServiceState(settings, metrics, engine, RebuildJobs(make_rebuild(settings, engine, metrics),
                                                                 keep=settings.jobs_keep))
 
+    watcher = (CurrentWatcher(engine, settings.index_poll_s, busy=state.jobs.running)
+               if settings.index_poll_s > 0 else None)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.batcher.start()
+        if watcher is not None:
+            watcher.start()
         log.info("service ready" if engine.searcher else "service started, not ready",
                  extra={"encoder": engine.bundle.bundle_id, "index_version": getattr(engine.searcher, "version", None),
                         "providers": engine.providers, "reason": engine.not_ready_reason})
         yield
+        if watcher is not None:
+            watcher.stop(timeout=2.0)  # a daemon thread: a long load in progress does not hold up the exit
         await engine.batcher.stop()
 
     app = FastAPI(title="SeisBind retrieval service", version=__version__, description=DESCRIPTION,
@@ -93,6 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.seisbind = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off unless configured: no CORS headers at all, browsers keep other origins out
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID"], max_age=600)
     for router in (retrieval_router, admin_router, health_router, metrics_router):
         app.include_router(router)
     static_paths = {r.path for r in app.routes if "{" not in getattr(r, "path", "{")}
@@ -109,11 +123,13 @@ def app_from_env() -> FastAPI:
 
 
 def run(settings: Settings) -> None:
-    """Serve with uvicorn on settings.host:settings.port until interrupted (JSON logs, our access log)."""
+    """Serve with uvicorn on settings.host:settings.port until interrupted (JSON logs, our access log; the request
+    deadline and header limits of service.core.http_guard)."""
     import uvicorn
 
     config = log_config(settings.log_level, settings.log_json)
     logging.config.dictConfig(config)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=config, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10,
+                **http_options(settings.request_timeout_s, settings.max_header_bytes, settings.max_headers))

@@ -8,6 +8,8 @@ from pathlib import Path
 from service.inputs import InputError
 
 BANK_SUFFIXES = (".npy", ".zip")
+MAX_NAME_SHOWN = 200
+"""Longer bank names are cut in error messages."""
 
 
 class BankOutsideRootError(PermissionError):
@@ -22,13 +24,18 @@ def resolve_bank(root: Path, bank: str) -> Path:
     """
     if "\x00" in bank:
         raise InputError("bank: contains a NUL byte")
+    name = repr(bank) if len(bank) <= MAX_NAME_SHOWN else repr(bank[:MAX_NAME_SHOWN]) + "..."
     root_real = Path(os.path.realpath(root))
     given = Path(bank)
     real = Path(os.path.realpath(given if given.is_absolute() else root_real / given))
     if not real.is_relative_to(root_real):
-        raise BankOutsideRootError(f"bank {bank!r} is outside the bank root; give a name or a path inside it")
-    if not real.exists():
-        raise InputError(f"bank {bank!r}: no such folder or file under the bank root")
-    if not (real.is_dir() or (real.is_file() and real.suffix in BANK_SUFFIXES)):
-        raise InputError(f"bank {bank!r}: not a folder, .npy or .zip of velocity models")
+        raise BankOutsideRootError(f"bank {name} is outside the bank root; give a name or a path inside it")
+    try:
+        exists, usable = real.exists(), real.is_dir() or (real.is_file() and real.suffix in BANK_SUFFIXES)
+    except OSError as e:  # e.g. a name too long for the file system
+        raise InputError(f"bank {name}: not a usable path ({e.strerror or e})") from e
+    if not exists:
+        raise InputError(f"bank {name}: no such folder or file under the bank root")
+    if not usable:
+        raise InputError(f"bank {name}: not a folder, .npy or .zip of velocity models")
     return real

@@ -8,6 +8,7 @@ it with its hits, so a response's ids, descriptors and velocity models come from
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 
 from index.encoders import EncoderBundle
 from index.searcher import Searcher
-from index.store import IndexStore
+from index.store import IndexStore, IndexStoreError
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES
 from service.batching import BatchInfo, MicroBatcher
@@ -71,6 +72,10 @@ class Engine:
         self.query_descriptor_names: list[str] = list(names)
         self.searcher: Searcher | None = None
         self.not_ready_reason: str | None = "index not loaded yet"
+        self.current_version: str | None = None
+        """The version CURRENT named when last loaded (may differ from the one served when it was refused)."""
+        self.current_refused: str | None = None
+        """Why that version is not served (corrupt, other encoders, ...), or None."""
         self._incoming = 0
         self._incoming_lock = threading.Lock()
         self.batcher: MicroBatcher[GatherQuery, Hits] = MicroBatcher(
@@ -84,20 +89,68 @@ class Engine:
 
     # -- index -------------------------------------------------------------------------------------------------
 
+    def load_version(self, version: str) -> Searcher:
+        """Load ``version`` of the index root, verifying every file's checksum and the encoder bundle id."""
+        return Searcher.load(self.settings.index_root, version, expected_bundle_id=self.bundle.bundle_id)
+
     def load_current_index(self) -> None:
-        """Load the current index version of the index root; on any problem stay not ready with the reason."""
+        """Serve the version CURRENT names. When it does not verify (corrupt, incomplete, other encoders), log an
+        ERROR naming it and the problem and serve the newest earlier version that verifies, reporting the refusal
+        (``current_refused``); when none does, stay not ready with the reason. Never rewrites CURRENT (the index
+        root may be a read-only volume shared by replicas)."""
         root = self.settings.index_root
+        store = IndexStore(root)
+        self._clean_stale_builds(store)
         try:
-            if IndexStore(root).current() is None:
-                raise NotReadyError(f"no index version under {root}: build one with `seisbind build-index` "
-                                    "or POST /admin/rebuild-index")
-            searcher = Searcher.load(root, expected_bundle_id=self.bundle.bundle_id)
-        except Exception as e:  # noqa: BLE001 - any load failure leaves the service running, not ready
-            self.not_ready_reason = str(e)
-            self.metrics.set_index(None, self.bundle.bundle_id, "", 0)
-            log.error("index not loaded: %s", e)
+            current = store.current()
+        except IndexStoreError as e:  # a garbled pointer: try the versions there are, newest first
+            current, refused = None, str(e)
+            log.error("index CURRENT refused: %s", e, extra={"index_root": str(root)})
+        else:
+            if current is None:
+                self._not_ready(f"no index version under {root}: build one with `seisbind build-index` "
+                                "or POST /admin/rebuild-index")
+                return
+            try:
+                self.swap(self.load_version(current))
+                return
+            except Exception as e:  # noqa: BLE001 - any failure: refuse this version, try the previous ones
+                refused = str(e)
+                log.error("index version %s (CURRENT) refused: %s", current, e,
+                          extra={"version": current, "index_root": str(root)})
+        for version in reversed(store.versions()):
+            if current is not None and version >= current:
+                continue  # only versions before CURRENT: never undo a deliberate rollback
+            try:
+                searcher = self.load_version(version)
+            except Exception as e:  # noqa: BLE001
+                log.error("index version %s refused too: %s", version, e, extra={"version": version})
+                continue
+            self.swap(searcher)
+            self.current_version, self.current_refused = current, refused
+            log.warning("serving the previous verified index version %s instead of CURRENT %s", version, current,
+                        extra={"version": version, "current": current, "current_refused": refused})
             return
-        self.swap(searcher)
+        self.current_version, self.current_refused = current, refused
+        what = f"index version {current} named by CURRENT" if current else "the CURRENT pointer"
+        self._not_ready(f"{what} refused: {refused}; no earlier version verifies either")
+
+    def _not_ready(self, reason: str) -> None:
+        self.not_ready_reason = reason
+        self.metrics.set_index(None, self.bundle.bundle_id, "", 0)
+        log.error("index not loaded: %s", reason)
+
+    def _clean_stale_builds(self, store: IndexStore) -> None:
+        """Delete what builds killed midway left in the index root (skipped on a read-only root)."""
+        if not os.access(store.root, os.W_OK):
+            return
+        try:
+            removed = store.clean_stale_builds()
+        except OSError as e:
+            log.warning("index %s: could not clean up interrupted builds: %s", store.root, e)
+            return
+        if removed:
+            log.warning("index %s: removed what interrupted builds left: %s", store.root, ", ".join(removed))
 
     def swap(self, searcher: Searcher) -> None:
         """Serve ``searcher`` from now on (one reference assignment: requests in flight finish on the old one)."""
@@ -107,6 +160,7 @@ class Engine:
         old = self.searcher
         self.searcher = searcher
         self.not_ready_reason = None
+        self.current_version, self.current_refused = searcher.version, None
         self.metrics.set_index(searcher.version, searcher.bundle_id, str(searcher.manifest["index"].get("type", "")),
                                searcher.count)
         if old is not None:
@@ -182,6 +236,8 @@ class Engine:
             "intra_op_threads": self.settings.intra_op_threads(),
             "ready": s is not None,
             "reason": None if s else self.not_ready_reason,
+            "current_version": self.current_version,
+            "current_refused": self.current_refused,
             "descriptor_names": self.query_descriptor_names,
             "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
                          "workers": self.settings.encode_workers},

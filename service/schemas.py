@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
+from seisbind.acquisition import GATHER_SHAPE
+from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
 from service.results import Weighting
 
 _NEIGHBOR_EXAMPLE = {
@@ -15,6 +17,30 @@ _NEIGHBOR_EXAMPLE = {
 }
 _DESCRIPTORS_EXAMPLE = {"v_mean": 3000.0, "v_std": 600.0, "v_min": 1800.0, "v_max": 4200.0, "v_top": 1900.0,
                         "v_bottom": 4100.0, "grad_z": 3.2, "grad_x": 0.1}
+
+
+def _nested_array(shape: tuple[int, ...]) -> dict[str, Any]:
+    """JSON schema of nested lists of numbers with exactly this shape."""
+    schema: dict[str, Any] = {"type": "number"}
+    for n in reversed(shape):
+        schema = {"type": "array", "items": schema, "minItems": n, "maxItems": n}
+    return schema
+
+
+_GATHERS_SCHEMA: dict[str, Any] = {
+    "anyOf": [_nested_array(GATHER_SHAPE), {"type": "array", "items": _nested_array(GATHER_SHAPE), "minItems": 1}],
+    "description": "one gather, nested lists of numbers of shape (5, 1000, 70) [shot][time sample][receiver], or a "
+                   "batch of them (B, 5, 1000, 70), at most SEISBIND_MAX_GATHERS (/v1/info limits.max_gathers); "
+                   "finite values only",
+}
+_K_SCHEMA: dict[str, Any] = {"minimum": 1}
+"""k is documented as >= 1; the range check itself (with the index size and SEISBIND_MAX_K) is check_k's, for its
+clearer message."""
+_K_LIMIT = " (1 <= k <= SEISBIND_MAX_K, /v1/info limits.max_k, and <= the index size)"
+_DESCRIPTORS_SCHEMA: dict[str, Any] = {
+    "properties": {n: {"type": "number", "description": DESCRIPTOR_UNITS[n]} for n in DESCRIPTOR_NAMES},
+    "required": list(DESCRIPTOR_NAMES), "additionalProperties": False,
+}
 
 
 # -- shared pieces ---------------------------------------------------------------------------------------------
@@ -65,12 +91,10 @@ class RetrieveRequest(BaseModel):
     """Shot gathers as JSON. For speed, send raw .npy bytes instead (Content-Type: application/x-npy, with k
     and include_models as query parameters)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"gathers": "[[[0.0, 0.01, ...70 receivers], ...1000 samples], ...5 shots]  (or a batch of those)",
-         "k": 5, "include_models": False}]})
+    model_config = ConfigDict(extra="forbid")
 
-    gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
-    k: int = Field(5, strict=True, description="neighbours per gather")
+    gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
+    k: int = Field(5, strict=True, description="neighbours per gather" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
@@ -92,11 +116,10 @@ class RetrieveResponse(BaseModel):
 class InferRequest(BaseModel):
     """Shot gathers as JSON (or raw .npy with k and weighting as query parameters)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"gathers": "[[[...70], ...1000], ...5]", "k": 5, "weighting": "mean"}]})
+    model_config = ConfigDict(extra="forbid")
 
-    gathers: Any = Field(description="nested lists of numbers, shape (5, 1000, 70) or (B, 5, 1000, 70)")
-    k: int = Field(5, strict=True, description="neighbours averaged")
+    gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
+    k: int = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
 
 
@@ -141,8 +164,10 @@ class DescriptorQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"descriptors": _DESCRIPTORS_EXAMPLE, "k": 5, "include_models": False}]})
 
-    descriptors: dict[str, float] = Field(description="all eight descriptors by name, in DESCRIPTOR_UNITS")
-    k: int = Field(5, strict=True, description="neighbours to return")
+    descriptors: dict[str, StrictFloat] = Field(description="all eight descriptors by name, in DESCRIPTOR_UNITS: "
+                                                            "finite numbers within float32's range",
+                                                json_schema_extra=_DESCRIPTORS_SCHEMA)
+    k: int = Field(5, strict=True, description="neighbours to return" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
@@ -208,6 +233,9 @@ class Readiness(BaseModel):
     reason: str | None
     encoder: str
     index_version: str | None
+    current_version: str | None = Field(None, description="the version the index root's CURRENT names")
+    current_refused: str | None = Field(None, description="why that version is not served (corrupt, built with "
+                                                          "other encoders, ...); null when it is")
 
 
 class Info(BaseModel):
@@ -235,3 +263,6 @@ class Info(BaseModel):
     batching: dict[str, int | float]
     limits: dict[str, int]
     rebuild_running: bool
+    current_version: str | None = Field(None, description="the version the index root's CURRENT names")
+    current_refused: str | None = Field(None, description="why that version is not served (corrupt, built with "
+                                                          "other encoders, ...); null when it is")

@@ -54,6 +54,7 @@ def test_compose_stack_serves_a_real_retrieve() -> None:
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert "/retrieve: 200, top-5" in proc.stderr and "OK: compose stack served /retrieve" in proc.stderr, tail
+    assert "api container hardened: uids 10001" in proc.stderr, tail
 
 
 def test_service_variables_of_the_deployment_are_settings() -> None:
@@ -65,6 +66,33 @@ def test_service_variables_of_the_deployment_are_settings() -> None:
     compose = (REPO / "docker-compose.yml").read_text()
     assert "SEISBIND_ADMIN_TOKEN_FILE: /run/secrets/admin_token" in compose
     assert "condition: service_completed_successfully" in compose and "driver: nvidia" in compose
+
+
+def test_every_container_is_hardened() -> None:
+    """Non-root, read-only root filesystem with a tmpfs /tmp, no capabilities, no-new-privileges: one anchor that
+    the bootstrap and both serving services merge (the smoke test checks the running api container)."""
+    compose = (REPO / "docker-compose.yml").read_text()
+    anchor = re.search(r"^x-hardening: &hardening\n((?:  .*\n|    .*\n)+)", compose, re.M)
+    assert anchor, "docker-compose.yml has no x-hardening anchor"
+    block = anchor.group(1)
+    for line in ('user: "10001:10001"', "read_only: true", "- /tmp:", "cap_drop: [ALL]", "- no-new-privileges:true"):
+        assert line in block, f"x-hardening lacks {line!r}"
+    services = re.search(r"^services:\n(.*?)^\S", compose, re.M | re.S).group(1)
+    blocks = dict(re.findall(r"^  ([a-z-]+):\n((?:    .*\n|\n)+)", services, re.M))
+    assert set(blocks) == {"bootstrap", "api", "api-gpu"}, set(blocks)
+    assert "<<: *hardening" in blocks["bootstrap"]
+    serve = re.search(r"^x-serve: &serve\n((?:  .*\n)+)", compose, re.M).group(1)
+    assert "<<: *hardening" in serve and all("<<: *serve" in blocks[s] for s in ("api", "api-gpu"))
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        users = re.findall(r"^USER (\S+)", (REPO / "docker" / name).read_text(), re.M)
+        assert users and all(u == "seisbind" for u in users), (name, users)
+
+
+def test_serving_image_installs_the_hash_checked_lock() -> None:
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements/serve-cpu.lock" in dockerfile
+    assert "COPY requirements/serve-cpu.lock" in dockerfile and 'pip install ".[cpu]"' not in dockerfile
+    assert "!requirements/serve-cpu.lock" in (REPO / ".dockerignore").read_text().splitlines()
 
 
 def test_entrypoint_refuses_an_empty_volume(tmp_path: Path) -> None:

@@ -9,16 +9,12 @@ Three servers share one small bank root and a real (untrained) encoder bundle:
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,15 +25,14 @@ from index.build import build_index
 from index.store import IndexStore
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 from service.client import SeisBindClient, SeisBindError
+from service_fixtures import (G, NPY, Server, as_json, assert_error, free_port, gathers, npy, serve,
+                              start_server, stop_server)
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-G = (5, 1000, 70)
 MAX_BODY = 8 * 1024 * 1024
 MAX_GATHERS = 4
 MAX_K = 50
-START_TIMEOUT = 90.0
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -80,72 +75,15 @@ def bank_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-    index_root: Path | None = None
-
-    def client(self, **kw: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60.0, **kw)
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text()[-n:] if self.log.exists() else ""
-
-
-def start_server(cmd: list[str], env: dict[str, str], log: Path, ready: bool) -> Server:
-    """Start a service process and wait until /readyz (ready=True) or /healthz answers 200."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEISBIND_")}
-    full_env.update(env)
-    full_env.setdefault("SEISBIND_LOG_LEVEL", "info")
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
-    port = int(env.get("SEISBIND_PORT", cmd[cmd.index("--port") + 1] if "--port" in cmd else 0))
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + START_TIMEOUT
-    path = "/readyz" if ready else "/healthz"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(server.url + path, timeout=2.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"service not up after {START_TIMEOUT} s:\n{server.log_tail()}")
-
-
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def served(bundles: dict[str, Path], bank_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``seisbind serve`` over an index of bank_a, with an admin token and small limits."""
     index_root = tmp_path_factory.mktemp("index_main")
     build_index(bundles["main"], bank_root / "bank_a", index_root, index_type="flat")
-    port = free_port()
     env = {"SEISBIND_ADMIN_TOKEN": TOKEN, "SEISBIND_BANK_ROOT": str(bank_root),
            "SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_MAX_GATHERS": str(MAX_GATHERS),
            "SEISBIND_MAX_K": str(MAX_K)}
-    cmd = [sys.executable, "-m", "seisbind.cli", "serve", "--encoders", str(bundles["main"]), "--index",
-           str(index_root), "--host", "127.0.0.1", "--port", str(port)]
-    server = start_server(cmd, env, tmp_path_factory.mktemp("logs") / "served.log", ready=True)
-    server.index_root = index_root
+    server = serve(bundles["main"], index_root, tmp_path_factory.mktemp("logs") / "served.log", env)
     yield server
     stop_server(server)
 
@@ -153,36 +91,6 @@ def served(bundles: dict[str, Path], bank_root: Path, tmp_path_factory: pytest.T
 @pytest.fixture(scope="module")
 def bank_a(bank_root: Path) -> np.ndarray:
     return np.load(bank_root / "bank_a" / "model" / "model1.npy")
-
-
-def gathers(n: int | None = None, seed: int = 0) -> np.ndarray:
-    """Random but valid gathers, float32, rounded to 3 decimals so JSON bodies stay small."""
-    shape = G if n is None else (n, *G)
-    return np.round(np.random.default_rng(seed).standard_normal(shape) * 5, 3).astype(np.float32)
-
-
-def as_json(g: np.ndarray) -> list:
-    """Nested lists with short number reprs (float32 -> float64 adds digits); they cast back to the same float32."""
-    return np.round(g.astype(np.float64), 3).tolist()
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-NPY = {"Content-Type": "application/x-npy"}
-
-
-def assert_error(r: httpx.Response, status: int, fragment: str) -> dict:
-    """An error response: the status, a JSON body naming the problem, the request id echoed."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["status"] == status
-    assert fragment.lower() in body["detail"].lower(), body["detail"]
-    assert body["request_id"] and body["request_id"] == r.headers["X-Request-ID"]
-    return body
 
 
 # -- health, readiness, info, docs -----------------------------------------------------------------------------
@@ -618,11 +526,8 @@ def mismatched(bundles: dict[str, Path], bank_root: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     index_root = tmp_path_factory.mktemp("index_other")
     build_index(bundles["other"], bank_root / "bank_b", index_root, index_type="flat")
-    port = free_port()
-    cmd = [sys.executable, "-m", "seisbind.cli", "serve", "--encoders", str(bundles["main"]), "--index",
-           str(index_root), "--port", str(port)]
-    server = start_server(cmd, {"SEISBIND_BANK_ROOT": str(bank_root)},
-                          tmp_path_factory.mktemp("logs") / "mismatched.log", ready=False)
+    server = serve(bundles["main"], index_root, tmp_path_factory.mktemp("logs") / "mismatched.log",
+                   {"SEISBIND_BANK_ROOT": str(bank_root)}, ready=False)
     yield server
     stop_server(server)
 

@@ -27,14 +27,15 @@ class ServiceState:
     jobs: RebuildJobs
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """The service state (async: FastAPI would run a plain function in the thread pool, a hand-off per request)."""
     return request.app.state.seisbind
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_searcher(state: StateDep) -> Searcher:
+async def get_searcher(state: StateDep) -> Searcher:
     """The index being served; 503 (NotReadyError) when there is none."""
     return state.engine.require_searcher()
 
@@ -54,14 +55,23 @@ def require_admin(state: StateDep,
     if credentials is None:
         raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if not hmac.compare_digest(_sent_bytes(credentials.credentials), expected.encode()):  # constant time
         raise HTTPException(403, "wrong admin token")
+
+
+def _sent_bytes(value: str) -> bytes:
+    """The bytes a client sent for a header value: ASGI servers hand them over decoded as latin-1, so encoding back
+    restores them (a UTF-8 token then matches its UTF-8 setting); anything else is taken as UTF-8. Never raises."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", errors="surrogatepass")
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON."""
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":

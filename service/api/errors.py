@@ -31,12 +31,28 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def unreadable_json(exc: BaseException) -> str:
+    """The message for a JSON body that cannot be decoded at all."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"body is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "body is not valid JSON: nested too deeply"
+    return f"body is not valid JSON: {exc}"
+
+
 def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
     """A one-line summary naming each bad field, and the field errors without the (possibly huge) inputs."""
     parts, cleaned = [], []
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()))
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        if e.get("type") == "json_invalid":  # FastAPI's: loc ("body", character offset), the reason in ctx
+            where = (tuple(e.get("loc", ())) or ("?",))[-1]
+            parts.append(f"body is not valid JSON: {(e.get('ctx') or {}).get('error', 'decode error')} "
+                         f"(at character {where})")
+        elif e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",):
+            parts.append("empty request body; send a JSON object")
+        else:
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
         cleaned.append({k: v for k, v in e.items() if k not in ("input", "url", "ctx")})
     return "; ".join(parts) or "invalid request", jsonable_encoder(cleaned)
 
@@ -46,6 +62,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # FastAPI's "There was an error parsing the body": a JSON body that is not UTF-8 or nests too deeply
+            return error_response(422, unreadable_json(exc.__cause__))
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

@@ -78,7 +78,8 @@ class RequestContextMiddleware:
 
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413: at once when Content-Length says so, otherwise as soon as
-    the bytes received pass the limit (so an unbounded chunked body is never buffered)."""
+    the bytes received pass the limit (so an unbounded chunked body is never buffered); refuse compressed bodies
+    (any Content-Encoding but identity) with 415."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -91,13 +92,19 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             if not length.isdigit():
                 response = error_response(400, f"invalid Content-Length header {length[:40]!r}")
             else:
                 response = error_response(413, self._too_large())
             await response(scope, receive, send)
+            return
+        coding = headers.get("content-encoding", "").strip().lower()
+        if coding not in ("", "identity"):  # bodies are never decompressed: no compression bomb gets past the limit
+            await error_response(415, f"unsupported Content-Encoding {coding[:40]!r}: compressed request bodies are "
+                                      "not accepted; send the body uncompressed")(scope, receive, send)
             return
         received = 0
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from service.api.errors import describe_validation_errors
+from service.api.errors import describe_validation_errors, unreadable_json
 from service.inputs import NPY_MEDIA_TYPE, InputError, check_gathers, gathers_from_json, parse_npy
 
 JSON_MEDIA_TYPE = "application/json"
@@ -64,7 +64,7 @@ def decode(body: bytes, encoding: Encoding, model: type[BaseModel], query: dict[
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError) as e:
-            raise InputError(f"body is not valid JSON: {e}") from e
+            raise InputError(unreadable_json(e)) from e
         if not isinstance(doc, dict) or "gathers" not in doc:
             raise InputError('JSON body must be an object with "gathers" (and optionally "k", ...)')
         fields = _validate(model, {**given, **doc, "gathers": None})  # the gathers are checked by numpy below

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "admin", "password"}
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?$")
 
 
 def available_cores() -> int:
@@ -44,6 +46,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, bytes (413 above)")
     max_gathers: int = Field(64, ge=1, description="most gathers in one request")
     max_k: int = Field(100, ge=1, description="largest k a request may ask for")
+    request_timeout_s: float = Field(60.0, gt=0.0, le=3600.0,
+                                     description="longest time to receive a whole request, headers and body, from its "
+                                                 "first byte (408 after; an unused connection is closed)")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request header section, bytes (431 above)")
+    max_headers: int = Field(100, ge=10, description="most header fields in a request (431 above)")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description="origins allowed to call the API from a browser, JSON list, e.g. "
+                                                "'[\"https://app.example.org\"]' (\"*\": any); empty: no CORS headers")
 
     # Micro-batching and ONNX Runtime.
     batch_max_gathers: int = Field(32, ge=1, description="a micro-batch stops growing at this many gathers")
@@ -63,6 +73,9 @@ class Settings(BaseSettings):
         None, ge=1, description="ONNX Runtime threads of a rebuild (default: half the cores; serving keeps the rest)")
     index_keep: int = Field(5, ge=1, description="index versions kept on disk after a rebuild")
     jobs_keep: int = Field(50, ge=1, description="finished admin jobs remembered")
+    index_poll_s: float = Field(
+        5.0, ge=0.0, description="seconds between checks of the index root's CURRENT pointer: a version another "
+                                 "process made current is verified and swapped in without a restart (0: off)")
 
     @model_validator(mode="after")
     def _check_token(self) -> Settings:
@@ -79,6 +92,14 @@ class Settings(BaseSettings):
                     f"the admin token is a placeholder or shorter than {MIN_TOKEN_LENGTH} characters; use a random "
                     "one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return self
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"CORS origin {origin!r} is not '*' or scheme://host[:port] (no path, no trailing /)")
+        return origins
 
     def resolved_admin_token(self) -> str | None:
         """The admin token from SEISBIND_ADMIN_TOKEN or the token file (stripped), or None when admin is disabled."""

@@ -22,8 +22,11 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/rebuild-index", status_code=202, response_model=RebuildAccepted,
-             responses=_AUTH_ERRORS | {409: {"model": ErrorBody, "description": "a rebuild is already running"},
-                                       422: {"model": ErrorBody, "description": "no such bank"}},
+             responses=_AUTH_ERRORS | {
+                 409: {"model": ErrorBody, "description": "a rebuild is already running"},
+                 413: {"model": ErrorBody, "description": "body over SEISBIND_MAX_BODY_BYTES"},
+                 415: {"model": ErrorBody, "description": "Content-Type is not application/json"},
+                 422: {"model": ErrorBody, "description": "no such bank, or a malformed body"}},
              summary="Rebuild the index from a bank under SEISBIND_BANK_ROOT, then swap it in")
 async def rebuild_index(body: RebuildRequest, state: StateDep, _admin: AdminDep, _json_body: JsonBody,
                         response: Response) -> RebuildAccepted:
@@ -43,7 +46,8 @@ async def rebuild_index(body: RebuildRequest, state: StateDep, _admin: AdminDep,
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus,
-            responses=_AUTH_ERRORS | {404: {"model": ErrorBody, "description": "unknown job id"}},
+            responses=_AUTH_ERRORS | {404: {"model": ErrorBody, "description": "unknown job id"},
+                                      422: {"model": ErrorBody, "description": "job id over 64 characters"}},
             summary="State and progress of a rebuild job")
 async def get_job(job_id: Annotated[str, Path(max_length=64)], state: StateDep, _admin: AdminDep) -> JobStatus:
     """queued | running | succeeded | failed, progress 0..1, the new version once succeeded, the error if failed."""

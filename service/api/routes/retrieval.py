@@ -27,6 +27,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_K_QUERY: dict[str, Any] = {"minimum": 1}
+"""Documented lower bound of the k query parameter; check_k enforces the range (with the limits in its message)."""
+
+
 def _gathers_body(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI request body: the JSON model, or raw .npy bytes with the other fields as query parameters."""
     return {"requestBody": {"required": True, "content": {
@@ -64,7 +68,8 @@ def _record(state: ServiceState, endpoint: str, payload: GathersPayload | None, 
              summary="Shot gathers -> the top-k velocity models of the bank")
 async def retrieve(
     request: Request, state: StateDep, searcher: SearcherDep,
-    k: Annotated[int | None, Query(description="neighbours per gather (.npy bodies; JSON may set it too)")] = None,
+    k: Annotated[int | None, Query(description="neighbours per gather (.npy bodies; JSON may set it too)",
+                                   json_schema_extra=_K_QUERY)] = None,
     include_models: Annotated[bool | None, Query(description="return the velocity models (.npy bodies)")] = None,
 ) -> Response:
     """For each gather, in input order: rank, id, cosine score, source (file, row) and descriptors of its k nearest
@@ -89,7 +94,8 @@ async def retrieve(
              summary="Shot gathers -> descriptors averaged over the k nearest bank entries")
 async def infer_descriptors(
     request: Request, state: StateDep, searcher: SearcherDep,
-    k: Annotated[int | None, Query(description="neighbours averaged (.npy bodies), default 5")] = None,
+    k: Annotated[int | None, Query(description="neighbours averaged (.npy bodies), default 5",
+                                   json_schema_extra=_K_QUERY)] = None,
     weighting: Annotated[Weighting | None, Query(description="mean or similarity (.npy bodies)")] = None,
 ) -> Response:
     """For each gather: every descriptor's mean over its k nearest bank entries (plain, or weighted by cosine
