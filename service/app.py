@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from index.build import build_index
-from index.searcher import Searcher
 from seisbind import __version__
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
@@ -58,7 +57,7 @@ def make_rebuild(settings: Settings, engine: Engine, metrics: ServiceMetrics) ->
             version = build_index(settings.encoders, bank, settings.index_root, index_type=index_type,
                                   keep=settings.index_keep, progress_cb=lambda f: progress(0.95 * f),
                                   providers=settings.providers, intra_op_threads=settings.rebuild_threads())
-            searcher = Searcher.load(settings.index_root, version, expected_bundle_id=engine.bundle.bundle_id)
+            searcher = engine.load_version(version)
             engine.swap(searcher)
         except BaseException:
             metrics.rebuilds.labels("failed").inc()
