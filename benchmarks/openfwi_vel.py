@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the logit scales")
+    p.add_argument("--soft-tau-mps", type=float, default=50.0,
+                   help="soft seismic-velocity positives: softmax(-MAE/tau) over the batch's models; 0 = one-hot")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
@@ -120,7 +122,7 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
 
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
-                      scale_lr_mult=args.scale_lr_mult, model=ModelConfig(vp_scale=not args.shared_scale),
+                      scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps, model=ModelConfig(vp_scale=not args.shared_scale),
                       time_budget_min=budget_min, threads=args.threads,
                       preprocess_cache=str(work / "preprocessed"))
     t0 = time.monotonic()

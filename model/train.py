@@ -157,7 +157,7 @@ def train_loss(ddp: nn.Module, model: SeisBindModel, loss_fn: TriModalLoss, pre:
         if p_emb is None:
             with torch.no_grad():
                 p_emb = model.physics(desc)
-    return loss_fn(s_emb, v_emb, p_emb, scale)
+    return loss_fn(s_emb, v_emb, p_emb, scale, vel)
 
 
 def _autocast(device: torch.device, amp: bool) -> Any:
@@ -312,7 +312,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.lambda2 == 0)
-    loss_fn = TriModalLoss(cfg.lambda1, cfg.lambda2)
+    loss_fn = TriModalLoss(cfg.lambda1, cfg.lambda2, cfg.soft_tau_mps)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     elapsed0 = state["elapsed_s"]
 

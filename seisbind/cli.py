@@ -159,6 +159,9 @@ def train(
     lr: float = typer.Option(1e-3, "--lr"),
     lambda1: float = typer.Option(1.0, "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
     lambda2: float = typer.Option(0.1, "--lambda2", help="weight of InfoNCE(velocity, physics)"),
+    soft_tau_mps: float = typer.Option(50.0, "--soft-tau-mps",
+                                       help="soft seismic-velocity positives softmax(-MAE/tau) over the batch's "
+                                            "models, m/s (0: one-hot)"),
     scale_lr_mult: float = typer.Option(1.0, "--scale-lr-mult", help="learning-rate multiplier of the logit scales"),
     val_fraction: float = typer.Option(0.02, "--val-fraction", help="pairs held out for validation R@1"),
     amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto, on or off"),
@@ -179,7 +182,8 @@ def train(
         mcfg = ModelConfig.from_dict(json.loads(model_config.read_text())) if model_config else ModelConfig()
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
-                          lambda1=lambda1, lambda2=lambda2, scale_lr_mult=scale_lr_mult, val_fraction=val_fraction, amp=amp, threads=threads,
+                          lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
+                          val_fraction=val_fraction, amp=amp, threads=threads,
                           model=mcfg, preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)
     except (OpenFWIError, RunError, ValueError, OSError, RuntimeError) as e:

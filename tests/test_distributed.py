@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 GLOBAL_BATCH = 8
 
 
-def _setup(lambda2: float):
+def _setup(lambda2: float, soft_tau: float = 0.0):
     model = create_model(ModelConfig.tiny(), seed=0)
     x = synthetic_inputs(GLOBAL_BATCH, seed=3)
     model.physics.set_stats(x["physics"].mean(0), x["physics"].std(0) + 1e-3)
@@ -33,13 +33,13 @@ def _setup(lambda2: float):
     # the global batch's by construction (SyncBatchNorm needs CUDA); everything else is the training path.
     model.eval()
     pre = model.seismic.preprocess(torch.from_numpy(x["seismic"]))
-    return model, pre, torch.from_numpy(x["velocity"]), torch.from_numpy(x["physics"]), TriModalLoss(1.0, lambda2)
+    return model, pre, torch.from_numpy(x["velocity"]), torch.from_numpy(x["physics"]), TriModalLoss(1.0, lambda2, soft_tau)
 
 
-def _worker(rank: int, world: int, init_file: str, out: str, lambda2: float) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str, lambda2: float, soft_tau: float) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    model, pre, vel, desc, loss_fn = _setup(lambda2)
+    model, pre, vel, desc, loss_fn = _setup(lambda2, soft_tau)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=lambda2 == 0)
     b = GLOBAL_BATCH // world
     sl = slice(rank * b, (rank + 1) * b)
@@ -55,12 +55,12 @@ def _worker(rank: int, world: int, init_file: str, out: str, lambda2: float) -> 
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("lambda2", [0.1, 0.0])
-def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, lambda2):
+@pytest.mark.parametrize(("lambda2", "soft_tau"), [(0.1, 0.0), (0.0, 0.0), (0.1, 300.0)])
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, lambda2, soft_tau):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out), lambda2), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out), lambda2, soft_tau), nprocs=2, join=True)
     got = torch.load(out)
-    model, pre, vel, desc, loss_fn = _setup(lambda2)
+    model, pre, vel, desc, loss_fn = _setup(lambda2, soft_tau)
     loss, _ = train_loss(model, model, loss_fn, pre, vel, desc, torch.device("cpu"), amp=False)
     loss.backward()
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)

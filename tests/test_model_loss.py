@@ -71,3 +71,31 @@ def test_separate_velocity_physics_scale_is_a_second_parameter_with_its_own_lear
     groups = param_groups(own, 0.05, scale_lr_mult=10.0)
     assert len(groups) == 3 and groups[2]["lr_mult"] == 10.0 and len(groups[2]["params"]) == 2
     assert len(param_groups(own, 0.05)) == 2
+
+
+def test_soft_targets_share_the_positive_mass_by_model_distance_and_reduce_to_one_hot():
+    from model.loss import velocity_soft_targets
+
+    base = torch.full((4, 1, 3, 3), 2000.0)
+    vel = base + torch.tensor([0.0, 10.0, 400.0, 1000.0]).view(4, 1, 1, 1)  # models 0 and 1 differ by 10 m/s
+    t = velocity_soft_targets(vel, tau_mps=50.0)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert t[0, 0] > t[0, 1] > 0.3 and t[0, 2] < 1e-3  # the near model shares, the far ones hardly
+    assert torch.allclose(velocity_soft_targets(vel, tau_mps=1e-3), torch.eye(4))
+    g = torch.Generator().manual_seed(3)
+    s, v, p = (F.normalize(torch.randn(4, 8, generator=g), dim=1) for _ in range(3))
+    hard, _ = TriModalLoss(1.0, 0.1)(s, v, p, torch.tensor(10.0))
+    tiny_tau, _ = TriModalLoss(1.0, 0.1, 1e-3)(s, v, p, torch.tensor(10.0), vel)
+    assert tiny_tau.item() == pytest.approx(hard.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="velocity models"):
+        TriModalLoss(1.0, 0.1, 50.0)(s, v, p, torch.tensor(10.0))
+
+
+def test_runs_stored_before_soft_targets_resume_as_one_hot():
+    from model.config import TrainConfig
+
+    cfg = TrainConfig(data=("/data",), out="/run")
+    old = cfg.to_dict()
+    del old["soft_tau_mps"]
+    assert cfg.soft_tau_mps > 0 and TrainConfig.from_dict(old).soft_tau_mps == 0.0
+    assert cfg.resume_mismatch(old) == ["soft_tau_mps"]
