@@ -122,20 +122,19 @@ class ServerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stage_ms(self, endpoint: str = "/retrieve") -> dict[str, float]:
-        """Mean server-side time per request in each stage (from /metrics)."""
+    def stage_totals(self, endpoint: str = "/retrieve") -> dict[str, tuple[float, float]]:
+        """Server-side seconds and request count of each stage so far (from /metrics): {stage: (sum, count)}."""
         status, text = self.request("GET", "/metrics")
-        sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
+        out: dict[str, list[float]] = {}
         for line in text.decode().splitlines():
             if line.startswith("seisbind_stage_seconds_") and f'endpoint="{endpoint}"' in line:
                 name, value = line.rsplit(" ", 1)
                 stage = name.split('stage="')[1].split('"')[0]
                 if name.startswith("seisbind_stage_seconds_sum"):
-                    sums[stage] = float(value)
+                    out.setdefault(stage, [0.0, 0.0])[0] = float(value)
                 elif name.startswith("seisbind_stage_seconds_count"):
-                    counts[stage] = float(value)
-        return {s: round(1000 * sums[s] / counts[s], 3) for s in sums if counts.get(s)}
+                    out.setdefault(stage, [0.0, 0.0])[1] = float(value)
+        return {k: (v[0], v[1]) for k, v in out.items()}
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -159,3 +158,17 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     a = np.asarray(seconds) * 1000.0
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
             "min_ms": round(float(a.min()), 3), "max_ms": round(float(a.max()), 3), "n": int(len(a))}
+
+
+def add_stage_delta(acc: dict[str, tuple[float, float]], before: dict[str, tuple[float, float]],
+                    after: dict[str, tuple[float, float]]) -> None:
+    """Add the stage seconds and counts between two ``stage_totals`` snapshots to ``acc``."""
+    for stage, (s1, n1) in after.items():
+        s0, n0 = before.get(stage, (0.0, 0.0))
+        a0, c0 = acc.get(stage, (0.0, 0.0))
+        acc[stage] = (a0 + s1 - s0, c0 + n1 - n0)
+
+
+def stage_ms(totals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean milliseconds per request of each stage from {stage: (seconds, count)}."""
+    return {stage: round(1000 * s / n, 3) for stage, (s, n) in totals.items() if n > 0}

@@ -137,7 +137,8 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
     ckpt = load_checkpoint(run)
     report["training"].update(lambda2=lambda2, budget_min=budget_min, batch_size=args.batch_size,
                               train_pairs=ckpt["train_rows"], val_pairs=ckpt["val_rows"],
-                              history=ckpt["history"], wall_minutes_this_call=(time.monotonic() - t0) / 60)
+                              history=ckpt["history"], wall_minutes_this_call=(time.monotonic() - t0) / 60,
+                              config=ckpt["config"])
     return report
 
 
