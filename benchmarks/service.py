@@ -44,7 +44,8 @@ from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
 
 K = 10
 CLIENTS = (1, 4, 16)
-DEFAULT_PROFILES = ["throughput:ort_intra_op_threads=1,encode_workers=2", "one_worker:encode_workers=1"]
+DEFAULT_PROFILES = ["latency:encode_workers=1"]
+"""Besides the defaults (one micro-batch per core, one thread each): one micro-batch at a time on all cores."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,6 +35,12 @@ FAISS_115_BLAS_THRESHOLD = 128000
 _DEFAULT_BLAS_THRESHOLD = int(faiss.cvar.distance_compute_blas_threshold)
 
 
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads of the faiss searches made from the calling thread (an OpenMP per-thread setting, so a
+    serving worker can search on one thread while an index build in another thread uses them all)."""
+    faiss.omp_set_num_threads(max(1, int(threads)))
+
+
 def configure_blas_threshold(threads: int | None = None) -> int:
     """Let exact (flat) searches of a few dozen queries use BLAS on machines with few cores.
 

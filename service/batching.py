@@ -48,15 +48,17 @@ class MicroBatcher(Generic[P, R]):
         max_wait_s: longest wait for more payloads after the first, only while ``incoming()`` > 0.
         workers: batches processed at the same time.
         incoming: number of requests on their way to ``submit`` (decoding); 0 means nobody to wait for.
+        initializer: run once in each worker thread when it starts.
     """
 
     def __init__(self, process: Callable[[list[P]], Sequence[R]], max_size: int, max_wait_s: float, workers: int = 1,
-                 incoming: Callable[[], int] = lambda: 0) -> None:
+                 incoming: Callable[[], int] = lambda: 0, initializer: Callable[[], None] | None = None) -> None:
         self._process = process
         self._max_size = max_size
         self._max_wait_s = max_wait_s
         self._workers = workers
         self._incoming = incoming
+        self._initializer = initializer
         self._queue: asyncio.Queue[_Entry[P]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -66,7 +68,8 @@ class MicroBatcher(Generic[P, R]):
     async def start(self) -> None:
         """Start the worker tasks on the running event loop."""
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="seisbind-batch")
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="seisbind-batch",
+                                            initializer=self._initializer)
         self._tasks = [asyncio.create_task(self._run(), name=f"batch-worker-{i}") for i in range(self._workers)]
 
     async def stop(self) -> None:

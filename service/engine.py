@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from index.ann import set_search_threads
 from index.encoders import EncoderBundle
 from index.searcher import Searcher
 from index.store import IndexStore, IndexStoreError
@@ -80,8 +81,8 @@ class Engine:
         self._incoming_lock = threading.Lock()
         self.batcher: MicroBatcher[GatherQuery, Hits] = MicroBatcher(
             self._encode_and_search, max_size=settings.batch_max_gathers,
-            max_wait_s=settings.batch_wait_ms / 1000.0, workers=settings.encode_workers,
-            incoming=lambda: self._incoming)
+            max_wait_s=settings.batch_wait_ms / 1000.0, workers=settings.workers(),
+            incoming=lambda: self._incoming, initializer=lambda: set_search_threads(settings.search_threads))
         self.batcher.on_batch = lambda items, size, s: metrics.batch_size.observe(size)
         metrics.set_model(self.bundle.bundle_id, self.seismic.providers)
         log.info("encoder bundle %s loaded", self.bundle.bundle_id,
@@ -240,7 +241,7 @@ class Engine:
             "current_refused": self.current_refused,
             "descriptor_names": self.query_descriptor_names,
             "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
-                         "workers": self.settings.encode_workers},
+                         "workers": self.settings.workers()},
             "limits": {"max_body_bytes": self.settings.max_body_bytes, "max_gathers": self.settings.max_gathers,
                        "max_k": self.settings.max_k},
         }

@@ -220,6 +220,18 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert s.resolved_admin_token() is None and s.intra_op_threads() >= 1
 
 
+def test_default_threads_give_each_core_its_own_micro_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import service.core.config as config
+
+    monkeypatch.setattr(config, "available_cores", lambda: 8)
+    base = {"encoders": tmp_path, "index_root": tmp_path}
+    s = Settings(**base)
+    assert (s.workers(), s.intra_op_threads(), s.search_threads) == (8, 1, 1)
+    assert Settings(**base, encode_workers=1).intra_op_threads() == 8
+    assert Settings(**base, encode_workers=3).intra_op_threads() == 2
+    assert Settings(**base, encode_workers=2, ort_intra_op_threads=3).intra_op_threads() == 3
+
+
 def test_settings_admin_token_rules(tmp_path: Path) -> None:
     base = {"encoders": tmp_path, "index_root": tmp_path}
     token = "x" * 32
@@ -269,6 +281,30 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_order() -> None:
     assert [r for r, _ in results] == [0, 10, 20, 30, 40, 50]
     assert calls == [[0], [1, 2, 3, 4, 5]]
     assert [n for _, n in results] == [1, 5, 5, 5, 5, 5]
+
+
+def test_micro_batcher_workers_run_the_initializer_and_engine_workers_search_on_one_thread() -> None:
+    import faiss
+
+    from index.ann import set_search_threads
+
+    seen: list[tuple[str, int]] = []
+
+    def process(items: list[int]) -> list[int]:
+        seen.append((threading.current_thread().name, faiss.omp_get_max_threads()))
+        return items
+
+    async def main() -> None:
+        b: MicroBatcher[int, int] = MicroBatcher(process, max_size=1, max_wait_s=0.0, workers=2,
+                                                 initializer=lambda: set_search_threads(1))
+        await b.start()
+        try:
+            await asyncio.gather(*(b.submit(i) for i in range(4)))
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
+    assert len(seen) == 4 and all(name.startswith("seisbind-batch") and n == 1 for name, n in seen)
 
 
 def test_micro_batcher_reports_errors_to_every_request_and_keeps_running() -> None:

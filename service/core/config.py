@@ -59,12 +59,16 @@ class Settings(BaseSettings):
     batch_max_gathers: int = Field(32, ge=1, description="a micro-batch stops growing at this many gathers")
     batch_wait_ms: float = Field(2.0, ge=0.0, le=100.0,
                                  description="longest wait for more requests to join a micro-batch")
-    encode_workers: int = Field(2, ge=1, le=16, description="micro-batches encoded at the same time (sharing one "
-                                                            "session and its intra-op threads)")
+    encode_workers: int | None = Field(None, ge=1, le=64,
+                                       description="micro-batches encoded at the same time (default: the cores "
+                                                   "available)")
     ort_intra_op_threads: int | None = Field(None, ge=1,
-                                             description="ONNX Runtime intra-op threads (default: available cores)")
+                                             description="ONNX Runtime intra-op threads of each micro-batch (default: "
+                                                         "cores / workers, i.e. 1 with the default workers)")
     ort_allow_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait between runs (faster on "
                                                         "an idle dedicated machine, slower when cores are shared)")
+    search_threads: int = Field(1, ge=1, description="FAISS threads of each worker's search (the workers already "
+                                                     "search in parallel; more only pays off for big exact banks)")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers in order "
                                                           "(default: CUDA when present, then CPU)")
 
@@ -112,9 +116,14 @@ class Settings(BaseSettings):
                 return None  # an unreadable secret disables admin rather than opening it
         return None
 
+    def workers(self) -> int:
+        """Micro-batches encoded at the same time: the setting, else the cores available to this process."""
+        return self.encode_workers or min(available_cores(), 64)
+
     def intra_op_threads(self) -> int:
-        """ONNX Runtime intra-op threads: the setting, else the cores available to this process."""
-        return self.ort_intra_op_threads or available_cores()
+        """ONNX Runtime intra-op threads per micro-batch: the setting, else the cores shared out among the workers
+        (one each by default: batches side by side use the cores best under load)."""
+        return self.ort_intra_op_threads or max(1, available_cores() // self.workers())
 
     def rebuild_threads(self) -> int:
         """ONNX Runtime intra-op threads of an admin rebuild."""

@@ -9,7 +9,11 @@ requests). ``GuardedHttpToolsProtocol`` adds, per connection:
   connection's opening for the first request): past it the client gets 408 and the connection is closed; a
   connection that never sent a byte is closed silently;
 * a bound on the size of the header section (request line and headers) and on the number of header fields:
-  past either the client gets 431 and the connection is closed.
+  past either the client gets 431 and the connection is closed;
+* request bodies handed to the application whole: uvicorn wakes the application for every chunk read from the
+  socket, pauses reading past 64 KiB until it has taken them, and grows one bytearray that it copies again for
+  each message; here the chunks are joined once and delivered in one message (bodies over
+  ``body_buffer_bytes`` in messages of about that size, so the body limit is still enforced while they arrive).
 
 Rejections are answered with the service's JSON error body and logged (``service.http`` logger).
 """
@@ -48,6 +52,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
     request_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
+    body_buffer_bytes: int = 4 * 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,6 +62,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         self._head_bytes = 0
         self._head_fields = 0
         self._rejected = False
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
 
     # -- the deadline ------------------------------------------------------------------------------------------
 
@@ -147,6 +154,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         super().on_message_begin()
         self._in_request = self._in_head = True
         self._head_bytes = self._head_fields = 0  # the bytes of the chunk it began in are not counted
+        self._body_parts, self._body_size = [], 0  # nothing of an earlier, abandoned body carries over
         self._arm()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -159,9 +167,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         self._in_head = False
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        """Collect the body's chunks; hand them to the application joined once, when the body is complete
+        (on_message_complete) or when ``body_buffer_bytes`` have gathered (then reading pauses until it takes
+        them)."""
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self._body_parts.append(body)
+        self._body_size += len(body)
+        if self._body_size >= self.body_buffer_bytes:
+            self._hand_over_body()
+            self.flow.pause_reading()
+            self.cycle.message_event.set()
+
+    def _hand_over_body(self) -> None:
+        """Move the collected chunks into the cycle as one ``bytes`` (uvicorn's receive() passes it on without
+        another copy, and so does Starlette's request.body() when it is the only message)."""
+        if not self._body_parts:
+            return
+        joined = b"".join(self._body_parts)
+        self._body_parts, self._body_size = [], 0
+        self.cycle.body = self.cycle.body + joined if self.cycle.body else joined
+
     def on_message_complete(self) -> None:
         self._in_request = False
         self._disarm()
+        if not self.cycle.response_complete:
+            self._hand_over_body()
         super().on_message_complete()
 
 
