@@ -99,7 +99,11 @@ class OnnxEncoder:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Embed a batch: ``x`` in physical units with a leading batch axis -> [batch, dim] float32, L2-normalised."""
-        x = self.check_input(x)
+        return self.run(self.check_input(x))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``encode`` without the checks, for a batch that has passed ``check_input`` (or an equivalent check):
+        contiguous float32 of the model's input shape, finite."""
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
         (out,) = self.session.run([OUTPUT_NAME], {self.input_name: x})

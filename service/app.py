@@ -49,6 +49,13 @@ def release_memory() -> None:
         pass
 
 
+def freeze_startup_objects() -> None:
+    """Exclude everything loaded at start (modules, schemas, the index) from later garbage collections, so that
+    the full collections a request may trigger stay short (the objects are still freed when unreferenced)."""
+    gc.collect()
+    gc.freeze()
+
+
 def make_rebuild(settings: Settings, engine: Engine, metrics: ServiceMetrics) -> Callable[..., str]:
     """The rebuild job's work: build and verify a new version (made current on disk), load it, swap it in."""
 
@@ -86,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await engine.batcher.start()
+        await engine.start()
         if watcher is not None:
             watcher.start()
         log.info("service ready" if engine.searcher else "service started, not ready",
@@ -95,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if watcher is not None:
             watcher.stop(timeout=2.0)  # a daemon thread: a long load in progress does not hold up the exit
-        await engine.batcher.stop()
+        await engine.stop()
 
     app = FastAPI(title="SeisBind retrieval service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
@@ -118,7 +125,9 @@ def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory service.app:app_from_env``: settings from SEISBIND_* variables."""
     settings = Settings()  # type: ignore[call-arg]
     logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_objects()
+    return app
 
 
 def run(settings: Settings) -> None:
@@ -129,6 +138,7 @@ def run(settings: Settings) -> None:
     config = log_config(settings.log_level, settings.log_json)
     logging.config.dictConfig(config)
     app = create_app(settings)
+    freeze_startup_objects()
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=config, access_log=False,
                 timeout_graceful_shutdown=10,
                 **http_options(settings.request_timeout_s, settings.max_header_bytes, settings.max_headers))

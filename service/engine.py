@@ -7,12 +7,17 @@ it with its hits, so a response's ids, descriptors and velocity models come from
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,9 +29,11 @@ from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES
 from service.batching import BatchInfo, MicroBatcher
 from service.core.config import Settings
+from service.core.cpus import CpuPlan, available_cores, pin_thread, unpin_thread
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.engine")
+T = TypeVar("T")
 
 
 class NotReadyError(RuntimeError):
@@ -35,7 +42,7 @@ class NotReadyError(RuntimeError):
 
 @dataclass(frozen=True)
 class GatherQuery:
-    """One request's gathers [b, 5, 1000, 70] float32 and its k."""
+    """One request's gathers [b, 5, 1000, 70] float32, checked by ``service.inputs.check_gathers``, and its k."""
 
     gathers: np.ndarray
     k: int
@@ -79,14 +86,40 @@ class Engine:
         """Why that version is not served (corrupt, other encoders, ...), or None."""
         self._incoming = 0
         self._incoming_lock = threading.Lock()
+        self.cpu_plan = CpuPlan.make(settings.workers(), settings.pin_threads)
         self.batcher: MicroBatcher[GatherQuery, Hits] = MicroBatcher(
             self._encode_and_search, max_size=settings.batch_max_gathers,
             max_wait_s=settings.batch_wait_ms / 1000.0, workers=settings.workers(),
-            incoming=lambda: self._incoming, initializer=lambda: set_search_threads(settings.search_threads))
+            incoming=lambda: self._incoming, initializer=self._start_worker)
         self.batcher.on_batch = lambda items, size, s: metrics.batch_size.observe(size)
+        self._blocking = ThreadPoolExecutor(available_cores() + 4, thread_name_prefix="seisbind-blocking",
+                                            initializer=unpin_thread)
         metrics.set_model(self.bundle.bundle_id, self.seismic.providers)
         log.info("encoder bundle %s loaded", self.bundle.bundle_id,
-                 extra={"providers": self.providers, "intra_op_threads": settings.intra_op_threads()})
+                 extra={"providers": self.providers, "intra_op_threads": settings.intra_op_threads(),
+                        "cpus": self.cpu_plan.describe()})
+
+    # -- threads -----------------------------------------------------------------------------------------------
+
+    def _start_worker(self, i: int) -> None:
+        pin_thread(self.cpu_plan.workers[i])
+        set_search_threads(self.settings.search_threads)
+
+    async def start(self) -> None:
+        """Start serving on the running event loop: pin its thread (``CpuPlan``) and start the batch workers."""
+        pin_thread(self.cpu_plan.loop)
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        """Stop the batch workers and the blocking-work threads."""
+        await self.batcher.stop()
+        self._blocking.shutdown(wait=False, cancel_futures=True)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (JSON parsing, large responses, file access) in a thread that may use every CPU (the
+        event loop's own thread may be pinned to one), with the caller's context (request id) carried over."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._blocking, functools.partial(ctx.run, fn, *args))
 
     # -- index -------------------------------------------------------------------------------------------------
 
@@ -195,7 +228,7 @@ class Engine:
         searcher = self.require_searcher()  # read once: the whole batch uses this index
         t0 = time.perf_counter()
         x = queries[0].gathers if len(queries) == 1 else np.concatenate([q.gathers for q in queries])
-        emb = self.seismic.encode(x)
+        emb = self.seismic.run(x)  # checked by service.inputs.check_gathers
         t1 = time.perf_counter()
         k = min(max(q.k for q in queries), searcher.count)
         D, I = searcher.search(emb, k)
@@ -242,6 +275,7 @@ class Engine:
             "descriptor_names": self.query_descriptor_names,
             "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
                          "workers": self.settings.workers()},
+            "cpus": self.cpu_plan.describe(),
             "limits": {"max_body_bytes": self.settings.max_body_bytes, "max_gathers": self.settings.max_gathers,
                        "max_k": self.settings.max_k},
         }

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from index.store import IndexStore, IndexStoreError
+from service.core.cpus import unpin_thread
 from service.engine import Engine
 
 log = logging.getLogger("service.index_watch")
@@ -62,6 +63,7 @@ class CurrentWatcher:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        unpin_thread()  # started from the event loop's thread, which may be pinned to one core
         while not self._stop.wait(self.interval_s):
             try:
                 self.check()

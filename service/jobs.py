@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from service.core.cpus import unpin_thread
 from service.core.logging import REQUEST_ID
 
 log = logging.getLogger("service.jobs")
@@ -101,6 +102,7 @@ class RebuildJobs:
             t.join(timeout)
 
     def _run(self, job: Job, bank: Path, request_id: str | None) -> None:
+        unpin_thread()  # started from the event loop's thread, which may be pinned to one core
         REQUEST_ID.set(request_id)
         job.state, job.started_at = "running", time.time()
         log.info("rebuild job %s started", job.job_id, extra={"bank": str(bank), "index_type": job.index_type})

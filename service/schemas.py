@@ -238,6 +238,13 @@ class Readiness(BaseModel):
                                                           "other encoders, ...); null when it is")
 
 
+class CpuPlacement(BaseModel):
+    """The CPU the event loop and each batch worker are pinned to (SEISBIND_PIN_THREADS); null: not pinned."""
+
+    event_loop: int | None
+    workers: list[int | None]
+
+
 class Info(BaseModel):
     """What is being served and how."""
 
@@ -246,7 +253,8 @@ class Info(BaseModel):
          "dim": 256, "index_type": "flat", "index_device": "cpu",
          "providers": {"seismic": ["CPUExecutionProvider"], "physics": ["CPUExecutionProvider"]},
          "intra_op_threads": 2, "ready": True, "reason": None, "descriptor_names": list(_DESCRIPTORS_EXAMPLE),
-         "batching": {"max_gathers": 32, "wait_ms": 2.0, "workers": 1},
+         "batching": {"max_gathers": 32, "wait_ms": 2.0, "workers": 2},
+         "cpus": {"event_loop": 0, "workers": [0, 1]},
          "limits": {"max_body_bytes": 67108864, "max_gathers": 64, "max_k": 100}, "rebuild_running": False}]})
 
     encoder: str = Field(description="bundle_id of the encoder bundle")
@@ -261,6 +269,7 @@ class Info(BaseModel):
     reason: str | None
     descriptor_names: list[str]
     batching: dict[str, int | float]
+    cpus: CpuPlacement
     limits: dict[str, int]
     rebuild_running: bool
     current_version: str | None = Field(None, description="the version the index root's CURRENT names")

@@ -10,6 +10,7 @@ Three servers share one small bank root and a real (untrained) encoder bundle:
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -132,6 +133,43 @@ def test_server_process_never_loads_torch(served: Server) -> None:
         pytest.skip("no /proc on this platform")
     assert "libtorch" not in maps.read_text()
     assert "onnxruntime" in maps.read_text()  # the check can fail: the real runtime is mapped
+
+
+def _thread_cpus(pid: int) -> dict[int, set[int]]:
+    """CPU affinity of the threads of process ``pid`` (Linux /proc), but libuv's resolver threads (uvloop starts
+    them when uvicorn binds its socket; they only ever resolve host names)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status, name = (task / "status").read_text(), (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name == "libuv-worker":
+            continue
+        spec = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+        cpus: set[int] = set()
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        out[int(task.name)] = cpus
+    return out
+
+
+def test_event_loop_shares_a_core_with_the_first_worker_and_nothing_else_is_pinned(served: Server) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if not Path("/proc/self/task").exists() or len(allowed) < 2:
+        pytest.skip("needs Linux and two CPUs")
+    with served.client() as c:
+        info = c.get("/v1/info").json()
+        assert c.post("/retrieve", json={"gathers": as_json(gathers()), "k": 2}).status_code == 200  # blocking pool
+        assert c.get("/admin/jobs/nothing", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+    workers = info["batching"]["workers"]
+    assert info["cpus"] == {"event_loop": allowed[0], "workers": [allowed[i % len(allowed)] for i in range(workers)]}
+    threads = _thread_cpus(served.proc.pid)
+    assert threads[served.proc.pid] == {allowed[0]}  # the main thread runs the event loop
+    pinned = sorted(min(c) for tid, c in threads.items() if len(c) == 1 and tid != served.proc.pid)
+    assert pinned == sorted(info["cpus"]["workers"])  # one per batch worker
+    assert all(c == set(allowed) for c in threads.values() if len(c) > 1)  # JSON parsing, watcher, ONNX Runtime
 
 
 # -- /retrieve -------------------------------------------------------------------------------------------------

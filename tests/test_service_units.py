@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from service.api.payload import decode
 from service.banks import BankOutsideRootError, resolve_bank
 from service.batching import MicroBatcher
+from service.core import cpus
 from service.core.config import Settings
 from service.inputs import InputError, check_descriptors, check_gathers, check_k, parse_npy
 from service.results import aggregate_descriptors, neighbour_weights
@@ -296,7 +298,7 @@ def test_micro_batcher_workers_run_the_initializer_and_engine_workers_search_on_
 
     async def main() -> None:
         b: MicroBatcher[int, int] = MicroBatcher(process, max_size=1, max_wait_s=0.0, workers=2,
-                                                 initializer=lambda: set_search_threads(1))
+                                                 initializer=lambda i: set_search_threads(1))
         await b.start()
         try:
             await asyncio.gather(*(b.submit(i) for i in range(4)))
@@ -342,3 +344,115 @@ def test_micro_batcher_waits_for_more_only_while_requests_are_incoming(incoming:
 
     # With nobody on the way, the first request goes alone; with a request announced, the batch waits for it.
     assert asyncio.run(main()) == expected
+
+
+def test_lone_requests_go_to_worker_0_and_concurrent_ones_run_side_by_side() -> None:
+    gate = threading.Barrier(2, timeout=5)  # passes only when two batches run at the same time
+
+    def process(items: list[str]) -> list[str]:
+        if items[0].startswith("pair"):
+            gate.wait()
+        return [threading.current_thread().name for _ in items]
+
+    async def main() -> tuple[list[str], list[str]]:
+        b: MicroBatcher[str, str] = MicroBatcher(process, max_size=1, max_wait_s=0.0, workers=3)
+        await b.start()
+        try:
+            lone = [(await b.submit(f"lone{i}"))[0] for i in range(6)]
+            pair = [r for r, _ in await asyncio.gather(b.submit("pair0"), b.submit("pair1"))]
+        finally:
+            await b.stop()
+        return lone, pair
+
+    lone, pair = asyncio.run(main())
+    assert lone == ["seisbind-batch-0"] * 6  # the worker that shares the event loop's core
+    assert len(set(pair)) == 2
+
+
+def test_micro_batcher_stop_fails_queued_requests_and_refuses_new_ones() -> None:
+    release = threading.Event()
+
+    def process(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    async def main() -> tuple[object, object, str]:
+        b: MicroBatcher[int, int] = MicroBatcher(process, max_size=1, max_wait_s=0.0, workers=1)
+        await b.start()
+        running = asyncio.create_task(b.submit(1))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.submit(2))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(b.stop())
+        await asyncio.sleep(0.05)
+        release.set()
+        await stopping
+        with pytest.raises(RuntimeError, match="not running") as refused:
+            await b.submit(3)
+        done = await asyncio.gather(running, queued, return_exceptions=True)
+        return done[0], done[1], str(refused.value)
+
+    first, second, _ = asyncio.run(main())
+    assert first[0] == 1  # type: ignore[index]  # the batch in progress finished
+    assert isinstance(second, RuntimeError) and "shutting down" in str(second)
+
+
+# -- CPUs ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v2, v1, expected", [
+    ("200000 100000\n", None, 2.0),
+    ("150000 100000\n", None, 1.5),
+    ("max 100000\n", None, None),
+    (None, ("-1\n", "100000\n"), None),
+    (None, ("400000\n", "100000\n"), 4.0),
+    (None, None, None),
+    ("garbage\n", None, None),
+])
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path: Path, v2: str | None, v1: tuple[str, str] | None,
+                                          expected: float | None) -> None:
+    cpu_max, v1_dir = tmp_path / "cpu.max", tmp_path / "cpu"
+    if v2 is not None:
+        cpu_max.write_text(v2)
+    if v1 is not None:
+        v1_dir.mkdir()
+        (v1_dir / "cpu.cfs_quota_us").write_text(v1[0])
+        (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
+    assert cpus.cpu_quota(cpu_max, v1_dir) == expected
+
+
+def test_available_cores_respects_the_cgroup_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus, "allowed_cpus", lambda: list(range(16)))
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: 1.5)
+    assert cpus.available_cores() == 2  # --cpus 1.5 on a 16-CPU host: two workers, not sixteen
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: None)
+    assert cpus.available_cores() == 16
+
+
+def test_cpu_plan_puts_the_event_loop_with_worker_0() -> None:
+    plan = cpus.CpuPlan.make(3, pin=True, cpus=[4, 5])
+    assert plan.loop == {4} and plan.workers == ({4}, {5}, {4})
+    assert plan.describe() == {"event_loop": 4, "workers": [4, 5, 4]}
+    assert cpus.CpuPlan.make(2, pin=False, cpus=[4, 5]) == cpus.CpuPlan(None, (None, None))
+    assert cpus.CpuPlan.make(2, pin=True, cpus=[4]) == cpus.CpuPlan(None, (None, None))  # one core: nothing to do
+
+
+def test_pin_thread_moves_only_the_calling_thread() -> None:
+    allowed = cpus.allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    seen: dict[str, set[int]] = {}
+
+    def body() -> None:
+        cpus.pin_thread({allowed[1]})
+        seen["pinned"] = os.sched_getaffinity(0)
+        inner = threading.Thread(target=lambda: seen.update(inherited=os.sched_getaffinity(0)))
+        inner.start()
+        inner.join()
+        cpus.unpin_thread()
+        seen["unpinned"] = os.sched_getaffinity(0)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == {"pinned": {allowed[1]}, "inherited": {allowed[1]}, "unpinned": set(allowed)}
+    assert os.sched_getaffinity(0) == set(allowed)  # the test's own thread was never touched

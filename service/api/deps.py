@@ -45,9 +45,10 @@ SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 _bearer = HTTPBearer(auto_error=False, description="SEISBIND_ADMIN_TOKEN (or the content of SEISBIND_ADMIN_TOKEN_FILE)")
 
 
-def require_admin(state: StateDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Bearer-token check: 403 when no token is configured (admin disabled), 401 without a token, 403 when wrong."""
+async def require_admin(state: StateDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Bearer-token check: 403 when no token is configured (admin disabled), 401 without a token, 403 when wrong.
+    (async: a plain function would run in a thread pool, a hand-off per request for a check of microseconds)"""
     expected = state.settings.resolved_admin_token()
     if expected is None:
         raise HTTPException(403, "admin endpoints are disabled: no SEISBIND_ADMIN_TOKEN or SEISBIND_ADMIN_TOKEN_FILE "

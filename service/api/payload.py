@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from service.api.errors import describe_validation_errors, unreadable_json
@@ -80,17 +80,25 @@ def _validate(model: type[BaseModel], doc: dict[str, Any]) -> dict[str, Any]:
         raise InputError(describe_validation_errors(e.errors())[0]) from e
 
 
-async def read_gathers(request: Request, model: type[BaseModel], query: dict[str, Any],
-                       max_gathers: int) -> GathersPayload:
-    """Check the Content-Type (415), read the body (413 past the limit), parse and validate it (422)."""
+async def read_body(request: Request) -> bytes:
+    """The request body. Unlike ``Request.body()``, a body that arrives in one message (the HTTP protocol of
+    ``service.core.http_guard`` hands over whole bodies) is returned as is, not copied."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_gathers(request: Request, model: type[BaseModel], query: dict[str, Any], max_gathers: int,
+                       offload: Callable[..., Awaitable[GathersPayload]]) -> GathersPayload:
+    """Check the Content-Type (415), read the body (413 past the limit), parse and validate it (422); ``offload``
+    runs the parsing of JSON and of large .npy bodies in a thread (``Engine.run_blocking``)."""
     encoding = body_encoding(request)
     t0 = time.perf_counter()
-    body = await request.body()
+    body = await read_body(request)
     if not body:
         raise InputError("empty request body; send gathers as .npy bytes or JSON")
     t1 = time.perf_counter()
     if encoding == "npy" and len(body) <= INLINE_NPY_BYTES:
         payload = decode(body, encoding, model, query, max_gathers)
     else:
-        payload = await run_in_threadpool(decode, body, encoding, model, query, max_gathers)
+        payload = await offload(decode, body, encoding, model, query, max_gathers)
     return replace(payload, receive_s=t1 - t0, decode_s=time.perf_counter() - t1)

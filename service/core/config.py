@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -10,17 +9,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.cpus import available_cores
+
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "admin", "password"}
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?$")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -67,6 +60,8 @@ class Settings(BaseSettings):
                                                          "cores / workers, i.e. 1 with the default workers)")
     ort_allow_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait between runs (faster on "
                                                         "an idle dedicated machine, slower when cores are shared)")
+    pin_threads: bool = Field(True, description="run the event loop and the first batch worker on one core and "
+                                                "each other worker on its own core (Linux; lower latency)")
     search_threads: int = Field(1, ge=1, description="FAISS threads of each worker's search (the workers already "
                                                      "search in parallel; more only pays off for big exact banks)")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers in order "
@@ -117,7 +112,8 @@ class Settings(BaseSettings):
         return None
 
     def workers(self) -> int:
-        """Micro-batches encoded at the same time: the setting, else the cores available to this process."""
+        """Micro-batches encoded at the same time: the setting, else the cores available to this process (its CPU
+        affinity, capped by a cgroup CPU quota)."""
         return self.encode_workers or min(available_cores(), 64)
 
     def intra_op_threads(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from service.api.deps import AdminDep, JsonBody, StateDep
@@ -37,7 +36,7 @@ async def rebuild_index(body: RebuildRequest, state: StateDep, _admin: AdminDep,
     if root is None:
         raise HTTPException(403, "rebuilds are disabled: SEISBIND_BANK_ROOT is not configured")
     try:
-        bank = await run_in_threadpool(resolve_bank, root, body.bank)
+        bank = await state.engine.run_blocking(resolve_bank, root, body.bank)
     except BankOutsideRootError as e:
         raise HTTPException(403, str(e)) from e
     job = state.jobs.start(bank, body.index_type)

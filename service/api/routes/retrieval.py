@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
 from service.api.payload import GathersPayload, read_gathers
@@ -77,13 +76,13 @@ async def retrieve(
     engine, settings = state.engine, state.settings
     with engine.incoming():
         payload = await read_gathers(request, RetrieveRequest, {"k": k, "include_models": include_models},
-                                     settings.max_gathers)
+                                     settings.max_gathers, engine.run_blocking)
     kk = check_k(payload.fields["k"], settings.max_k, searcher.count)
     hits, info = await engine.search_gathers(payload.gathers, kk)
     t1 = time.perf_counter()
     with_models = bool(payload.fields["include_models"])
     # Velocity models make the response large: build it off the event loop then.
-    response = (await run_in_threadpool(_retrieve_response, state, hits, kk, True) if with_models
+    response = (await engine.run_blocking(_retrieve_response, state, hits, kk, True) if with_models
                 else _retrieve_response(state, hits, kk, False))
     _record(state, "/retrieve", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
@@ -102,7 +101,8 @@ async def infer_descriptors(
     similarity), their standard deviation as the uncertainty, the unit, and the neighbours' ids and scores."""
     engine, settings = state.engine, state.settings
     with engine.incoming():
-        payload = await read_gathers(request, InferRequest, {"k": k, "weighting": weighting}, settings.max_gathers)
+        payload = await read_gathers(request, InferRequest, {"k": k, "weighting": weighting}, settings.max_gathers,
+                                     engine.run_blocking)
     kk = check_k(payload.fields["k"], settings.max_k, searcher.count)
     hits, info = await engine.search_gathers(payload.gathers, kk)
     t1 = time.perf_counter()
@@ -127,8 +127,8 @@ async def retrieve_by_descriptors(body: DescriptorQuery, state: StateDep, search
     x = check_descriptors(body.descriptors, engine.query_descriptor_names)
     kk = check_k(body.k, settings.max_k, searcher.count)
     decode_s = time.perf_counter() - t0
-    hits = await run_in_threadpool(engine.search_descriptors, x, kk)
+    hits = await engine.run_blocking(engine.search_descriptors, x, kk)
     t1 = time.perf_counter()
-    response = await run_in_threadpool(_retrieve_response, state, hits, kk, body.include_models)
+    response = await engine.run_blocking(_retrieve_response, state, hits, kk, body.include_models)
     _record(state, "/retrieve-by-descriptors", None, decode_s, 0.0, hits, time.perf_counter() - t1)
     return response

@@ -1,0 +1,103 @@
+"""The CPUs this process may use, and where the serving threads run on them.
+
+A request with nothing else in flight goes from the event loop to a batch worker and back. When the two threads
+are on different cores, each hand-off wakes an idle core (on a virtual machine, an exit to the hypervisor) and the
+request's data moves between their caches. ``CpuPlan`` therefore puts the event loop and the first batch worker on
+one core, where a lone request runs from arrival to answer, and one more worker on each other core, so batches
+still run side by side under load. Threads inherit the CPUs of the thread that starts them: every other thread the
+service starts calls ``unpin_thread`` first, so only the event loop and the batch workers stay pinned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("service.cpus")
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""cgroup v2: "<quota> <period>" or "max <period>" (inside a container: the container's own limit)."""
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+"""cgroup v1: cpu.cfs_quota_us (-1: unlimited) and cpu.cfs_period_us."""
+
+
+def _affinity() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+_PROCESS_CPUS = _affinity()
+"""The process's affinity mask, taken at import: later a thread's own mask may be one pinned CPU."""
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask before any thread was pinned), in order."""
+    return list(_PROCESS_CPUS)
+
+
+def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX, v1: Path = CGROUP_V1_CPU) -> float | None:
+    """Cores' worth of CPU time the cgroup allows, e.g. 2.0 for ``docker run --cpus 2``; None when unlimited or
+    unknown."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = (v1 / "cpu.cfs_quota_us").read_text().strip(), (v1 / "cpu.cfs_period_us").read_text()
+        except OSError:
+            return None
+    try:
+        cores = int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):  # "max": unlimited
+        return None
+    return cores if cores > 0 else None  # v1 writes -1 for unlimited
+
+
+def available_cores() -> int:
+    """Cores this process can use: the CPUs of its affinity mask, fewer when a cgroup CPU quota allows less."""
+    cores = len(allowed_cpus())
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def pin_thread(cpus: set[int] | None) -> None:
+    """Restrict the calling thread to ``cpus`` (all allowed CPUs when None). Never raises: on a platform or in a
+    sandbox that refuses, the thread keeps the CPUs it had."""
+    try:
+        os.sched_setaffinity(0, cpus if cpus is not None else set(allowed_cpus()))
+    except (AttributeError, OSError, ValueError) as e:
+        log.debug("could not set the CPU affinity of a thread: %s", e)
+
+
+def unpin_thread() -> None:
+    """Let the calling thread run on every allowed CPU again (for threads started by a pinned one)."""
+    pin_thread(None)
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """CPUs of the event-loop thread and of each batch worker; None everywhere means no pinning."""
+
+    loop: set[int] | None
+    workers: tuple[set[int] | None, ...]
+
+    @classmethod
+    def make(cls, workers: int, pin: bool, cpus: list[int] | None = None) -> CpuPlan:
+        """The event loop and worker 0 on the first CPU, worker i on CPU i (round robin past the last). No pinning
+        when ``pin`` is false or fewer than two CPUs are usable."""
+        if cpus is None:
+            cpus = allowed_cpus()[:available_cores()]
+        if not pin or len(cpus) < 2:
+            return cls(None, (None,) * workers)
+        return cls({cpus[0]}, tuple({cpus[i % len(cpus)]} for i in range(workers)))
+
+    def describe(self) -> dict[str, object]:
+        """For logs and /v1/info: the CPU of the event loop and of each worker (None: not pinned)."""
+        one = (lambda s: None if s is None else min(s))
+        return {"event_loop": one(self.loop), "workers": [one(w) for w in self.workers]}
