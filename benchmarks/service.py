@@ -44,8 +44,9 @@ from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
 
 K = 10
 CLIENTS = (1, 4, 16)
-DEFAULT_PROFILES = ["latency:encode_workers=1"]
-"""Besides the defaults (one micro-batch per core, one thread each): one micro-batch at a time on all cores."""
+DEFAULT_PROFILES = ["pinned:pin_threads=true", "latency:encode_workers=1"]
+"""Besides the defaults (one micro-batch per core on one thread each): the same with the event loop pinned to worker
+0's core and each other worker to its own, and one micro-batch at a time on all cores."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

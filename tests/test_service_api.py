@@ -1,9 +1,10 @@
 """The HTTP service end to end, against real uvicorn processes on localhost (DESIGN section 6).
 
 Three servers share one small bank root and a real (untrained) encoder bundle:
-* ``served``: started with ``seisbind serve``, an index of bank_a, admin token, small limits — every endpoint,
-  every error code, admin auth, garbage input, a failed rebuild and a rebuild under load;
-* ``empty``: started with ``uvicorn --factory``, no index yet — 503s, then a rebuild makes it ready;
+* ``served``: started with ``seisbind serve``, an index of bank_a, admin token, small limits, threads pinned to
+  cores — every endpoint, every error code, admin auth, garbage input, a failed rebuild and a rebuild under load;
+* ``empty``: started with ``uvicorn --factory``, default settings, no index yet — 503s, then a rebuild makes it
+  ready;
 * ``mismatched``: an index built with other encoders and no admin token — not ready with the reason, admin 403.
 """
 
@@ -78,12 +79,12 @@ def bank_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(bundles: dict[str, Path], bank_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``seisbind serve`` over an index of bank_a, with an admin token and small limits."""
+    """``seisbind serve`` over an index of bank_a, with an admin token, small limits and pinned threads."""
     index_root = tmp_path_factory.mktemp("index_main")
     build_index(bundles["main"], bank_root / "bank_a", index_root, index_type="flat")
     env = {"SEISBIND_ADMIN_TOKEN": TOKEN, "SEISBIND_BANK_ROOT": str(bank_root),
            "SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_MAX_GATHERS": str(MAX_GATHERS),
-           "SEISBIND_MAX_K": str(MAX_K)}
+           "SEISBIND_MAX_K": str(MAX_K), "SEISBIND_PIN_THREADS": "true"}
     server = serve(bundles["main"], index_root, tmp_path_factory.mktemp("logs") / "served.log", env)
     yield server
     stop_server(server)
@@ -155,7 +156,7 @@ def _thread_cpus(pid: int) -> dict[int, set[int]]:
     return out
 
 
-def test_event_loop_shares_a_core_with_the_first_worker_and_nothing_else_is_pinned(served: Server) -> None:
+def test_pinned_event_loop_shares_a_core_with_the_first_worker_and_nothing_else_is_pinned(served: Server) -> None:
     allowed = sorted(os.sched_getaffinity(0))
     if not Path("/proc/self/task").exists() or len(allowed) < 2:
         pytest.skip("needs Linux and two CPUs")
@@ -549,6 +550,10 @@ def test_no_index_gives_503_until_a_rebuild(empty: Server) -> None:
         assert_error(c.post("/retrieve-by-descriptors", json={"descriptors": desc}), 503, "not ready")
         info = c.get("/v1/info").json()
         assert info["ready"] is False and info["index_version"] is None and info["count"] == 0
+    # Default settings pin no thread.
+    assert info["cpus"] == {"event_loop": None, "workers": [None] * info["batching"]["workers"]}
+    if Path("/proc/self/task").exists():
+        assert all(c == set(os.sched_getaffinity(0)) for c in _thread_cpus(empty.proc.pid).values())
     with SeisBindClient(empty.url, admin_token=TOKEN) as client:  # token read from SEISBIND_ADMIN_TOKEN_FILE
         job = client.wait_job(client.rebuild_index("bank_a"), timeout=180)
         assert job["state"] == "succeeded" and job["progress"] == 1.0

@@ -60,8 +60,10 @@ class Settings(BaseSettings):
                                                          "cores / workers, i.e. 1 with the default workers)")
     ort_allow_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait between runs (faster on "
                                                         "an idle dedicated machine, slower when cores are shared)")
-    pin_threads: bool = Field(True, description="run the event loop and the first batch worker on one core and "
-                                                "each other worker on its own core (Linux; lower latency)")
+    pin_threads: bool = Field(False, description="run the event loop and the first batch worker on one core and "
+                                                 "each other worker on its own core (Linux): lower latency when the "
+                                                 "service has its cores to itself; off by default, since a pinned "
+                                                 "thread cannot move away from a busy core")
     search_threads: int = Field(1, ge=1, description="FAISS threads of each worker's search (the workers already "
                                                      "search in parallel; more only pays off for big exact banks)")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers in order "

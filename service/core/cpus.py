@@ -4,7 +4,8 @@ A request with nothing else in flight goes from the event loop to a batch worker
 are on different cores, each hand-off wakes an idle core (on a virtual machine, an exit to the hypervisor) and the
 request's data moves between their caches. ``CpuPlan`` therefore puts the event loop and the first batch worker on
 one core, where a lone request runs from arrival to answer, and one more worker on each other core, so batches
-still run side by side under load. Threads inherit the CPUs of the thread that starts them: every other thread the
+still run side by side under load (``SEISBIND_PIN_THREADS``; off by default: a pinned thread cannot leave a core
+that other processes keep busy). Threads inherit the CPUs of the thread that starts them: every other thread the
 service starts calls ``unpin_thread`` first, so only the event loop and the batch workers stay pinned.
 """
 
