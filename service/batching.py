@@ -121,26 +121,29 @@ class MicroBatcher(Generic[P, R]):
     def _work(self, i: int) -> None:
         if self._initializer is not None:
             self._initializer(i)
-        while True:
-            batch = self._next_batch(i)
-            if batch is None:
-                return
-            if not batch:  # every request of it gave up
-                continue
-            start = time.perf_counter()
-            try:
-                results = self._process([e.payload for e in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch processor returned {len(results)} results for {len(batch)} payloads")
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-                log.exception("micro-batch of %d failed", len(batch))
-                self._deliver(batch, exc, None)
-                continue
+        while (batch := self._next_batch(i)) is not None:
+            if batch:  # empty when every request of it gave up
+                self._run_batch(i, batch)
+
+    def _run_batch(self, i: int, batch: list[_Entry[P]]) -> None:
+        start = time.perf_counter()
+        infos: list[BatchInfo] | None = None
+        try:
+            results: Sequence[R] | BaseException = self._process([e.payload for e in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch processor returned {len(results)} results for {len(batch)} payloads")
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+            log.exception("micro-batch of %d failed", len(batch))
+            results = exc
+        else:
             took = time.perf_counter() - start
             size = sum(e.size for e in batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch), size, took)
-            self._deliver(batch, results, [BatchInfo(start - e.enqueued, len(batch), size, took) for e in batch])
+            infos = [BatchInfo(start - e.enqueued, len(batch), size, took) for e in batch]
+        with self._lock:  # free before the results go out: a client's next request, sent on its answer, comes here
+            self._idle.add(i)
+        self._deliver(batch, results, infos)
 
     def _next_batch(self, i: int) -> list[_Entry[P]] | None:
         """Wait for a request, then gather a batch behind it (empty when all of them were cancelled); None once
@@ -152,7 +155,7 @@ class MicroBatcher(Generic[P, R]):
                     return None
                 self._idle.add(i)
                 wake.wait()
-                self._idle.discard(i)
+            self._idle.discard(i)
             batch, size = [], 0
             deadline = time.perf_counter() + self._max_wait_s
             while self._running:
