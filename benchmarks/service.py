@@ -202,19 +202,22 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
             add_stage_delta(stages["npy"], t0, t1)
             add_stage_delta(stages["json"], t1, t2)
         throughput(server, npy_body, 16, 2.0)  # warm-up
-        counts = {c: [0, 0.0, 0.0, 0.0, 0.0] for c in CLIENTS}  # requests, s, server CPU s, batched gathers, batches
+        # requests, s, server CPU s, batched gathers, batches, client (this process) CPU s
+        counts = {c: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for c in CLIENTS}
         for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
-            cpu0, b0 = server.cpu_seconds(), _batch_totals(server)
+            cpu0, b0, own0 = server.cpu_seconds(), _batch_totals(server), time.process_time()
             n, s = throughput(server, npy_body, c, args.seconds / 2)
             b1 = _batch_totals(server)
-            for i, v in enumerate((n, s, server.cpu_seconds() - cpu0, b1[0] - b0[0], b1[1] - b0[1])):
+            for i, v in enumerate((n, s, server.cpu_seconds() - cpu0, b1[0] - b0[0], b1[1] - b0[1],
+                                   time.process_time() - own0)):
                 counts[c][i] += v
     finally:
         server.stop()
     rps = {str(c): round(n / s, 2) for c, (n, s, *_) in counts.items()}
     cores_used = {str(c): round(cpu / s, 2) for c, (_, s, cpu, *_) in counts.items()}
     cpu_ms_per_request = {str(c): round(1000 * cpu / n, 2) for c, (n, _, cpu, *_) in counts.items()}
-    mean_batch = {str(c): round(g / b, 2) if b else None for c, (*_, g, b) in counts.items()}
+    mean_batch = {str(c): round(g / b, 2) if b else None for c, (*_, g, b, _) in counts.items()}
+    client_cpu_ms = {str(c): round(1000 * own / n, 2) for c, (n, *_, own) in counts.items()}
     p_in, p_npy, p_js = percentiles_ms(inproc), percentiles_ms(npy), percentiles_ms(js)
     figures = {
         "npy": p_npy, "json": p_js,
@@ -225,6 +228,7 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
         "throughput_16_over_1": round(rps["16"] / rps["1"], 3),
         "server_cpu_cores_used": cores_used,
         "server_cpu_ms_per_request": cpu_ms_per_request,
+        "client_cpu_ms_per_request": client_cpu_ms,
         "targets": {"npy_p50_over_in_process_max": 1.3, "throughput_16_over_1_min": 2.0,
                     "npy_p50_met": p_npy["p50_ms"] <= 1.3 * p_in["p50_ms"],
                     "throughput_met": rps["16"] >= 2.0 * rps["1"]},
@@ -235,7 +239,8 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
         "settings": settings,
         "notes": "latencies are client-side wall times of sequential requests on one kept-alive connection; "
                  "in_process_ms is the p50 of the same encode + search without HTTP, interleaved with them; "
-                 "server_cpu_cores_used is the server process's CPU time per wall second during each load phase "
+                 "server_cpu_cores_used is the server process's CPU time per wall second during each load phase; "
+                 "client_cpu_ms_per_request is this process's (the clients') CPU time per request "
                  "(the clients run on the same machine)",
     }
     return figures
