@@ -1,26 +1,33 @@
-"""Shared helpers of the benchmark scripts (DESIGN section 8): timing statistics and result files.
+"""Shared helpers of the benchmark scripts (docs/benchmarks.md): timing statistics, result files and the options
+every script has (``--smoke``, ``--out``).
 
-Standard library only (plus the torch-free ``seisbind.bundle``), so that every benchmark can use it, the
-serving ones included; torch is imported lazily, only to name a GPU, and only where it is installed.
+Standard library plus the ground package ``seisbind``, so that every benchmark can use it, the serving ones
+included. Importing it loads neither numpy nor torch (a script may set thread counts before numpy starts): torch
+is imported lazily, only to name a GPU and only where it is installed, and numpy only to write a result.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.util
 import os
 import platform
+import shlex
 import statistics
-import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seisbind.bundle import write_json_atomic
+from seisbind.cores import usable_cores
+from seisbind.provenance import git_commit, portable_path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
+SMOKE_DIR = Path(tempfile.gettempdir()) / "seisbind-benchmark-smoke"
+"""Where ``--smoke`` runs write their result files unless ``--out`` is given (never ``RESULTS_DIR``)."""
 
 
 def timing_summary(seconds: Sequence[float]) -> dict[str, float]:
@@ -50,39 +57,74 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def git_commit() -> str | None:
-    """HEAD of the repository, with "-dirty" appended when tracked files differ from it; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def machine() -> dict[str, Any]:
     """CPU model, logical cores (and those this process may use), GPU or None."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "gpu": gpu_name(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(), "gpu": gpu_name(),
             "python": platform.python_version()}
 
 
-def write_result(name: str, figures: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json``: the figures plus command, git commit, machine and UTC date.
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark script has: ``--smoke`` and ``--out``."""
+    p.add_argument("--smoke", action="store_true",
+                   help="check that the script runs: tiny sizes, seconds to a minute; the figures mean nothing and go "
+                        f"to --out (default {SMOKE_DIR}), never to benchmarks/results")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder of the result file (default: benchmarks/results; with --smoke a temporary folder)")
+
+
+def benchmark_command(argv: Sequence[str] | None = None) -> str:
+    """The command that ran this benchmark, e.g. ``python -m benchmarks.index --stress``, with absolute paths among
+    its arguments written relative to the repository."""
+    argv = list(sys.argv if argv is None else argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", portable_path(argv[0])]
+    return shlex.join(head + [_portable_arg(a) for a in argv[1:]])
+
+
+def _portable_arg(arg: str) -> str:
+    name, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return name + eq + (portable_path(value) if os.path.isabs(value) else value)
+
+
+def simulate_first_models(out: Path, models_zip: Path, count: int, device: str = "cpu") -> Path:
+    """Simulate the first ``count`` real velocity models of ``models_zip`` into ``out`` (OpenFWI layout, resumable):
+    the small datasets of smoke runs. The selected models are kept beside ``out`` as ``<out>.models.npy``."""
+    from seisbind.files import save_npy_atomic
+    from seisbind.openfwi import read_models
+
+    from model.simulate import simulate_dataset  # torch
+
+    subset = out.parent / f"{out.name}.models.npy"
+    if not subset.is_file():
+        save_npy_atomic(subset, read_models(models_zip).array()[:count])
+    simulate_dataset(out, models=subset, device=device, show_progress=False)
+    return out
+
+
+def write_result(name: str, figures: dict[str, Any], out_dir: Path | None = None, smoke: bool = False) -> Path:
+    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``): the figures plus command, git commit, machine
+    and UTC date; with ``smoke`` also ``"smoke": true``, and the default folder is ``SMOKE_DIR`` (a smoke run may not
+    write into ``benchmarks/results``).
 
     The file is written atomically (temporary file, fsync, rename). Returns its path.
     """
+    from seisbind.files import write_json_atomic  # imports numpy
+
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"result name {name!r}: expected a plain file stem such as 'simulator_speed'")
+    folder = Path(out_dir) if out_dir is not None else SMOKE_DIR if smoke else RESULTS_DIR
+    if smoke and folder.resolve() == RESULTS_DIR.resolve():
+        raise ValueError(f"--smoke results may not go to {portable_path(RESULTS_DIR)}: their figures mean nothing")
     doc = dict(figures)
     doc.update({
-        "command": " ".join(sys.argv),
+        "command": benchmark_command(),
         "git_commit": git_commit(),
         "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    if smoke:
+        doc["smoke"] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     write_json_atomic(path, doc)
     return path

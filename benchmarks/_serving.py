@@ -1,46 +1,56 @@
-"""Shared pieces of the service benchmarks (service.py, soak.py): a bundle and banks to serve, a ``seisbind serve``
-process, lightweight HTTP calls and percentiles. No torch in this process: a bundle is exported in a subprocess."""
+"""Shared pieces of the benchmarks that index and serve (index.py, service.py, soak.py): an untrained bundle and
+banks to index, a real ``seisbind serve`` process (the harness of ``cli.server_process``, shared with the tests),
+lightweight HTTP calls and percentiles. No torch in this process: a bundle is exported in a subprocess."""
 
 from __future__ import annotations
 
 import http.client
-import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cli.server_process import ServerProcess
+
 REPO = Path(__file__).resolve().parents[1]
 NPY_HEADERS = {"Content-Type": "application/x-npy"}
 JSON_HEADERS = {"Content-Type": "application/json"}
+SERVER_ENV = {"SEISBIND_LOG_LEVEL": "warning"}
+"""Settings of every benchmarked server besides those a benchmark gives (OpenMP's wait policy is left to the user)."""
 
 _EXPORT = """
 import sys, torch
 torch.set_num_threads(2)
-from model.encoders import ModelConfig, create_model
-from model.export import export_bundle
-export_bundle(create_model(ModelConfig(), seed=0), sys.argv[1], training={"untrained": True, "seed": 0}, metrics={})
+from model.config import ModelConfig
+from model.encoders import create_model
+from model.export import export_bundle, export_untrained_bundle, synthetic_inputs
+if sys.argv[2] == "tiny":
+    export_untrained_bundle(sys.argv[1], seed=0)
+else:
+    model = create_model(ModelConfig(), seed=0)
+    desc = synthetic_inputs(64)["physics"].astype("float64")
+    model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
+    export_bundle(model, sys.argv[1], training={"untrained": True, "seed": 0}, metrics={})
 """
+DEFAULT_BUNDLE = "untrained, benchmark-size architecture (model.config.ModelConfig() defaults), seed 0"
+TINY_BUNDLE = "untrained, tiny architecture (model.export.export_untrained_bundle, ModelConfig.tiny()), seed 0"
 
 
-def export_default_bundle(out: Path) -> Path:
-    """The benchmark-size architecture, untrained (same compute as a trained bundle), exported in a subprocess."""
-    subprocess.run([sys.executable, "-c", _EXPORT, str(out)], cwd=REPO, check=True)
+def export_default_bundle(out: Path, tiny: bool = False) -> Path:
+    """The benchmark-size architecture, untrained (same compute as a trained bundle), exported in a subprocess;
+    ``tiny``: the tests' small architecture instead (smoke runs)."""
+    subprocess.run([sys.executable, "-c", _EXPORT, str(out), "tiny" if tiny else "default"], cwd=REPO, check=True)
     return out
 
 
 def make_bank(out: Path, count: int, seed: int) -> Path:
     """A bank of ``count`` synthetic velocity models (half flatvel-a, half curvevel-a) in OpenFWI layout."""
+    from seisbind.files import save_npy_atomic
+
     from model.families import generate  # numpy only
-    from seisbind.openfwi import save_npy_atomic
 
     rng = np.random.default_rng(seed)
     models = np.concatenate([generate("flatvel-a", count // 2, rng), generate("curvevel-a", count - count // 2, rng)])
@@ -49,49 +59,14 @@ def make_bank(out: Path, count: int, seed: int) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-@dataclass
-class ServerProcess:
-    """A ``seisbind serve`` subprocess on localhost."""
-
-    proc: subprocess.Popen
-    host: str
-    port: int
+class BenchmarkServer(ServerProcess):
+    """A ``seisbind serve`` process with the HTTP calls the benchmarks time (http.client, kept-alive connections)."""
 
     @classmethod
-    def start(cls, encoders: Path, index_root: Path, env: dict[str, str] | None = None, log: Path | None = None,
-              timeout: float = 180.0) -> ServerProcess:
-        port = free_port()
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEISBIND_")}
-        full_env.update({"SEISBIND_LOG_LEVEL": "warning", **(env or {})})
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        proc = subprocess.Popen([sys.executable, "-m", "seisbind.cli", "serve", "--encoders", str(encoders),
-                                 "--index", str(index_root), "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-        server = cls(proc, "127.0.0.1", port)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"seisbind serve exited with {proc.returncode} (log: {log})")
-            try:
-                if server.request("GET", "/readyz")[0] == 200:
-                    return server
-            except OSError:
-                pass
-            time.sleep(0.3)
-        server.stop()
-        raise RuntimeError(f"seisbind serve not ready after {timeout:g} s (log: {log})")
+    def launch(cls, encoders: Path, index_root: Path, log: Path, env: dict[str, str] | None = None,
+               timeout: float = 180.0) -> BenchmarkServer:
+        """``seisbind serve`` on a free port with ``SERVER_ENV`` plus ``env``, once /readyz answers 200."""
+        return cls.serve(encoders, index_root, log, {**SERVER_ENV, **(env or {})}, timeout=timeout)
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=120)
@@ -110,18 +85,6 @@ class ServerProcess:
             raise RuntimeError(f"GET {path}: HTTP {status}: {data[:300]!r}")
         return json.loads(data)
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the server process (Linux /proc)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("VmRSS not found")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def stage_totals(self, endpoint: str = "/retrieve") -> dict[str, tuple[float, float]]:
         """Server-side seconds and request count of each stage so far (from /metrics): {stage: (sum, count)}."""
         status, text = self.request("GET", "/metrics")
@@ -135,14 +98,6 @@ class ServerProcess:
                 elif name.startswith("seisbind_stage_seconds_count"):
                     out.setdefault(stage, [0.0, 0.0])[1] = float(value)
         return {k: (v[0], v[1]) for k, v in out.items()}
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,

@@ -1,4 +1,4 @@
-"""Index benchmark (DESIGN section 8, ``benchmarks/results/index.json``): bank build throughput with velocity.onnx,
+"""Index benchmark (docs/benchmarks.md, ``benchmarks/results/index.json``): bank build throughput with velocity.onnx,
 and per-query search latency of exact (IndexFlatIP) and IVF search beside a plain numpy brute force, for banks of
 10k, 100k and 1M entries, all in one run on the same threads.
 
@@ -6,20 +6,18 @@ Search timings use synthetic clustered unit vectors of dimension 256 (a Gaussian
 index.synthetic), not embeddings of real models: no real bank is that large. Uniformly random vectors are measured
 too, at 100k, to show why: they have no structure, and IVF cannot beat brute force on them at recall 0.95.
 
-Run from the repository root:  python benchmarks/index.py [--encoders BUNDLE] [--threads 2]
+Run from the repository root:  python -m benchmarks.index [--encoders BUNDLE] [--threads 2]
+Smoke run (tiny bundle, a synthetic bank of 64 models, 2,000 vectors; result in a temporary folder):
+    python -m benchmarks.index --smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# This file is benchmarks/index.py: keep its folder off sys.path so that ``import index`` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
+from benchmarks._common import REPO, add_output_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also 1M vectors in groups of 100 with noise of norm 1.0, where neighbours barely stand out "
                         "from the background (a few more minutes)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
-    return p.parse_args(argv)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.queries, args.batch, args.build_repeats, args.stress = "2000", 50, 25, 1, False
+    return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
@@ -49,7 +51,6 @@ if ARGS is not None:
         os.environ[var] = str(ARGS.search_threads)
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -58,11 +59,17 @@ from typing import Any  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from index.ann import (RECALL_K, build_ann, configure_blas_threshold, perturbed_queries, recall_at_k,  # noqa: E402
-                       search_params)
+from seisbind.provenance import portable_path  # noqa: E402
+
+from benchmarks._common import write_result  # noqa: E402
+from benchmarks._serving import DEFAULT_BUNDLE, TINY_BUNDLE, export_default_bundle, make_bank  # noqa: E402
+from index.ann import RECALL_K, build_ann, configure_blas_threshold, neighbour_recall, perturbed_queries, search_params  # noqa: E402
 from index.build import build_index  # noqa: E402
 from index.searcher import Searcher  # noqa: E402
 from index.synthetic import clustered_embeddings, random_unit_vectors  # noqa: E402
+
+SMOKE_BANK_SIZE = 64
+UNIFORM_SIZE = 100_000
 
 DATA_NOTE = ("search timings on synthetic L2-normalised vectors of dim 256 (index.synthetic.clustered_embeddings): "
              "a Gaussian mixture of n/1000 random unit centres (1000 vectors per group, like variations within model "
@@ -132,8 +139,8 @@ def measure_size(xb: np.ndarray, nq: int, args: argparse.Namespace) -> dict[str,
     for name, times in ms.items():
         res[f"{name}_ms_per_query"] = float(np.median(times))
         res[f"{name}_ms_per_query_min_max"] = [min(times), max(times)]
-    res["ivf_recall_at_10"] = float(recall_at_k(results["ivf"], results["exact"], k).mean())
-    res["exact_equals_numpy_top10"] = float(recall_at_k(results["numpy"], results["exact"], k).mean())
+    res["ivf_recall_at_10"] = float(neighbour_recall(results["ivf"], results["exact"], k).mean())
+    res["exact_equals_numpy_top10"] = float(neighbour_recall(results["numpy"], results["exact"], k).mean())
     res["ivf_speedup_vs_numpy"] = float(np.median(np.array(ms["numpy"]) / np.array(ms["ivf"])))
     res["exact_speedup_vs_numpy"] = float(np.median(np.array(ms["numpy"]) / np.array(ms["exact"])))
     top = np.einsum("qd,qkd->qk", xq, xb[results["exact"]])
@@ -153,30 +160,11 @@ def default_bank() -> Path:
     return (Path(env) if env else REPO.parent / "shared" / "data" / "openfwi") / "flatvel_a" / "test_vmodel.zip"
 
 
-EXPORT_DEFAULT = """
-import sys
-from model.encoders import ModelConfig, create_model
-from model.export import export_bundle, synthetic_inputs
-model = create_model(ModelConfig(), seed=0)
-desc = synthetic_inputs(64)["physics"].astype("float64")
-model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
-export_bundle(model, sys.argv[1], training={"untrained": True, "seed": 0}, metrics={})
-"""
-
-
-def export_default_architecture(out: Path) -> None:
-    """Export the benchmark-size model, randomly initialised, in a subprocess (torch stays out of this one)."""
-    subprocess.run([sys.executable, "-c", EXPORT_DEFAULT, str(out)], cwd=REPO, check=True)
-
-
 def measure_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """End-to-end build_index throughput (read, validate, embed, descriptors, index, write, verify) and the
     embedding loop's own rate, with velocity.onnx on ``--threads`` threads."""
-    bundle = args.encoders
-    if bundle is None:
-        bundle = work / "bundle"
-        export_default_architecture(bundle)
-    bank = args.bank or default_bank()
+    bundle = args.encoders or export_default_bundle(work / "bundle", tiny=args.smoke)
+    bank = args.bank or (make_bank(work / "bank", SMOKE_BANK_SIZE, seed=0) if args.smoke else default_bank())
     # Warm-up on a few models (session creation, first-run allocations), then the timed build.
     warm = work / "warm.npy"
     from seisbind.openfwi import read_models
@@ -191,17 +179,18 @@ def measure_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         s = Searcher.load(work / "index", version)
         rates.append(s.count / seconds)
-        embed_rates.append(s.manifest["build"]["models_per_second"])
+        embed_rates.append(s.manifest.raw["build"]["models_per_second"])
     return {"build_models_per_second": float(np.median(rates)),
             "build": {"models": s.count, "models_per_second_min_max": [min(rates), max(rates)],
-                      "runs": len(rates), "bank": str(bank),
+                      "runs": len(rates), "bank": portable_path(bank) if args.bank or not args.smoke else
+                      f"synthetic, {SMOKE_BANK_SIZE} models",
                       "embed_models_per_second": float(np.median(embed_rates)),
                       "embed_models_per_second_min_max": [min(embed_rates), max(embed_rates)],
                       "what": "end-to-end build_index (read, validate, embed, descriptors, flat index, write, "
                               "verify) / embedding loop alone; median of runs",
-                      "providers": s.manifest["build"]["providers"], "bundle_id": s.bundle_id,
-                      "bundle": "given with --encoders" if args.encoders else
-                      "untrained, benchmark-size architecture (model.encoders.ModelConfig() defaults), seed 0",
+                      "providers": s.manifest.raw["build"]["providers"], "bundle_id": s.bundle_id,
+                      "bundle": portable_path(args.encoders) if args.encoders else
+                      TINY_BUNDLE if args.smoke else DEFAULT_BUNDLE,
                       "intra_op_threads": args.threads}}
 
 
@@ -228,8 +217,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                         "vectors (~0.33), so IVF needs many more lists for recall 0.95")
         del xb
         print(json.dumps({"small_groups_1000000": figures["small_groups_1000000"]}, indent=1), flush=True)
-    xb = random_unit_vectors(100_000, seed=0)
-    figures["uniform_random_100000"] = measure_size(xb, min(args.queries, 300), args)
+    n_uniform = min(UNIFORM_SIZE, max(int(s) for s in args.sizes.split(","))) if args.smoke else UNIFORM_SIZE
+    xb = random_unit_vectors(n_uniform, seed=0)
+    figures[f"uniform_random_{n_uniform}"] = measure_size(xb, min(args.queries, 300), args)
     figures["uniform_random_note"] = ("uniformly random unit vectors have no cluster structure: IVF reaches "
                                       "recall 0.95 only by probing most lists, so it is no faster than exact search")
     return figures
@@ -241,8 +231,6 @@ if __name__ == "__main__":
     result = main(ARGS)
     result["benchmark_seconds"] = round(time.perf_counter() - t_start, 1)
     if not ARGS.no_write:
-        from benchmarks._common import write_result
-
-        print(write_result("index", result))
+        print(write_result("index", result, ARGS.out, ARGS.smoke))
     else:
         print(json.dumps(result, indent=1))

@@ -1,16 +1,20 @@
-"""Benchmark ``openfwi-vel`` (DESIGN sections 7 and 8): real FlatVel-A and CurveVel-A velocity models with
-simulated gathers; train on the 10,000 training pairs within a time budget on this machine's CPUs, evaluate on
-the 2,000 test models as one gallery (P1, P1-large, P2), and the ablation lambda2 = 0 against lambda2 = 0.1 with a
-matched (shorter) budget. Writes ``benchmarks/results/retrieval_openfwi_vel.json``.
+"""Benchmark ``openfwi-vel`` (docs/evaluation.md, docs/benchmarks.md): real FlatVel-A and CurveVel-A velocity
+models with simulated gathers; train on the 10,000 training pairs within a time budget on this machine's CPUs,
+evaluate on the 2,000 test models as one gallery (P1, P1-large, P2), and the ablation lambda2 = 0 against
+lambda2 = 0.1 with a matched (shorter) budget. Writes ``benchmarks/results/retrieval_openfwi_vel.json``.
 
 Simulated data are cached in ``.cache/openfwi_vel/<family>/<split>`` (only missing chunks are simulated); runs,
 the exported bundle and the reports go to ``.cache/openfwi_vel/{runs,bundle,reports}``. Every stage resumes:
 rerunning the command after an interruption continues the training where it stopped and skips finished work.
+OpenMP's wait policy is left to the environment (recorded in the result): on a machine whose cores other busy
+processes share, ``OMP_WAIT_POLICY=PASSIVE`` avoids spinning threads; on dedicated cores it makes the simulation
+several times slower.
 
 Run from the repository root:
-    python benchmarks/openfwi_vel.py                       # full: 90 min headline + 2 x 25 min ablation
-    python benchmarks/openfwi_vel.py --budget-min 2 --ablation-budget-min 1 --train-chunks 1 --test-chunks 1 \\
+    python -m benchmarks.openfwi_vel                       # full: 90 min headline + 2 x 25 min ablation
+    python -m benchmarks.openfwi_vel --budget-min 2 --ablation-budget-min 1 --train-chunks 1 --test-chunks 1 \\
         --work /tmp/openfwi_vel_check --no-write          # quick end-to-end check
+    python -m benchmarks.openfwi_vel --smoke               # about a minute: 24 + 8 models per family
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
-sys.path.insert(1, str(REPO / "benchmarks"))
+from benchmarks._common import REPO, RESULTS_DIR, add_output_args, simulate_first_models, write_result
 
 FAMILIES = ("flatvel_a", "curvevel_a")
+SMOKE_MODELS = {"train": 24, "test": 8}
+"""Real models per family and split that ``--smoke`` simulates (the first ones of each zip)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--openfwi-dir", type=Path,
                    default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")),
                    help="folder with <family>/{train,test}_vmodel.zip (real OpenFWI velocity models)")
-    p.add_argument("--cache", type=Path, default=REPO / ".cache" / "openfwi_vel",
-                   help="simulated data: <cache>/<family>/<split> (OpenFWI layout)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="simulated data: <cache>/<family>/<split> (OpenFWI layout; default .cache/openfwi_vel, with "
+                        "--smoke a temporary folder)")
     p.add_argument("--work", type=Path, default=None, help="runs, bundle and reports (default: the cache folder)")
     p.add_argument("--budget-min", type=float, default=90.0, help="headline training budget, minutes (<= 90)")
     p.add_argument("--ablation-budget-min", type=float, default=25.0,
@@ -58,21 +63,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rerun-lambda2-0", action="store_true",
                    help="train and evaluate only the ablation's lambda2 = 0 arm again (its run folder must be gone) "
                         "and put it into the existing result file, e.g. after other work took cores from it")
-    return p.parse_args(argv)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.budget_min, args.ablation_budget_min, args.epochs, args.batch_size = 0.5, 0.25, 1, 16
+        args.train_chunks = args.test_chunks = None
+    return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:  # before torch starts its thread pools
+if ARGS is not None:  # before torch starts its thread pools (the wait policy is the user's: see the docstring)
     os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see `seisbind train`: no spinning on a shared machine
 
 import json  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from _common import RESULTS_DIR, write_result  # noqa: E402
-
 from seisbind.openfwi import CHUNK_SIZE, OpenFWIError, chunk_counts, chunk_is_complete, chunk_paths  # noqa: E402
+from seisbind.provenance import portable_path  # noqa: E402
 
 
 def simulated_folder(args: argparse.Namespace, family: str, split: str) -> Path:
@@ -91,9 +99,11 @@ def simulated_folder(args: argparse.Namespace, family: str, split: str) -> Path:
         raise OpenFWIError(f"{out}: simulation incomplete and --no-simulate given")
     if not src.is_file():
         raise OpenFWIError(f"{src}: real OpenFWI models not found (set --openfwi-dir or SEISBIND_OPENFWI_DIR)")
+    print(f"simulating missing chunks of {out}", file=sys.stderr, flush=True)
+    if args.smoke:
+        return simulate_first_models(out, src, SMOKE_MODELS[split])
     from model.simulate import simulate_dataset
 
-    print(f"simulating missing chunks of {out}", file=sys.stderr, flush=True)
     simulate_dataset(out, models=src)
     return out
 
@@ -114,20 +124,19 @@ def chunk_subset(src: Path, n_chunks: int | None, dst: Path) -> Path:
 def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_dirs: list[Path], lambda2: float,
             budget_min: float, export_to: Path | None = None) -> dict[str, Any]:
     """Train (or resume) one run within ``budget_min`` and evaluate it; returns the report plus training facts."""
-    from model.config import TrainConfig
+    from model.checkpoint import load_checkpoint
+    from model.config import ModelConfig, TrainConfig
     from model.evaluate import evaluate, load_embedder
     from model.export import export_run
-    from model.train import load_checkpoint, train
+    from model.train import train
 
     work = args.work or args.cache
     run = work / "runs" / name
-    from model.encoders import ModelConfig
-
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
-                      scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps, model=ModelConfig(vp_scale=not args.shared_scale),
-                      time_budget_min=budget_min, threads=args.threads,
-                      preprocess_cache=str(work / "preprocessed"))
+                      scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
+                      model=ModelConfig(vp_scale=not args.shared_scale), time_budget_min=budget_min,
+                      threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)
     t0 = time.monotonic()
     summary = train(cfg)
     target = run
@@ -141,14 +150,27 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
     report["training"].update(lambda2=lambda2, budget_min=budget_min, batch_size=args.batch_size,
                               train_pairs=ckpt["train_rows"], val_pairs=ckpt["val_rows"],
                               history=ckpt["history"], wall_minutes_this_call=(time.monotonic() - t0) / 60,
-                              config=ckpt["config"])
+                              config=portable_config(ckpt["config"]))
+    for data in report.get("encoders", {}).get("data", []):  # the training folders the bundle records
+        if isinstance(data, dict) and data.get("folder"):
+            data["folder"] = portable_path(data["folder"])
     return report
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A training config as stored in a checkpoint, with its folders written relative to the repository."""
+    out = dict(config)
+    out["data"] = [portable_path(d) for d in config["data"]]
+    for key in ("out", "preprocess_cache"):
+        if out.get(key):
+            out[key] = portable_path(out[key])
+    return out
 
 
 def rerun_lambda2_0(args: argparse.Namespace) -> dict[str, Any]:
     """The existing result file with its ablation's lambda2 = 0 arm trained and evaluated again (same budget);
     the replaced arm's headline figures are kept under ``replaced``."""
-    result = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
+    result = json.loads(((args.out or RESULTS_DIR) / f"{args.name}.json").read_text())
     old = result["ablation_lambda2_0"]
     work = args.work or args.cache
     train_dirs = [simulated_folder(args, fam, "train") for fam in FAMILIES]
@@ -165,6 +187,11 @@ def rerun_lambda2_0(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cache is None and args.smoke:
+        with tempfile.TemporaryDirectory(prefix="seisbind-openfwi-vel-smoke-") as tmp:
+            args.cache = Path(tmp)
+            return main(args)
+    args.cache = args.cache or REPO / ".cache" / "openfwi_vel"
     if args.rerun_lambda2_0:
         return rerun_lambda2_0(args)
     if args.budget_min > 90:
@@ -177,7 +204,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         test_dirs.append(chunk_subset(te, args.test_chunks, work / "subsets" / fam / "test"))
     result = run_arm(args, f"main_{args.budget_min:g}min", train_dirs, test_dirs, 0.1, args.budget_min,
                      export_to=work / "bundle")
-    result["bundle"] = str(work / "bundle")
+    result["bundle"] = portable_path(work / "bundle")
+    result["omp"] = {var: os.environ.get(var) for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     if args.ablation_budget_min > 0:
         arms = {lam: run_arm(args, f"ablation_lambda2_{lam:g}_{args.ablation_budget_min:g}min", train_dirs,
                              test_dirs, lam, args.ablation_budget_min)
@@ -198,9 +226,12 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    assert ARGS is not None
     res = main(ARGS)
-    print(json.dumps({"main": headline(res), **({"ablation_lambda2_0": headline(res["ablation_lambda2_0"]),
-                                                  "ablation_lambda2_0.1": headline(res["ablation_lambda2_0"]["matched_lambda2_0.1"])}
-                                                 if "ablation_lambda2_0" in res else {})}, indent=1))
+    heads = {"main": headline(res)}
+    if "ablation_lambda2_0" in res:
+        heads["ablation_lambda2_0"] = headline(res["ablation_lambda2_0"])
+        heads["ablation_lambda2_0.1"] = headline(res["ablation_lambda2_0"]["matched_lambda2_0.1"])
+    print(json.dumps(heads, indent=1))
     if not ARGS.no_write:
-        print(write_result(ARGS.name, res))
+        print(write_result(ARGS.name, res, ARGS.out, ARGS.smoke))

@@ -1,5 +1,5 @@
 """A plain finite-difference reference of the OpenFWI acquisition, written directly in torch: the speed baseline
-of ``benchmarks/simulator_speed.py``.
+of ``python -m benchmarks.simulator_speed``.
 
 The textbook scheme, kept simple on purpose: 2-D constant-density acoustic wave equation, 2nd order in time,
 4th order in space, on the model padded by ``pad`` cells (edge values repeated) with a Cerjan sponge (the
@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.simulator import AMPLITUDE_SCALE, ricker_wavelet
 from seisbind.acquisition import DT, DX, N_RECEIVERS, N_SHOTS, NT, RECEIVER_Z, SOURCE_X, SOURCE_Z
+
+from model.simulator import AMPLITUDE_SCALE, ricker_wavelet
 
 C0, C1, C2 = -5.0 / 2.0, 4.0 / 3.0, -1.0 / 12.0
 """4th-order central coefficients of the second derivative."""

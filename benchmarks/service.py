@@ -1,46 +1,45 @@
-"""Service benchmark (DESIGN section 8, ``benchmarks/results/service.json``): latency of POST /retrieve (batch 1,
+"""Service benchmark (docs/benchmarks.md, ``benchmarks/results/service.json``): latency of POST /retrieve (batch 1,
 k = 10) with .npy and with JSON bodies, and throughput with 1, 4 and 16 concurrent clients, against a real
 ``seisbind serve`` process on localhost, side by side with the in-process cost of the same work (ONNX encode plus
 FAISS search through the service's own engine, no HTTP), measured in interleaved rounds of the same run.
 
-Run from the repository root:  python benchmarks/service.py [--encoders BUNDLE] [--bank DIR] [--seconds 10]
+Run from the repository root:  python -m benchmarks.service [--encoders BUNDLE] [--bank DIR] [--seconds 10]
+Smoke run (tiny bundle and bank, seconds of load, one profile; result in a temporary folder):
+    python -m benchmarks.service --smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
+import os
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# This file is benchmarks/service.py: keep its folder off sys.path so that ``import service`` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+from seisbind.acquisition import GATHER_SHAPE
+from seisbind.npy import npy_bytes
+from seisbind.provenance import portable_path
 
-import numpy as np  # noqa: E402
-
-from benchmarks._common import write_result  # noqa: E402
-from benchmarks._serving import (  # noqa: E402
+from benchmarks._common import add_output_args, write_result
+from benchmarks._serving import (
+    DEFAULT_BUNDLE,
     JSON_HEADERS,
-    add_stage_delta,
     NPY_HEADERS,
-    ServerProcess,
+    TINY_BUNDLE,
+    BenchmarkServer,
+    add_stage_delta,
     call,
     export_default_bundle,
     make_bank,
-    npy_bytes,
     percentiles_ms,
     stage_ms,
 )
-from index.build import build_index  # noqa: E402
-from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
+from index.build import build_index
 
 K = 10
 CLIENTS = (1, 4, 16)
@@ -69,7 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"profiles.NAME (default: {' and '.join(DEFAULT_PROFILES)}; 'none' for none)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
-    return p.parse_args(argv)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.bank_size, args.requests, args.json_requests, args.rounds = 40, 6, 2, 2
+        args.seconds, args.gap_ms = 1.0, 1.0
+        args.profile = args.profile or ["latency:encode_workers=1"]
+    return args
 
 
 def in_process_engine(encoders: Path, index_root: Path, settings: dict[str, str]):  # noqa: ANN201 - Engine
@@ -98,7 +103,7 @@ def time_in_process(engine: Any, gather: np.ndarray, n: int, gap_s: float) -> li
     return out
 
 
-def time_http(server: ServerProcess, path: str, body: bytes, headers: dict[str, str], n: int,
+def time_http(server: BenchmarkServer, path: str, body: bytes, headers: dict[str, str], n: int,
               gap_s: float = 0.0) -> list[float]:
     """Wall time of n sequential requests on one kept-alive connection, ``gap_s`` apart (client side, response
     fully read)."""
@@ -117,7 +122,7 @@ def time_http(server: ServerProcess, path: str, body: bytes, headers: dict[str, 
     return out
 
 
-def throughput(server: ServerProcess, body: bytes, clients: int, seconds: float) -> tuple[int, float]:
+def throughput(server: BenchmarkServer, body: bytes, clients: int, seconds: float) -> tuple[int, float]:
     """(completed requests, wall seconds) of ``clients`` threads posting .npy /retrieve for ``seconds``."""
     done = [0] * clients
     errors: list[str] = []
@@ -162,7 +167,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base = dict(kv.split("=", 1) for kv in args.setting)
     with tempfile.TemporaryDirectory(prefix="seisbind-service-bench-") as tmp:
         work = args.work or Path(tmp)
-        encoders = args.encoders or export_default_bundle(work / "bundle")
+        encoders = args.encoders or export_default_bundle(work / "bundle", tiny=args.smoke)
         bank = args.bank or make_bank(work / "bank", args.bank_size, seed=0)
         index_root = work / "index"
         build_index(encoders, bank, index_root, index_type="auto")
@@ -170,6 +175,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         figures["profiles"] = {name: measure(args, encoders, index_root, {**base, **extra}, work / f"server-{name}.log")
                                for name, extra in parse_profiles(args.profile).items()}
     figures["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    figures["bundle"] = (portable_path(args.encoders) if args.encoders else TINY_BUNDLE if args.smoke else
+                         DEFAULT_BUNDLE)
+    figures["bank"] = portable_path(args.bank) if args.bank else f"synthetic, {args.bank_size} models"
     return figures
 
 
@@ -180,8 +188,8 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
     npy_body = npy_bytes(gather)
     json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
     engine = in_process_engine(encoders, index_root, settings)
-    server = ServerProcess.start(encoders, index_root, log=log,
-                                 env={f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
+    server = BenchmarkServer.launch(encoders, index_root, log,
+                                    {f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
     try:
         info = server.json("/v1/info")
         time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
@@ -201,7 +209,7 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
             t2 = server.stage_totals()
             add_stage_delta(stages["npy"], t0, t1)
             add_stage_delta(stages["json"], t1, t2)
-        throughput(server, npy_body, 16, 2.0)  # warm-up
+        throughput(server, npy_body, 16, min(2.0, args.seconds))  # warm-up
         # requests, s, server CPU s, batched gathers, batches, client (this process) CPU s
         counts = {c: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for c in CLIENTS}
         for c in (*CLIENTS, *reversed(CLIENTS)):  # ABBA order against drift
@@ -246,7 +254,7 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
     return figures
 
 
-def _batch_totals(server: ServerProcess) -> tuple[float, float]:
+def _batch_totals(server: BenchmarkServer) -> tuple[float, float]:
     """(gathers encoded, micro-batches run) so far, from /metrics."""
     vals = {"seisbind_batch_gathers_sum": 0.0, "seisbind_batch_gathers_count": 0.0}
     for line in server.request("GET", "/metrics")[1].decode().splitlines():
@@ -261,4 +269,4 @@ if __name__ == "__main__":
     result = main(ARGS)
     print(json.dumps(result, indent=1))
     if not ARGS.no_write:
-        print("wrote", write_result("service", result))
+        print("wrote", write_result("service", result, ARGS.out, ARGS.smoke))

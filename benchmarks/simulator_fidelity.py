@@ -1,12 +1,15 @@
 """Amplitude fidelity of ``model.simulator``: the global data minimum and maximum over the simulated gathers of
 all 5,000 real FlatVel-A training models, and of all 5,000 CurveVel-A ones, against OpenFWI's published extremes
-(``seisbind.acquisition.FAMILY_DATA_RANGE``); each must lie within 15 % (DESIGN section 2).
+(``seisbind.acquisition.FAMILY_DATA_RANGE``); each must lie within 15 % (docs/data.md).
 
-    python benchmarks/simulator_fidelity.py [--openfwi-dir DIR] [--cache DIR] [--no-simulate]
+    python -m benchmarks.simulator_fidelity [--openfwi-dir DIR] [--cache DIR] [--no-simulate]
+    python -m benchmarks.simulator_fidelity --smoke     # the first 4 models of each family, simulated afresh
 
 The gathers are read from the simulation cache ``.cache/openfwi_vel/<family>/train`` (OpenFWI layout) when it is
 complete; otherwise they are simulated into it first (resumable, ``model.simulate.simulate_dataset``), unless
-``--no-simulate``. Writes ``benchmarks/results/simulator_fidelity.json``.
+``--no-simulate``. Writes ``benchmarks/results/simulator_fidelity.json``. ``--smoke`` simulates the first
+``SMOKE_MODELS`` real models of each family into a temporary cache (or ``--cache``) and writes its result to a
+temporary folder (or ``--out``).
 """
 
 from __future__ import annotations
@@ -15,26 +18,23 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-try:
-    from _common import REPO, write_result
-except ImportError:  # run as ``python -m benchmarks.simulator_fidelity``
-    from benchmarks._common import REPO, write_result
-
 from seisbind.acquisition import FAMILY_DATA_RANGE
-from seisbind.openfwi import (
-    CHUNK_SIZE, chunk_counts, chunk_is_complete, open_dataset, read_models,
-)
+from seisbind.openfwi import CHUNK_SIZE, chunk_counts, chunk_is_complete, open_dataset, read_models
+
+from benchmarks._common import REPO, add_output_args, simulate_first_models, write_result
 
 FAMILIES = {"flatvel-a": "flatvel_a", "curvevel-a": "curvevel_a"}
 """Benchmark family name -> folder name of the real models and of the cache."""
 TOLERANCE = 0.15
 MODELS_PER_FAMILY = 5000
 ROWS_PER_READ = 50
+SMOKE_MODELS = 4
 
 
 def default_openfwi_dir() -> Path:
@@ -48,11 +48,11 @@ def cache_is_complete(folder: Path, total: int) -> bool:
     return all(chunk_is_complete(folder, c, n) for c, n in enumerate(counts, start=1))
 
 
-def data_extremes(folder: Path, zip_path: Path) -> tuple[float, float, int]:
+def data_extremes(folder: Path, zip_path: Path, models: int = MODELS_PER_FAMILY) -> tuple[float, float, int]:
     """(min, max, models) over all gathers of a cached dataset, after checking that its velocity models are the
-    real ones of ``zip_path``, in order."""
+    first ``models`` real ones of ``zip_path``, in order."""
     ds = open_dataset(folder)
-    real = read_models(zip_path).array()
+    real = read_models(zip_path).array()[:models]
     if len(ds) != len(real):
         raise ValueError(f"{folder}: holds {len(ds)} models but {zip_path} holds {len(real)}")
     cached = np.concatenate([np.asarray(m) for m in ds.models])
@@ -64,6 +64,16 @@ def data_extremes(folder: Path, zip_path: Path) -> tuple[float, float, int]:
             block = np.asarray(d[s:s + ROWS_PER_READ])
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     return lo, hi, len(ds)
+
+
+def simulate_first(cache: Path, zip_path: Path, models: int, device: str) -> None:
+    """Simulate the first ``models`` real models of ``zip_path`` into ``cache`` (resumable)."""
+    if models >= MODELS_PER_FAMILY:
+        from model.simulate import simulate_dataset
+
+        simulate_dataset(cache, models=zip_path, device=device)
+    else:
+        simulate_first_models(cache, zip_path, models, device)
 
 
 def family_report(name: str, data_min: float, data_max: float, models: int) -> dict[str, object]:
@@ -80,34 +90,42 @@ def family_report(name: str, data_min: float, data_max: float, models: int) -> d
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--openfwi-dir", type=Path, default=default_openfwi_dir(), help="real OpenFWI models")
-    p.add_argument("--cache", type=Path, default=REPO / ".cache" / "openfwi_vel", help="simulation cache root")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="simulation cache root (default: .cache/openfwi_vel; with --smoke a temporary folder)")
     p.add_argument("--no-simulate", dest="simulate", action="store_false",
                    help="fail instead of simulating when a cache is incomplete")
     p.add_argument("--device", default="cpu", help="device for simulating a missing cache")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only, write no result file")
+    add_output_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="seisbind-fidelity-smoke-") as tmp:
+        cache_root = args.cache or (Path(tmp) if args.smoke else REPO / ".cache" / "openfwi_vel")
+        figures = measure(args, cache_root, SMOKE_MODELS if args.smoke else MODELS_PER_FAMILY)
+    print(json.dumps(figures, indent=1))
+    if args.write:
+        print(f"wrote {write_result('simulator_fidelity', figures, args.out, args.smoke)}")
+    return figures
+
+
+def measure(args: argparse.Namespace, cache_root: Path, models: int) -> dict[str, object]:
+    """The report of every family, simulating missing caches first (unless --no-simulate)."""
     figures: dict[str, object] = {}
     for name, folder in FAMILIES.items():
         zip_path = args.openfwi_dir / folder / "train_vmodel.zip"
         if not zip_path.is_file():
             sys.exit(f"error: {zip_path}: real {name} models not found (set --openfwi-dir or SEISBIND_OPENFWI_DIR)")
-        cache = args.cache / folder / "train"
-        if not cache_is_complete(cache, MODELS_PER_FAMILY):
+        cache = cache_root / folder / "train"
+        if not cache_is_complete(cache, models):
             if not args.simulate:
                 sys.exit(f"error: {cache}: simulation cache incomplete (run without --no-simulate to fill it)")
-            from model.simulate import simulate_dataset
-
-            simulate_dataset(cache, models=zip_path, device=args.device)
-        figures[name] = family_report(name, *data_extremes(cache, zip_path))
+            simulate_first(cache, zip_path, models, args.device)
+        figures[name] = family_report(name, *data_extremes(cache, zip_path, models))
     figures["tolerance"] = TOLERANCE
     figures["pass"] = all(figures[n]["pass"] for n in FAMILIES)  # type: ignore[index]
-    print(json.dumps(figures, indent=1))
-    if args.write:
-        print(f"wrote {write_result('simulator_fidelity', figures)}")
     return figures
 
 

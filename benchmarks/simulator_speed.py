@@ -1,7 +1,8 @@
 """Seconds per velocity model (5 shots, 1000 steps) of ``model.simulator`` against the plain torch reference
 (``benchmarks/reference_fd.py``), measured side by side in the same run, interleaved, on the same threads.
 
-    python benchmarks/simulator_speed.py [--threads 2] [--runs 3] [--batch 8] [--reference-batch 2]
+    python -m benchmarks.simulator_speed [--threads 2] [--runs 3] [--batch 8] [--reference-batch 2]
+    python -m benchmarks.simulator_speed --smoke     # one model per call; result in a temporary folder
 
 Writes ``benchmarks/results/simulator_speed.json``: seconds_per_model and reference_seconds_per_model (medians,
 with min/max), speedup_vs_reference (ratio of the medians), threads, and the agreement (correlation) of the two
@@ -14,25 +15,20 @@ here); on an oversubscribed machine spinning is up to 15x slower, and PASSIVE is
 
 from __future__ import annotations
 
+import argparse
 import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-try:  # noqa: E402
-    from _common import timing_summary, write_result
-    from reference_fd import simulate_reference
-except ImportError:  # run as ``python -m benchmarks.simulator_speed``
-    from benchmarks._common import timing_summary, write_result
-    from benchmarks.reference_fd import simulate_reference
-
-from model.families import generate  # noqa: E402
-from model.simulator import simulate  # noqa: E402
+from benchmarks._common import add_output_args, timing_summary, write_result
+from benchmarks.reference_fd import simulate_reference
+from model.families import generate
+from model.simulator import simulate
 
 TARGET_SECONDS_PER_MODEL = 0.1
 
@@ -46,6 +42,8 @@ class Config:
     family: str
     seed: int
     write: bool
+    smoke: bool = False
+    out: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -57,12 +55,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--family", default="curvevel-a", help="synthetic family of the test models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", dest="write", action="store_false", help="print only, write no result file")
+    add_output_args(p)
     a = p.parse_args(argv)
+    if a.smoke:
+        a.batch, a.reference_batch = 1, 1
     if a.runs < 3:
         p.error(f"--runs {a.runs}: need at least 3 for a median with min/max")
     if a.threads < 1 or a.batch < 1 or a.reference_batch < 1:
         p.error("--threads, --batch and --reference-batch must be >= 1")
-    return Config(a.threads, a.runs, a.batch, a.reference_batch, a.family, a.seed, a.write)
+    return Config(a.threads, a.runs, a.batch, a.reference_batch, a.family, a.seed, a.write, a.smoke, a.out)
 
 
 def seconds_per_model(fn: Callable[[], object], n_models: int) -> tuple[float, float]:
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         f"gathers agree to correlation {agreement:.4f}"
     )
     if cfg.write:
-        print(f"wrote {write_result('simulator_speed', figures)}")
+        print(f"wrote {write_result('simulator_speed', figures, cfg.out, cfg.smoke)}")
     return figures
 
 

@@ -1,4 +1,4 @@
-"""Soak test of the service (DESIGN section 8, ``benchmarks/results/soak.json``): minutes of mixed load against a
+"""Soak test of the service (docs/benchmarks.md, ``benchmarks/results/soak.json``): minutes of mixed load against a
 real ``seisbind serve`` process — .npy and JSON /retrieve, /infer-descriptors, /retrieve-by-descriptors, requests
 that must be refused — while admin rebuilds swap the index back and forth between two banks. Reports failed
 requests (any valid request not answered 200, any bad one not answered 4xx, any connection error), latency
@@ -7,43 +7,43 @@ percentiles, the server's resident-memory growth and the rebuilds completed.
 Clients are paced to a target request rate (by default the 16-client throughput recorded in
 ``benchmarks/results/service.json``); the figures say which rate was asked for and which was reached.
 
-Run from the repository root:  python benchmarks/soak.py [--duration 600] [--clients 16] [--rate RPS]
+Run from the repository root:  python -m benchmarks.soak [--duration 600] [--clients 16] [--rate RPS]
+Smoke run (tiny bundle and banks, 8 s of load with one rebuild; result in a temporary folder):
+    python -m benchmarks.soak --smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
+import secrets
+import tempfile
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import json  # noqa: E402
-import secrets  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from typing import Any  # noqa: E402
+from seisbind.acquisition import GATHER_SHAPE
+from seisbind.descriptors import DESCRIPTOR_NAMES, compute_descriptors
+from seisbind.npy import npy_bytes
+from seisbind.provenance import portable_path
 
-import numpy as np  # noqa: E402
-
-from benchmarks._common import write_result  # noqa: E402
-from benchmarks._serving import (  # noqa: E402
+from benchmarks._common import RESULTS_DIR, add_output_args, write_result
+from benchmarks._serving import (
+    DEFAULT_BUNDLE,
     JSON_HEADERS,
     NPY_HEADERS,
-    ServerProcess,
+    TINY_BUNDLE,
+    BenchmarkServer,
     call,
     export_default_bundle,
     make_bank,
-    npy_bytes,
     percentiles_ms,
 )
-from index.build import build_index  # noqa: E402
-from seisbind.acquisition import GATHER_SHAPE  # noqa: E402
-from seisbind.descriptors import DESCRIPTOR_NAMES, compute_descriptors  # noqa: E402
+from index.build import build_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bank-size", type=int, default=1000, help="models in each of the two banks")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
-    return p.parse_args(argv)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.duration, args.clients, args.rebuild_every, args.bank_size = 8.0, 4, 6.0, 40
+        args.rate = 0.0 if args.rate is None else args.rate
+    return args
 
 
 def request_mix(seed: int) -> list[tuple[str, str, bytes, dict[str, str], bool, float]]:
@@ -85,12 +90,12 @@ def request_mix(seed: int) -> list[tuple[str, str, bytes, dict[str, str], bool, 
 
 def default_rate() -> float:
     """The 16-client throughput the service benchmark recorded (requests per second)."""
-    path = REPO / "benchmarks" / "results" / "service.json"
+    path = RESULTS_DIR / "service.json"
     try:
         return float(json.loads(path.read_text())["throughput_rps"]["16"])
     except (OSError, KeyError, ValueError) as e:
-        raise SystemExit(f"--rate not given and no throughput_rps.16 in {path} ({e}); run benchmarks/service.py "
-                         "first or pass --rate") from e
+        raise SystemExit(f"--rate not given and no throughput_rps.16 in {path} ({e}); run python -m "
+                         "benchmarks.service first or pass --rate") from e
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,22 +104,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     token = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="seisbind-soak-") as tmp:
         work = args.work or Path(tmp)
-        encoders = args.encoders or export_default_bundle(work / "bundle")
+        encoders = args.encoders or export_default_bundle(work / "bundle", tiny=args.smoke)
         banks = work / "banks"
         make_bank(banks / "bank_a", args.bank_size, seed=0)
         make_bank(banks / "bank_b", args.bank_size, seed=1)
         index_root = work / "index"
         build_index(encoders, banks / "bank_a", index_root, index_type="auto")
-        server = ServerProcess.start(encoders, index_root, log=work / "server.log",
-                                     env={"SEISBIND_ADMIN_TOKEN": token, "SEISBIND_BANK_ROOT": str(banks)})
-        try:
+        with BenchmarkServer.launch(encoders, index_root, work / "server.log",
+                                    {"SEISBIND_ADMIN_TOKEN": token, "SEISBIND_BANK_ROOT": str(banks)}) as server:
             figures = soak(server, args, token)
-        finally:
-            server.stop()
+    figures["bundle"] = (portable_path(args.encoders) if args.encoders else TINY_BUNDLE if args.smoke else
+                         DEFAULT_BUNDLE)
     return figures
 
 
-def soak(server: ServerProcess, args: argparse.Namespace, token: str) -> dict[str, Any]:
+def soak(server: BenchmarkServer, args: argparse.Namespace, token: str) -> dict[str, Any]:
     mix = request_mix(0)
     weights = np.array([m[5] for m in mix])
     weights /= weights.sum()
@@ -236,4 +240,4 @@ if __name__ == "__main__":
     result = main(ARGS)
     print(json.dumps(result, indent=1))
     if not ARGS.no_write:
-        print("wrote", write_result("soak", result))
+        print("wrote", write_result("soak", result, ARGS.out, ARGS.smoke))

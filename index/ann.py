@@ -10,6 +10,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from seisbind.neighbours import exact_top_k
+
 log = logging.getLogger("seisbind.index")
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
@@ -82,8 +84,8 @@ def ivf_nlist(n: int) -> int:
     return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
 
 
-def recall_at_k(I: np.ndarray, I_ref: np.ndarray, k: int = RECALL_K) -> np.ndarray:
-    """Per-query recall@k: the fraction of each row of ``I_ref[:, :k]`` found in ``I[:, :k]`` ([nq] float)."""
+def neighbour_recall(I: np.ndarray, I_ref: np.ndarray, k: int = RECALL_K) -> np.ndarray:  # noqa: E741
+    """Per-query recall@k of an approximate search against the exact one: the fraction of each row of ``I_ref[:, :k]`` found in ``I[:, :k]`` ([nq] float)."""
     a, b = I[:, :k], I_ref[:, :k]
     hits = (a[:, :, None] == b[:, None, :]) & (b[:, None, :] >= 0)
     return hits.any(axis=1).sum(axis=1) / k
@@ -99,18 +101,12 @@ def perturbed_queries(xb: np.ndarray, nq: int, noise: float = QUERY_NOISE, seed:
     return q
 
 
-def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k (FAISS brute force)."""
-    return faiss.knn(np.ascontiguousarray(xq, np.float32), np.ascontiguousarray(xb, np.float32), k,
-                     metric=faiss.METRIC_INNER_PRODUCT)
-
-
 def search_params(params: dict[str, Any], k: int) -> faiss.SearchParameters | None:
     """Per-call FAISS search parameters for an index described by ``params`` (the manifest's "index")."""
     if params["type"] == "ivf":
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))  # type: ignore[call-arg]
     if params["type"] == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(int(params["efSearch"]), k))
+        return faiss.SearchParametersHNSW(efSearch=max(int(params["efSearch"]), k))  # type: ignore[attr-defined]
     return None
 
 
@@ -123,7 +119,7 @@ def _tune(index: faiss.Index, kind: str, ladder: list[int], xq: np.ndarray, I_re
     for value in ladder:
         params = search_params({"type": kind, "nprobe": value, "efSearch": value}, k)
         _, I = index.search(xq, k, params=params)
-        r = recall_at_k(I, I_ref, k)
+        r = neighbour_recall(I, I_ref, k)
         mean, se = float(r.mean()), float(r.std() / math.sqrt(len(r)))
         log.info("tuning %s: %s=%d recall@10=%.4f", kind, "nprobe" if kind == "ivf" else "efSearch", value, mean)
         best = (value, mean)
@@ -149,7 +145,7 @@ def build_ann(xb: np.ndarray, index_type: str = "auto", recall_target: float = 0
     check_recall_target(recall_target)
     params: dict[str, Any] = {"type": kind, "metric": "inner_product"}
     if kind == "flat":
-        index = faiss.IndexFlatIP(d)
+        index: faiss.Index = faiss.IndexFlatIP(d)
         index.add(xb)
         params["faiss_class"] = "IndexFlatIP"
         return index, params
@@ -164,14 +160,15 @@ def build_ann(xb: np.ndarray, index_type: str = "auto", recall_target: float = 0
         ladder = [p for p in NPROBE_LADDER if p < nlist] + [nlist]
         params.update(faiss_class="IndexIVFFlat", nlist=nlist, train_points=int(n_train))
     else:
-        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index = hnsw
         index.add(xb)
         ladder = list(EF_LADDER)
         params.update(faiss_class="IndexHNSWFlat", M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION)
     xq = perturbed_queries(xb, n_queries, seed=seed + 1)
     k = min(RECALL_K, n)
-    _, I_ref = exact_knn(xq, xb, k)
+    _, I_ref = exact_top_k(xq, xb, k)
     value, recall = _tune(index, kind, ladder, xq, I_ref, recall_target)
     params["nprobe" if kind == "ivf" else "efSearch"] = int(value)
     params["tuning"] = {"recall_target": recall_target, "recall_at_10": round(recall, 5), "queries": len(xq),

@@ -1,4 +1,4 @@
-"""Bank of velocity models -> a new, verified index version, made current atomically (DESIGN sections 4, 10).
+"""Bank of velocity models -> a new, verified index version, made current atomically (docs/formats.md, docs/architecture.md#scale).
 
 The version is written into a temporary folder under the root, fsynced, reloaded and verified (checksums; a
 sample of entries each retrieves itself at rank 1; the stored models re-embed to the stored embeddings), then
@@ -21,15 +21,15 @@ import faiss
 import numpy as np
 
 from seisbind.acquisition import VELOCITY_SHAPE
-from seisbind.bundle import sha256_file, write_json_atomic
+from seisbind.bundle import EncoderBundle, OnnxEncoder
+from seisbind.files import fsync_path, sha256_file, write_json_atomic
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 from seisbind.openfwi import ModelSet, OpenFWIError, check_velocity, read_models
 
 from index.ann import build_ann, check_index_type, check_recall_target, resolve_type
-from index.encoders import EncoderBundle, OnnxEncoder
 from index.searcher import Searcher
 from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
-                         VELOCITY_FILE, IndexStore, IndexStoreError, fsync_path, new_version_id, storage_error)
+                         VELOCITY_FILE, IndexStore, IndexStoreError, new_version_id, storage_error)
 
 log = logging.getLogger("seisbind.index")
 
@@ -37,6 +37,47 @@ BATCH_SIZE = 128
 VERIFY_SAMPLE = 200
 EMBED_SHARE = 0.85
 """Share of the progress bar given to embedding the bank (the rest: index, verification)."""
+
+
+def _version_manifest(version: str, tmp: Path, embeddings: np.ndarray, params: dict[str, Any], bundle: EncoderBundle,
+                      bundle_dir: str | os.PathLike[str], bank_path: str | os.PathLike[str], bank: dict[str, Any],
+                      embed_seconds: float) -> dict[str, Any]:
+    """The manifest.json of a version whose data files are written in ``tmp`` (docs/formats.md)."""
+    n = len(embeddings)
+    return {
+        "format": FORMAT, "version": version, "count": n, "dim": int(embeddings.shape[1]),
+        "index": params, "faiss_version": faiss.__version__, "bundle_id": bundle.bundle_id,
+        "encoder": {"bundle_dir": str(Path(bundle_dir).resolve()), "modality": "velocity"},
+        "bank": {"path": str(Path(bank_path).resolve()), **bank, "checksum_of": "the float32 bytes of all models, in order"},
+        "descriptor_names": list(DESCRIPTOR_NAMES), "descriptor_units": DESCRIPTOR_UNITS,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build": {"embed_seconds": round(embed_seconds, 3), "models_per_second": round(n / embed_seconds, 2),
+                  "providers": bundle.velocity.providers},
+        "files": {name: sha256_file(tmp / name) for name in DATA_FILES},
+    }
+
+
+def _write_version(tmp: Path, version: str, bank: ModelSet, bank_path: str | os.PathLike[str], bundle: EncoderBundle,
+                   bundle_dir: str | os.PathLike[str], index_type: str, recall_target: float, batch_size: int,
+                   verify_sample: int, report: Callable[[float], None]) -> dict[str, Any]:
+    """Embed the bank, build the FAISS index, write every file and the manifest into ``tmp``, fsync them, verify;
+    returns the index parameters."""
+    t0 = time.monotonic()
+    embeddings, bank_sha = _embed_bank(bank, bank_path, bundle.velocity, tmp, batch_size, report)
+    embed_seconds = time.monotonic() - t0
+    index, params = build_ann(embeddings, index_type, recall_target)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    del index
+    report(EMBED_SHARE + 0.5 * (1 - EMBED_SHARE))
+    manifest = _version_manifest(version, tmp, embeddings, params, bundle, bundle_dir, bank_path,
+                                 {"sha256": bank_sha, "files": len(bank.parts)}, embed_seconds)
+    write_json_atomic(tmp / MANIFEST, manifest)
+    for name in (*DATA_FILES, MANIFEST):
+        fsync_path(tmp / name)
+    fsync_path(tmp)
+    manifest["verification"] = verify_version(tmp, bundle, verify_sample)
+    write_json_atomic(tmp / MANIFEST, manifest)
+    return params
 
 
 def build_index(bundle_dir: str | os.PathLike[str], bank_path: str | os.PathLike[str],
@@ -74,31 +115,8 @@ def build_index(bundle_dir: str | os.PathLike[str], bank_path: str | os.PathLike
     tmp = store.begin(version)
     log.info("build-index %s: %d models from %s into %s", version, n, bank_path, tmp)
     try:
-        t0 = time.monotonic()
-        embeddings, bank_sha = _embed_bank(bank, bank_path, bundle.velocity, tmp, batch_size, report)
-        embed_seconds = time.monotonic() - t0
-        index, params = build_ann(embeddings, resolve_type(index_type, n), recall_target)
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        del index
-        report(EMBED_SHARE + 0.5 * (1 - EMBED_SHARE))
-        manifest = {
-            "format": FORMAT, "version": version, "count": n, "dim": int(embeddings.shape[1]),
-            "index": params, "faiss_version": faiss.__version__, "bundle_id": bundle.bundle_id,
-            "encoder": {"bundle_dir": str(Path(bundle_dir).resolve()), "modality": "velocity"},
-            "bank": {"path": str(Path(bank_path).resolve()), "sha256": bank_sha, "files": len(bank.parts),
-                     "checksum_of": "the float32 bytes of all models, in order"},
-            "descriptor_names": list(DESCRIPTOR_NAMES), "descriptor_units": DESCRIPTOR_UNITS,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build": {"embed_seconds": round(embed_seconds, 3), "models_per_second": round(n / embed_seconds, 2),
-                      "providers": bundle.velocity.providers},
-            "files": {name: sha256_file(tmp / name) for name in DATA_FILES},
-        }
-        write_json_atomic(tmp / MANIFEST, manifest)
-        for name in (*DATA_FILES, MANIFEST):
-            fsync_path(tmp / name)
-        fsync_path(tmp)
-        manifest["verification"] = verify_version(tmp, bundle, verify_sample)
-        write_json_atomic(tmp / MANIFEST, manifest)
+        params = _write_version(tmp, version, bank, bank_path, bundle, bundle_dir, resolve_type(index_type, n),
+                                recall_target, batch_size, verify_sample, report)
         store.publish(tmp, version)
     except OSError as e:  # disk full, read-only, ...: say so, leave nothing behind
         store.abort(tmp)
@@ -201,7 +219,7 @@ class _NpyWriter:
         self._left -= data.size
         if self._left < 0:
             raise ValueError(f"{self._f.name}: more data than its header declares")
-        self._f.write(memoryview(data).cast("B"))
+        self._f.write(memoryview(data).cast("B"))  # type: ignore[arg-type]
 
     def finish(self) -> None:
         """Check every value was written, and fsync."""
@@ -236,13 +254,13 @@ def verify_version(folder: Path, bundle: EncoderBundle, sample: int = VERIFY_SAM
     _, I = s.search(stored, 1)
     top = I[:, 0]
     same = top == idx
-    for j in np.flatnonzero(~same):
-        t = top[j : j + 1]
-        if t[0] >= 0 and (float(s.embeddings[t[0]] @ stored[j]) >= 1 - 1e-6
-                          or np.array_equal(models[j], s.velocity_models(t)[0])):
-            same[j] = True  # a duplicate of the query (same model or same embedding) tied with it
+    for miss in np.flatnonzero(~same):
+        t = top[miss : miss + 1]
+        if t[0] >= 0 and (float(s.embeddings[t[0]] @ stored[miss]) >= 1 - 1e-6
+                          or np.array_equal(models[miss], s.velocity_models(t)[0])):
+            same[miss] = True  # a duplicate of the query (same model or same embedding) tied with it
     misses = int((~same).sum())
-    allowed = int(0.01 * len(idx)) if s.manifest["index"]["type"] == "hnsw" else 0
+    allowed = int(0.01 * len(idx)) if s.manifest.index_type == "hnsw" else 0
     if misses > allowed:
         j = int(np.flatnonzero(~same)[0])
         raise IndexStoreError(f"{folder / INDEX_FILE}: {misses} of {len(idx)} sampled entries do not retrieve "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import faiss
 import numpy as np
 
 from seisbind.acquisition import VELOCITY_SHAPE
-from seisbind.bundle import sha256_file
+from seisbind.descriptors import DESCRIPTOR_NAMES
+from seisbind.files import checksum_mismatch, read_json
+from seisbind.neighbours import exact_top_k
 
-from index.ann import configure_blas_threshold, exact_knn, search_params
+from index.ann import configure_blas_threshold, search_params
 from index.gpu import GPU_MAX_K, GpuReplicas, want_gpu
 from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
                          VELOCITY_FILE, BundleMismatchError, IndexStore, IndexStoreError)
@@ -22,36 +25,50 @@ from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_
 log = logging.getLogger("seisbind.index")
 
 
-def read_version_manifest(folder: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class IndexManifest:
+    """The typed view of an index version's ``manifest.json``; ``raw`` keeps the whole document."""
+
+    version: str
+    count: int
+    dim: int
+    bundle_id: str
+    index: dict[str, Any]
+    files: dict[str, str]
+    descriptor_names: tuple[str, ...]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def index_type(self) -> str:
+        """The FAISS index type ("flat", "ivf", "hnsw")."""
+        return str(self.index.get("type", ""))
+
+
+def read_version_manifest(folder: Path) -> IndexManifest:
     """A version's manifest.json, checked for its format and required keys."""
     path = folder / MANIFEST
-    if not path.is_file():
-        raise IndexStoreError(f"{path}: missing (not an index version)")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as e:
-        raise IndexStoreError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    doc = read_json(path, IndexStoreError, "an index version")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IndexStoreError(f"{path}: not a {FORMAT} manifest")
-    for key in ("count", "dim", "index", "bundle_id", "files"):
-        if key not in manifest:
+    for key in ("version", "count", "dim", "index", "bundle_id", "files"):
+        if key not in doc:
             raise IndexStoreError(f"{path}: missing key {key!r}")
-    return manifest
+    try:
+        return IndexManifest(version=str(doc["version"]), count=int(doc["count"]), dim=int(doc["dim"]),
+                             bundle_id=str(doc["bundle_id"]), index=dict(doc["index"]), files=dict(doc["files"]),
+                             descriptor_names=tuple(doc.get("descriptor_names") or DESCRIPTOR_NAMES), raw=doc)
+    except (TypeError, ValueError) as e:
+        raise IndexStoreError(f"{path}: malformed manifest: {e}") from e
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def verify_files(folder: Path, manifest: IndexManifest) -> None:
     """Check every data file exists and matches the sha256 the manifest records; raise naming the first bad one."""
-    for name in DATA_FILES:
-        path = folder / name
-        want = manifest["files"].get(name)
-        if want is None:
-            raise IndexStoreError(f"{folder / MANIFEST}: no checksum for {name}")
-        if not path.is_file():
-            raise IndexStoreError(f"{path}: missing")
-        got = sha256_file(path)
-        if got != want:
-            raise IndexStoreError(f"{path}: sha256 {got[:12]}… does not match the manifest's {want[:12]}… "
-                                  "(corrupt or modified); refusing this version")
+    missing = [name for name in DATA_FILES if name not in manifest.files]
+    if missing:
+        raise IndexStoreError(f"{folder / MANIFEST}: no checksum for {missing[0]}")
+    problem = checksum_mismatch(folder, {name: manifest.files[name] for name in DATA_FILES})
+    if problem:
+        raise IndexStoreError(f"{problem}; refusing this version")
 
 
 def _load_npy(path: Path, shape_tail: tuple[int, ...], count: int, mmap: bool) -> np.ndarray:
@@ -68,20 +85,20 @@ class Searcher:
     """A loaded, verified index version. Build with :meth:`load` (by root and version) or :meth:`open` (a folder).
 
     Attributes: ``version``, ``count``, ``dim``, ``manifest``, ``bundle_id``, ``descriptors`` [N, 8] float64
-    (DESIGN section 3 units), ``ids`` list[str], ``sources`` list[(file, row)], ``embeddings`` [N, dim] float32
+    (units of docs/data.md#descriptors), ``ids`` list[str], ``sources`` list[(file, row)], ``embeddings`` [N, dim] float32
     (memory-mapped), ``device`` ("cpu" or "gpu"). :meth:`search` is thread-safe: search parameters are passed per
     call and the shared index is never modified.
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], index: faiss.Index, velocity: np.ndarray,
+    def __init__(self, folder: Path, manifest: IndexManifest, index: faiss.Index, velocity: np.ndarray,
                  embeddings: np.ndarray, descriptors: np.ndarray, ids: list[str], sources: list[tuple[str, int]],
                  gpu: GpuReplicas | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.version: str = manifest["version"]
-        self.count: int = int(manifest["count"])
-        self.dim: int = int(manifest["dim"])
-        self.bundle_id: str = manifest["bundle_id"]
+        self.version = manifest.version
+        self.count = manifest.count
+        self.dim = manifest.dim
+        self.bundle_id = manifest.bundle_id
         self.index = index
         self.embeddings = embeddings
         self.descriptors = descriptors
@@ -119,13 +136,13 @@ class Searcher:
         if not folder.is_dir():
             raise IndexStoreError(f"{folder}: no such index version")
         manifest = read_version_manifest(folder)
-        if expected_bundle_id is not None and manifest["bundle_id"] != expected_bundle_id:
+        if expected_bundle_id is not None and manifest.bundle_id != expected_bundle_id:
             raise BundleMismatchError(
-                f"{folder}: index built with encoder bundle {manifest['bundle_id']}, but the encoders in use are "
+                f"{folder}: index built with encoder bundle {manifest.bundle_id}, but the encoders in use are "
                 f"{expected_bundle_id}; rebuild the index with these encoders (seisbind build-index)")
         if verify:
             verify_files(folder, manifest)
-        count, dim = int(manifest["count"]), int(manifest["dim"])
+        count, dim = manifest.count, manifest.dim
         try:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError as e:
@@ -135,10 +152,10 @@ class Searcher:
                                   f"the manifest says {count} of dim {dim}")
         velocity = _load_npy(folder / VELOCITY_FILE, VELOCITY_SHAPE, count, mmap=True)
         embeddings = _load_npy(folder / EMBEDDINGS_FILE, (dim,), count, mmap=True)
-        descriptors = _load_npy(folder / DESCRIPTORS_FILE, (len(manifest.get("descriptor_names", [])) or 8,),
+        descriptors = _load_npy(folder / DESCRIPTORS_FILE, (len(manifest.descriptor_names),),
                                 count, mmap=False)
         ids, sources = _read_entries(folder / ENTRIES_FILE, count)
-        params = manifest["index"]
+        params = manifest.index
         configure_blas_threshold()
         gpu = None
         if want_gpu(params["type"], use_gpu) and int(params.get("nprobe", 1)) <= GPU_MAX_K:
@@ -167,7 +184,7 @@ class Searcher:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if not np.isfinite(xq).all():
             raise ValueError("queries: hold NaN or Inf values")
-        params = search_params(self.manifest["index"], int(k))
+        params = search_params(self.manifest.index, int(k))
         if self._gpu is not None:
             D, I = self._gpu.search(xq, int(k), params=params)
         else:
@@ -176,7 +193,7 @@ class Searcher:
         if len(short):
             log.debug("index %s: %d queries found fewer than k=%d entries; exact search for them", self.version,
                       len(short), k)
-            D[short], I[short] = exact_knn(xq[short], self.embeddings, int(k))
+            D[short], I[short] = exact_top_k(xq[short], self.embeddings, int(k))
         return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
 
     def _check_ids(self, I: np.ndarray) -> np.ndarray:

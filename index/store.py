@@ -1,6 +1,6 @@
 """On-disk layout of an index root: one folder per version, a ``CURRENT`` pointer file, atomic switches.
 
-An index root holds ``<version>/`` folders (each a complete, verified index bundle, DESIGN section 4), the
+An index root holds ``<version>/`` folders (each a complete, verified index bundle, docs/formats.md), the
 ``CURRENT`` file naming the version in use, and ``.building-<version>-<pid>`` folders of builds in progress, each
 with a ``.buildlock-<version>-<pid>`` file that its builder holds an exclusive ``flock`` on while it runs: the
 kernel drops the lock when the builder dies (even by kill -9), so a leftover folder is recognised as dead by any
@@ -18,10 +18,11 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from seisbind.files import fsync_path, write_text_atomic
 
 log = logging.getLogger("seisbind.index")
 
@@ -79,15 +80,6 @@ def is_version_id(name: str) -> bool:
     return bool(_VERSION_RE.match(name))
 
 
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    """fsync a file or a folder (so that a rename inside it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _lock_path(build_folder: Path) -> Path:
     """The lock file of a build folder: ``.building-X`` -> ``.buildlock-X``."""
     return build_folder.with_name(LOCK_PREFIX + build_folder.name[len(BUILDING_PREFIX):])
@@ -139,17 +131,10 @@ class IndexStore:
         folder = self.version_dir(version)
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder}: no such complete version (no {MANIFEST})")
-        tmp = self.root / f".{CURRENT}.{os.getpid()}.{threading.get_ident()}.partial"
         try:
-            with open(tmp, "w") as f:
-                f.write(version + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / CURRENT)
+            write_text_atomic(self.root / CURRENT, version + "\n")
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise storage_error(self.root / CURRENT, e, f"pointing CURRENT at {version}") from e
-        fsync_path(self.root)
         log.info("index %s: CURRENT -> %s", self.root, version)
 
     def begin(self, version: str) -> Path:

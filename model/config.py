@@ -1,11 +1,88 @@
-"""Training configuration: one frozen dataclass built once from the command line, stored in every checkpoint."""
+"""Model and training configuration, defined once and validated here (torch-free, so the command line takes its
+defaults and choices from it without importing torch): ``ModelConfig`` (architecture) and ``TrainConfig`` (how to
+train), both stored in every checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
 
-from model.encoders import ModelConfig
+from seisbind.acquisition import DT
+
+Head = Literal["avg", "flatten"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the tri-modal model. Defaults are the benchmark model; ``tiny()`` is for tests."""
+
+    embed_dim: int = 256
+    """Width of the shared embedding space."""
+    decimation: int = 8
+    """Time stride of the fixed low-pass front end (1 ms -> decimation ms; 8 keeps everything below 62.5 Hz)."""
+    lowpass_hz: float = 60.0
+    """Cut-off (-6 dB) of the anti-alias filter, Hz. With 97 taps the gain is 0.9998 at 30 Hz, 0.986 at 40 Hz and
+    < 0.002 above 85 Hz; simulated gathers hold 1e-5 of their energy above 40 Hz and 1e-8 above 50 Hz."""
+    lowpass_taps: int = 97
+    """Length of the windowed-sinc (Blackman) anti-alias filter (odd)."""
+    seis_trunk: tuple[int, int, int] = (16, 32, 48)
+    """Channels of the per-shot trunk's three strided convolutions (shared by the five shots)."""
+    seis_width: int = 192
+    """Channels of the shot-fusion network."""
+    vel_width: int = 64
+    """Base width of the velocity ResNet-18 (64 is the standard ResNet-18)."""
+    phys_hidden: int = 256
+    """Hidden width of the physics MLP."""
+    phys_layers: int = 3
+    """Linear layers of the physics MLP (>= 2)."""
+    head: Literal["avg", "flatten"] = "flatten"
+    """How the last feature map becomes a vector: global average, or flatten (keeps where structures are)."""
+    vp_scale: bool = True
+    """Give the velocity-physics InfoNCE its own learnable logit scale (else both pairs share one). Configs saved
+    before this option existed read as False."""
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0 or self.decimation < 1 or self.lowpass_taps % 2 == 0 or self.phys_layers < 2:
+            raise ValueError(f"invalid ModelConfig: {self}")
+        if self.decimation > 1 and not 0 < self.lowpass_hz < 0.5 / DT:
+            raise ValueError(f"lowpass_hz={self.lowpass_hz} must lie in (0, {0.5 / DT}) Hz")
+        if self.head not in ("avg", "flatten"):
+            raise ValueError(f"head={self.head!r}: expected 'avg' or 'flatten'")
+
+    @classmethod
+    def tiny(cls) -> "ModelConfig":
+        """A small, fast model for tests and untrained bundles."""
+        return cls(embed_dim=256, seis_trunk=(4, 8, 8), seis_width=16, vel_width=8, phys_hidden=32)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seis_trunk"] = list(self.seis_trunk)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], stored: bool = True) -> "ModelConfig":
+        """A config from a dict; ``stored`` (a checkpoint's config) reads a missing ``vp_scale`` as the False of
+        configs saved before the option existed, while a user's file (``stored=False``) gets today's default."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}")
+        d = dict(d)
+        if stored:
+            d.setdefault("vp_scale", False)  # saved before the option existed: one shared scale
+        if "seis_trunk" in d:
+            d["seis_trunk"] = tuple(d["seis_trunk"])
+        return cls(**d)
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used (different settings, unreadable checkpoint)."""
+
+
+Device = Literal["cpu", "cuda"]
+Switch = Literal["auto", "on", "off"]
+DEVICES: tuple[str, ...] = get_args(Device)
+SWITCHES: tuple[str, ...] = get_args(Switch)
 
 RESUME_KEYS = ("data", "seed", "batch_size", "lr", "weight_decay", "warmup_fraction", "lambda1", "lambda2",
                "soft_tau_mps", "scale_lr_mult", "val_fraction", "mirror_p", "model")
@@ -25,7 +102,7 @@ class TrainConfig:
     batch_size: int = 128
     """Global batch (split evenly across torchrun ranks); every other pair of the batch is a negative."""
     seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     time_budget_min: float | None = None
     """Wall-clock budget of the whole training (data loading included, summed over resumed sessions); the
     learning-rate schedule follows whichever of steps or time runs out first."""
@@ -50,9 +127,9 @@ class TrainConfig:
     """Pairs held out for the per-epoch validation R@1."""
     mirror_p: float = 0.5
     """Probability of mirroring a pair (gathers and model together)."""
-    amp: Literal["auto", "on", "off"] = "auto"
+    amp: Switch = "auto"
     """bf16 autocast (CPU with AVX512-BF16/AMX, CUDA); auto = on where the hardware supports it."""
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: Switch = "auto"
     """channels_last memory format (auto: on together with CPU bf16)."""
     threads: int | None = None
     """torch intra-op threads (default: torch's choice)."""
@@ -77,11 +154,21 @@ class TrainConfig:
              f"lambda1, lambda2 >= 0 and not both 0 (got {self.lambda1}, {self.lambda2})"),
             (0 <= self.val_fraction < 1, f"0 <= val fraction < 1 (got {self.val_fraction})"),
             (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
-            (self.device in ("cpu", "cuda"), f"device cpu or cuda (got {self.device!r})"),
+            (self.device in DEVICES, f"device one of {', '.join(DEVICES)} (got {self.device!r})"),
+            (self.amp in SWITCHES, f"amp one of {', '.join(SWITCHES)} (got {self.amp!r})"),
+            (self.channels_last in SWITCHES, f"channels_last one of {', '.join(SWITCHES)} (got {self.channels_last!r})"),
         ]
         for ok, want in checks:
             if not ok:
                 raise ValueError(f"invalid training setting: need {want}")
+
+    @staticmethod
+    def default(name: str) -> Any:
+        """The default of setting ``name`` (the command line takes its defaults from here)."""
+        f = TrainConfig.__dataclass_fields__[name]
+        if f.default is not MISSING:
+            return f.default
+        raise KeyError(f"training setting {name!r} has no default")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from seisbind.descriptors import compute_descriptors
-from seisbind.openfwi import OpenFWIError, PairedDataset, find_pairs, open_dataset, save_npy_atomic
+from seisbind.files import save_npy_atomic
+from seisbind.openfwi import OpenFWIError, PairedDataset, find_pairs, open_dataset
 
 from model.encoders import DATA_MAX, DATA_MIN, SeismicEncoder
 

@@ -1,7 +1,7 @@
 """The three SeisBind encoders and the tri-modal model, built from one dataclass config by :func:`create_model`.
 
 Every encoder takes physical units and returns an L2-normalised embedding [batch, embed_dim] float32; the
-normalisation of DESIGN section 2 is part of each module (and so of the exported ONNX graphs):
+normalisation of docs/data.md is part of each module (and so of the exported ONNX graphs):
 
 * seismic: gathers [batch, 5, 1000, 70] float32 (OpenFWI amplitudes) -> fixed anti-aliased low-pass and time
   decimation (the 15 Hz Ricker carries no energy above ~50 Hz) -> sign(x)·log1p(|x|) -> min-max to [-1, 1] with
@@ -20,8 +20,6 @@ run it once over the whole data set and feed :meth:`SeismicEncoder.forward_featu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,70 +31,12 @@ from seisbind.acquisition import (
 )
 from seisbind.descriptors import DESCRIPTOR_NAMES
 
+from model.config import ModelConfig
+
 DATA_MIN = min(lo for lo, _ in FAMILY_DATA_RANGE.values())
 """Widest published family data extremes (OpenFWI amplitude units), used for min-max after the log transform."""
 DATA_MAX = max(hi for _, hi in FAMILY_DATA_RANGE.values())
 N_DESCRIPTORS = len(DESCRIPTOR_NAMES)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of the tri-modal model. Defaults are the benchmark model; ``tiny()`` is for tests."""
-
-    embed_dim: int = 256
-    """Width of the shared embedding space."""
-    decimation: int = 8
-    """Time stride of the fixed low-pass front end (1 ms -> decimation ms; 8 keeps everything below 62.5 Hz)."""
-    lowpass_hz: float = 60.0
-    """Cut-off (-6 dB) of the anti-alias filter, Hz. With 97 taps the gain is 0.9998 at 30 Hz, 0.986 at 40 Hz and
-    < 0.002 above 85 Hz; simulated gathers hold 1e-5 of their energy above 40 Hz and 1e-8 above 50 Hz."""
-    lowpass_taps: int = 97
-    """Length of the windowed-sinc (Blackman) anti-alias filter (odd)."""
-    seis_trunk: tuple[int, int, int] = (16, 32, 48)
-    """Channels of the per-shot trunk's three strided convolutions (shared by the five shots)."""
-    seis_width: int = 192
-    """Channels of the shot-fusion network."""
-    vel_width: int = 64
-    """Base width of the velocity ResNet-18 (64 is the standard ResNet-18)."""
-    phys_hidden: int = 256
-    """Hidden width of the physics MLP."""
-    phys_layers: int = 3
-    """Linear layers of the physics MLP (>= 2)."""
-    head: Literal["avg", "flatten"] = "flatten"
-    """How the last feature map becomes a vector: global average, or flatten (keeps where structures are)."""
-    vp_scale: bool = True
-    """Give the velocity-physics InfoNCE its own learnable logit scale (else both pairs share one). Configs saved
-    before this option existed read as False."""
-
-    def __post_init__(self) -> None:
-        if self.embed_dim <= 0 or self.decimation < 1 or self.lowpass_taps % 2 == 0 or self.phys_layers < 2:
-            raise ValueError(f"invalid ModelConfig: {self}")
-        if self.decimation > 1 and not 0 < self.lowpass_hz < 0.5 / DT:
-            raise ValueError(f"lowpass_hz={self.lowpass_hz} must lie in (0, {0.5 / DT}) Hz")
-        if self.head not in ("avg", "flatten"):
-            raise ValueError(f"head={self.head!r}: expected 'avg' or 'flatten'")
-
-    @classmethod
-    def tiny(cls) -> "ModelConfig":
-        """A small, fast model for tests and untrained bundles."""
-        return cls(embed_dim=256, seis_trunk=(4, 8, 8), seis_width=16, vel_width=8, phys_hidden=32)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["seis_trunk"] = list(self.seis_trunk)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}")
-        d = dict(d)
-        d.setdefault("vp_scale", False)  # saved before the option existed: one shared scale
-        if "seis_trunk" in d:
-            d["seis_trunk"] = tuple(d["seis_trunk"])
-        return cls(**d)
 
 
 def lowpass_filter(taps: int, cutoff_hz: float, dt: float = DT) -> np.ndarray:
@@ -151,6 +91,9 @@ def _out_size(n: int, k: int, s: int, p: int) -> int:
 
 class SeismicEncoder(nn.Module):
     """Shot gathers [batch, 5, 1000, 70] float32 (OpenFWI amplitudes) -> embedding [batch, embed_dim], L2-normalised."""
+
+    lowpass: torch.Tensor
+    offset: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -246,6 +189,9 @@ class PhysicsEncoder(nn.Module):
 
     Standardisation statistics are buffers, set from the training set with :meth:`set_stats`.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

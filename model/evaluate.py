@@ -1,7 +1,7 @@
-"""Evaluation protocols P1, P1-large and P2 of DESIGN section 7 (``seisbind evaluate``).
+"""Evaluation protocols P1, P1-large and P2 of docs/evaluation.md (``seisbind evaluate``).
 
 Works on a training run (torch, from its checkpoint) or an encoder bundle (ONNX Runtime); writes report.json
-(the keys of DESIGN section 8), report.md (the letter's table beside ours) and figures.
+(the keys of docs/benchmarks.md), report.md (the letter's table beside ours) and figures.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 
 from seisbind.acquisition import V_MAX, V_MIN
-from seisbind.bundle import INPUT_NAMES, MANIFEST, ONNX_FILES, OUTPUT_NAME, read_manifest, write_json_atomic
+from seisbind.bundle import CPU, MANIFEST, EncoderBundle
 from seisbind.descriptors import (
     DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors, mean_absolute_errors, mean_relative_error,
 )
+from seisbind.files import write_json_atomic, write_text_atomic
+from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors
 from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
 from seisbind.progress import progress
-
-from model.metrics import KS, pos_neg_similarity, retrieval_report, top_k
+from seisbind.provenance import portable_path
+from seisbind.retrieval_metrics import KS, pos_neg_similarity, retrieval_report
 
 LETTER = {
     "seismic_to_velocity": {"R@1": 0.578, "R@5": 0.861, "R@10": 0.935, "mean_pos_sim": 0.616, "mean_neg_sim": -0.007},
@@ -47,7 +49,7 @@ def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
     """Encoders of a training run's latest checkpoint (torch, float32, eval mode)."""
     import torch
 
-    from model.train import load_checkpoint, model_from_checkpoint
+    from model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt).to(device)
@@ -58,29 +60,19 @@ def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
                 return enc(torch.from_numpy(np.array(x, dtype=np.float32)).to(device)).float().cpu().numpy()
         return f
 
-    info = {"kind": "run", "path": str(run), "train_minutes": ckpt["elapsed_s"] / 60, "config": ckpt["config"],
+    info = {"kind": "run", "path": portable_path(run), "train_minutes": ckpt["elapsed_s"] / 60, "config": ckpt["config"],
             "data": ckpt.get("data"), "epochs": ckpt["epoch"], "steps": ckpt["global_step"]}
     return Embedder(wrap(model.seismic), wrap(model.velocity), wrap(model.physics), info)
 
 
 def onnx_embedder(bundle: Path, threads: int | None = None) -> Embedder:
-    """Encoders of an encoder bundle (ONNX Runtime, CPU)."""
-    import onnxruntime as ort
-
-    manifest = read_manifest(bundle, verify=True)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-
-    def session(m: str) -> Encode:
-        sess = ort.InferenceSession(str(bundle / ONNX_FILES[m]), opts, providers=["CPUExecutionProvider"])
-        return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAMES[m]: np.ascontiguousarray(x, np.float32)})[0]
-
-    training = manifest.get("training", {})
-    info = {"kind": "bundle", "path": str(bundle), "bundle_id": manifest["bundle_id"],
+    """Encoders of an encoder bundle, run by ONNX Runtime on the CPU as the service runs them."""
+    enc = EncoderBundle(bundle, providers=[CPU], intra_op_threads=threads)
+    training = enc.manifest.training
+    info = {"kind": "bundle", "path": portable_path(bundle), "bundle_id": enc.bundle_id,
             "train_minutes": training.get("train_minutes"), "config": training.get("config"),
             "data": training.get("data")}
-    return Embedder(session("seismic"), session("velocity"), session("physics"), info)
+    return Embedder(enc.seismic.encode, enc.velocity.encode, enc.physics.encode, info)
 
 
 def load_embedder(run_or_bundle: str | os.PathLike[str]) -> Embedder:
@@ -118,16 +110,18 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models: np.ndarray,
-              test_desc: np.ndarray, test_models: np.ndarray, k: int = 5) -> tuple[dict[str, Any], np.ndarray]:
-    """P2: descriptors from the k nearest bank models of each query, and the top-1 model's MAE and SSIM.
+              test_desc: np.ndarray, test_models: np.ndarray, k: int = 5,
+              weighting: Weighting = "mean") -> tuple[dict[str, Any], np.ndarray]:
+    """P2: descriptors from the k nearest bank models of each query (the service's ``infer_descriptors``), and the
+    top-1 model's MAE and SSIM.
 
     Returns the report and the predicted descriptors [nq, 8]."""
-    _, I = top_k(S, VB, k)
-    pred = bank_desc[I].mean(1)
+    D, I = exact_top_k(S, VB, k)  # noqa: E741 - faiss naming
+    pred, _ = infer_descriptors(bank_desc, D, I, weighting)
     top1 = bank_models[I[:, 0]]  # [nq, 1, 70, 70]
     mae = float(np.abs(top1.astype(np.float64) - test_models).mean())
     ssim = float(np.mean([_ssim(top1[i, 0], test_models[i, 0]) for i in range(len(S))]))
-    rep = {"k": k, "descriptor_mre": mean_relative_error(pred, test_desc),
+    rep = {"k": k, "weighting": weighting, "descriptor_mre": mean_relative_error(pred, test_desc),
            "descriptor_mae": mean_absolute_errors(pred, test_desc),
            "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB))}
     return rep, pred
@@ -178,7 +172,7 @@ def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_di
         "p1": p1, "p1_large": p1_large, "p2": p2,
         "train_minutes": emb.info.get("train_minutes"),
         "queries": int(len(S)),
-        "test": [str(Path(t).resolve()) for t in test_dirs], "bank": [str(Path(b).resolve()) for b in bank_dirs],
+        "test": [portable_path(t) for t in test_dirs], "bank": [portable_path(b) for b in bank_dirs],
         "encoders": {k_: v for k_, v in emb.info.items() if k_ != "config"},
         "letter": LETTER,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -199,9 +193,7 @@ def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_di
         descriptor_scatter(out / "descriptors_pred_vs_true.png", pred, test_desc)
         report["figures"] = ["retrieval_examples.png", "similarity_histograms.png", "descriptors_pred_vs_true.png"]
     write_json_atomic(out / "report.json", report)
-    tmp = out / "report.md.partial"
-    tmp.write_text(report_markdown(report))
-    os.replace(tmp, out / "report.md")
+    write_text_atomic(out / "report.md", report_markdown(report))
     return report
 
 
@@ -226,8 +218,9 @@ def report_markdown(r: dict[str, Any]) -> str:
         "| metric | letter | ours (P1) | ours (P1-large) |", "|---|---|---|---|",
     ]
     for task in ("seismic_to_velocity", "velocity_to_physics"):
+        letter: dict[str, float] = LETTER[task]  # type: ignore[assignment]
         for key in (*(f"R@{k}" for k in KS), "mean_pos_sim", "mean_neg_sim"):
-            lines.append(f"| {task.replace('_', ' ')} {key} | {_f(LETTER[task][key])} | {_f(p1[task][key])} | "
+            lines.append(f"| {task.replace('_', ' ')} {key} | {_f(letter[key])} | {_f(p1[task][key])} | "
                          f"{_f(big[task][key])} |")
     lines.append(f"| descriptor error (k = {p2['k']}, mean rel.) | {_f(LETTER['descriptor_mre'], True)} | "
                  f"{_f(p2['descriptor_mre'], True)} (P2) | |")

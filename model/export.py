@@ -1,4 +1,4 @@
-"""Export the tri-modal model as an encoder bundle (DESIGN section 4): three ONNX graphs in physical units with a
+"""Export the tri-modal model as an encoder bundle (docs/formats.md): three ONNX graphs in physical units with a
 dynamic batch axis, a parity check against torch, and a manifest, written atomically (a temporary folder renamed
 into place, so a reader never sees half a bundle)."""
 
@@ -16,10 +16,15 @@ import torch
 from torch import nn
 
 from seisbind.acquisition import GATHER_SHAPE, V_MAX, V_MIN, VELOCITY_SHAPE
-from seisbind.bundle import INPUT_NAMES, MODALITIES, ONNX_FILES, OUTPUT_NAME, finish_manifest
+from seisbind.bundle import (CPU, INPUT_NAMES, MANIFEST, MODALITIES, ONNX_FILES, OUTPUT_NAME, BundleManifest,
+                             create_session, finish_manifest)
+from seisbind.cores import usable_cores
+from seisbind.files import replace_folder
+from seisbind.provenance import git_commit, portable_path
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 
-from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, ModelConfig, SeisBindModel, create_model
+from model.config import ModelConfig
+from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, SeisBindModel, create_model
 
 OPSET = 17
 PARITY_MIN_COSINE = 0.9999
@@ -62,11 +67,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, path:
 def parity_check(module: nn.Module, path: Path, x: np.ndarray, input_name: str) -> float:
     """Run the ONNX file with ONNX Runtime and the torch module on ``x``; return the smallest per-row cosine.
     Raises ParityError if it is below PARITY_MIN_COSINE."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, min(2, os.cpu_count() or 1))
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(path, providers=[CPU], threads=min(2, usable_cores()))
     got = sess.run([OUTPUT_NAME], {input_name: x})[0]
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
@@ -90,26 +91,8 @@ def _normalisation(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _place(tmp: Path, out: Path) -> None:
-    """Move the finished bundle ``tmp`` to ``out``; an existing bundle there is replaced, anything else refused."""
-    if out.exists():
-        if not (out / "manifest.json").is_file() and any(out.iterdir()):
-            raise FileExistsError(f"{out}: exists and is not an encoder bundle; choose another --out")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, training: dict[str, Any],
-                  metrics: dict[str, Any], parity_inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                  metrics: dict[str, Any], parity_inputs: dict[str, np.ndarray] | None = None) -> BundleManifest:
     """Write ``model`` as an encoder bundle into ``out_dir`` and return its manifest.
 
     Args:
@@ -135,7 +118,7 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             export_onnx(enc, torch.from_numpy(x[:2]), INPUT_NAMES[m], path)
             parity[m] = parity_check(enc, path, x, INPUT_NAMES[m])
         stats = {"mean": model.physics.mean.tolist(), "std": model.physics.std.tolist()}
-        manifest = {
+        doc = {
             "format": "seisbind-encoders/1",
             "embedding_dim": model.cfg.embed_dim,
             "input_names": dict(INPUT_NAMES),
@@ -153,16 +136,16 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             "training": training,
             "metrics": metrics,
         }
-        manifest = finish_manifest(tmp, manifest)
+        manifest = finish_manifest(tmp, doc)
         os.chmod(tmp, 0o755)
-        _place(tmp, out)
+        replace_folder(tmp, out, marker=MANIFEST, kind="an encoder bundle")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def export_untrained_bundle(out: str | os.PathLike[str], seed: int = 0) -> dict[str, Any]:
+def export_untrained_bundle(out: str | os.PathLike[str], seed: int = 0) -> BundleManifest:
     """A small randomly-initialised model exported as a valid bundle (for tests of the index and service).
 
     Descriptor statistics are those of uniformly random layered models in 1500-4500 m/s."""
@@ -171,22 +154,6 @@ def export_untrained_bundle(out: str | os.PathLike[str], seed: int = 0) -> dict[
     model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
     return export_bundle(model, out, training={"untrained": True, "seed": seed, "config": model.cfg.to_dict()},
                          metrics={}, parity_inputs=synthetic_inputs(4, seed=seed))
-
-
-def git_commit(repo: Path | None = None) -> str | None:
-    """The repository's HEAD commit (with "-dirty" when tracked files changed), or None outside git."""
-    import subprocess
-
-    repo = repo or Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarray] | None:
@@ -203,15 +170,15 @@ def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarr
     return None
 
 
-def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> BundleManifest:
     """``seisbind export``: the latest checkpoint of a training run as an encoder bundle; returns the manifest."""
-    from model.train import load_checkpoint, model_from_checkpoint
+    from model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt)
     history = ckpt.get("history") or []
     training = {
-        "run": str(Path(run).resolve()), "data": ckpt.get("data"), "config": ckpt["config"],
+        "run": portable_path(run), "data": ckpt.get("data"), "config": ckpt["config"],
         "git_commit": git_commit(), "train_minutes": ckpt["elapsed_s"] / 60, "epochs": ckpt["epoch"],
         "steps": ckpt["global_step"], "finished": ckpt.get("finished", False), "precision": ckpt.get("precision"),
         "world_size": ckpt.get("world_size", 1),

@@ -1,4 +1,4 @@
-"""Synthetic velocity-model families modelled on OpenFWI's Vel and Fault families (DESIGN section 2).
+"""Synthetic velocity-model families modelled on OpenFWI's Vel and Fault families (docs/data.md).
 
 Every family starts from the same layer stack, fitted to the real FlatVel-A / CurveVel-A models:
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,15 +13,15 @@ import numpy as np  # noqa: E402
 
 from seisbind.acquisition import DT, DX, V_MAX, V_MIN  # noqa: E402
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS  # noqa: E402
-
-from model.metrics import top_k  # noqa: E402
+from seisbind.files import write_with_atomic  # noqa: E402
+from seisbind.neighbours import exact_top_k  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_with_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def retrieval_examples(path: Path, get_gather: Callable[[int], np.ndarray], test_models: np.ndarray,
@@ -31,7 +30,7 @@ def retrieval_examples(path: Path, get_gather: Callable[[int], np.ndarray], test
     gallery models with their cosine scores (the letter's Figure 2)."""
     n = min(n, len(S))
     queries = np.linspace(0, len(S) - 1, n).astype(int)
-    D, I = top_k(S[queries], V, 3)
+    D, I = exact_top_k(S[queries], V, 3)
     fig, axes = plt.subplots(n, 5, figsize=(15, 3 * n), squeeze=False)
     ext_v = (0, test_models.shape[-1] * DX, test_models.shape[-2] * DX, 0)
     for row, q in enumerate(queries):

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from seisbind.acquisition import FAMILIES
+from seisbind.files import write_json_atomic
 from seisbind.openfwi import (
     CHUNK_SIZE, ModelSet, OpenFWIError, chunk_counts, chunk_is_complete, read_models, write_chunk,
 )
 from seisbind.progress import progress
+from seisbind.provenance import portable_path
+
+from model.families import FAMILY_NAMES, generate
 
 DATASET_FILE = "seisbind_dataset.json"
 
@@ -34,9 +37,22 @@ def _record_params(out: Path, params: dict[str, Any]) -> None:
             raise ValueError(f"{out}: already holds a different dataset ({path.name}: {old}); choose another --out")
         if old == params:
             return
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(params, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, params)
+
+
+def _dataset_params(family: str | None, count: int | None, models: str | os.PathLike[str] | None, seed: int,
+                    chunk_size: int) -> tuple[ModelSet | None, dict[str, Any]]:
+    """The given models (or None for a synthetic family) and the parameters that identify the dataset."""
+    if models is not None:
+        source = read_models(models).validate()
+        if len(source) == 0:
+            raise OpenFWIError(f"{models}: holds no velocity models")
+        return source, {"models": portable_path(models), "count": len(source), "chunk_size": chunk_size}
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"--family {family!r}: unknown; choose one of {', '.join(FAMILY_NAMES)}")
+    if count is None or count <= 0:
+        raise ValueError(f"--count {count}: must be a positive number of models")
+    return None, {"family": family, "count": count, "seed": seed, "chunk_size": chunk_size}
 
 
 def simulate_dataset(
@@ -63,24 +79,11 @@ def simulate_dataset(
 
     out = Path(out)
     i, n = shard
-    source: ModelSet | None = None
-    if models is not None:
-        source = read_models(models).validate()
-        if len(source) == 0:
-            raise OpenFWIError(f"{models}: holds no velocity models")
-        total = len(source)
-        params: dict[str, Any] = {"models": str(Path(models).resolve()), "count": total, "chunk_size": chunk_size}
-    else:
-        if family not in FAMILIES:
-            raise ValueError(f"--family {family!r}: unknown; choose one of {', '.join(FAMILIES)}")
-        if count is None or count <= 0:
-            raise ValueError(f"--count {count}: must be a positive number of models")
-        total = count
-        params = {"family": family, "count": count, "seed": seed, "chunk_size": chunk_size}
+    source, params = _dataset_params(family, count, models, seed, chunk_size)
     out.mkdir(parents=True, exist_ok=True)
     _record_params(out, params)
 
-    counts = chunk_counts(total, chunk_size)
+    counts = chunk_counts(params["count"], chunk_size)
     mine = [c for c in range(1, len(counts) + 1) if (c - 1) % n == i]
     todo = [c for c in mine if not chunk_is_complete(out, c, counts[c - 1])]
     all_models = source.array() if source is not None else None
@@ -91,13 +94,11 @@ def simulate_dataset(
             if all_models is not None:
                 v = all_models[start:start + counts[c - 1]]
             else:
-                from model.families import generate
-
-                v = generate(family, counts[c - 1], chunk_rng(seed, c))
+                v = generate(str(family), counts[c - 1], chunk_rng(seed, c))
             data = np.empty((len(v), 5, 1000, 70), np.float32)
             for s in range(0, len(v), batch_size):
                 data[s:s + batch_size] = simulate(v[s:s + batch_size], device=device, batch_size=batch_size)
                 bar.update(len(v[s:s + batch_size]))
             write_chunk(out, c, data, v)
     return {"out": str(out), "chunks_written": len(todo), "chunks_skipped": len(mine) - len(todo),
-            "samples_in_shard": sum(counts[c - 1] for c in mine), "total": total}
+            "samples_in_shard": sum(counts[c - 1] for c in mine), "total": params["count"]}

@@ -1,4 +1,4 @@
-"""Acoustic forward simulator with OpenFWI's acquisition (DESIGN section 2), built on deepwave.
+"""Acoustic forward simulator with OpenFWI's acquisition (docs/data.md), built on deepwave.
 
 2-D constant-density acoustic wave equation, 2nd order in time and 4th order in space, PML absorbing
 boundaries; 5 sources and 70 receivers at depth cell 1; Ricker 15 Hz wavelet peaking at 73 ms; dt = 1 ms,

@@ -1,45 +1,41 @@
-"""Training loop of the tri-modal model (``seisbind train``): CPU or CUDA, bf16 autocast, checkpoints and resume,
-time budget, progress and a metrics log, torchrun DistributedDataParallel with global-batch negatives.
+"""Training of the tri-modal model (``seisbind train``): CPU or CUDA, bf16 autocast, checkpoints and resume
+(``model.checkpoint``), time budget, progress and a metrics log, torchrun DistributedDataParallel with global-batch
+negatives (``model.distributed``).
 
-Run folder layout: ``config.json`` (the TrainConfig), ``checkpoint.pt`` (latest state, written atomically),
-``metrics.jsonl`` (one line per epoch: loss, temperature, validation R@1, ...; rewritten from the checkpoint).
+:func:`train` runs in named steps: check the run folder (:func:`resumable_checkpoint`), set up a :class:`Session`
+(:func:`start_session`: model, data, optimiser), then run epochs of optimiser steps (:func:`run_epochs`,
+:func:`run_epoch`, :func:`optimiser_step`), each epoch ending with validation and a checkpoint (:func:`end_epoch`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from seisbind.bundle import write_json_atomic
+from seisbind.files import write_json_atomic
 from seisbind.progress import progress
+from seisbind.retrieval_metrics import recall_at_k, true_ranks
 
-from model.config import TrainConfig
+from model.checkpoint import (CHECKPOINT, TrainState, load_checkpoint, save_checkpoint,
+                              write_metrics)
+from model.config import RunError, TrainConfig
 from model.data import TensorPairs, folder_summary, load_pairs, mirror, open_folders, split_indices
+from model.distributed import StopFlag, agree_any, barrier, init_distributed, shutdown
 from model.encoders import SeisBindModel, create_model
 from model.loss import TriModalLoss
-from model.metrics import recall_at_k, true_ranks
+from model.optim import MAX_LOGIT_SCALE, lr_factor, param_groups
 
 log = logging.getLogger("seisbind.train")
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-MAX_LOGIT_SCALE = math.log(100.0)
-
-
-class RunError(ValueError):
-    """A run folder that cannot be used (different settings, unreadable checkpoint)."""
 
 
 def cpu_has_bf16() -> bool:
@@ -59,58 +55,6 @@ def resolve_precision(cfg: TrainConfig) -> tuple[bool, bool]:
         amp = cfg.amp == "on" or (cfg.amp == "auto" and cpu_has_bf16())
     cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and amp and cfg.device == "cpu")
     return amp, cl
-
-
-def save_atomic(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(run: str | os.PathLike[str]) -> dict[str, Any]:
-    """The latest checkpoint of a run folder (CPU tensors). Raises RunError naming the file."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise RunError(f"{path}: no checkpoint (is {run} a training run folder?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise RunError(f"{path}: unreadable checkpoint: {e}") from e
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> SeisBindModel:
-    """Rebuild the trained model (eval mode, CPU) from a checkpoint."""
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    model = create_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def param_groups(model: nn.Module, weight_decay: float, scale_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices/kernels; none on biases, norms and the logit scales (which get their
-    own group, learning rate times ``scale_lr_mult``, when that is not 1)."""
-    decay, no_decay, scales = [], [], []
-    for name, p in model.named_parameters():
-        if "logit_scale" in name:
-            (scales if scale_lr_mult != 1.0 else no_decay).append(p)
-        else:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if scales:
-        groups.append({"params": scales, "weight_decay": 0.0, "lr_mult": scale_lr_mult})
-    return groups
-
-
-def lr_factor(progress_fraction: float, warmup: float) -> float:
-    """Linear warm-up then cosine decay, as a function of the schedule's progress in [0, 1]."""
-    p = min(max(progress_fraction, 0.0), 1.0)
-    if warmup > 0 and p < warmup:
-        return p / warmup
-    return 0.5 * (1 + math.cos(math.pi * (p - warmup) / max(1 - warmup, 1e-9)))
 
 
 def epoch_order(seed: int, epoch: int, n: int, mirror_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,70 +120,74 @@ def validate(model: SeisBindModel, pairs: TensorPairs, rows: np.ndarray, device:
     return {"val_sv_R@1": sv["R@1"], "val_sv_R@5": sv["R@5"], "val_vp_R@1": vp["R@1"], "val_vp_R@5": vp["R@5"]}
 
 
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under torchrun (env WORLD_SIZE > 1) or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+@dataclass
+class Session:
+    """One training session of a run: settings, model and its DDP wrapper, data, optimiser, and the state."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: SeisBindModel
+    ddp: nn.Module
+    opt: torch.optim.Optimizer
+    loss_fn: TriModalLoss
+    pairs: TensorPairs
+    tr_rows: np.ndarray
+    val_rows: np.ndarray
+    data_summary: list[dict[str, Any]]
+    amp: bool
+    channels_last: bool
+    state: TrainState
+    started: float
+    """time.monotonic() when this session started."""
+    elapsed_before: float
+    """Training seconds of the earlier sessions of the run."""
+    session_steps: int = 0
+    last_checkpoint: float = 0.0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.tr_rows) // self.cfg.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    @property
+    def budget_s(self) -> float | None:
+        return self.cfg.time_budget_min * 60 if self.cfg.time_budget_min else None
+
+    @property
+    def precision(self) -> dict[str, bool]:
+        return {"bf16": self.amp, "channels_last": self.channels_last}
+
+    def elapsed(self) -> float:
+        """Training seconds of the run so far, this session included."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def save(self) -> None:
+        """Checkpoint and metrics log (rank 0), then wait for every rank."""
+        if self.rank == 0:
+            self.state.elapsed_s = self.elapsed()
+            save_checkpoint(self.out / CHECKPOINT, {
+                **self.state.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "config": self.cfg.to_dict(), "data": self.data_summary, "precision": self.precision,
+                "world_size": self.world, "train_rows": len(self.tr_rows), "val_rows": len(self.val_rows)})
+            write_metrics(self.out, self.state.history)
+        barrier(self.world)
+        self.last_checkpoint = time.monotonic()
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checkpoints at the next step boundary and stops."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.set:  # second signal: give up immediately
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _agree(flags: list[bool], world: int, device: torch.device) -> list[bool]:
-    """Logical OR of per-rank flags across ranks (so every rank stops at the same step)."""
-    if world == 1:
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(x) for x in t.tolist()]
-
-
-def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    tmp = out / (METRICS + ".partial")
-    with open(tmp, "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / METRICS)
-
-
-def _summary(state: dict[str, Any], out: Path, precision: dict[str, bool], world: int, stopped: str
-             ) -> dict[str, Any]:
-    return {"run": str(out), "epochs": state["epoch"], "steps": state["global_step"],
-            "train_minutes": state["elapsed_s"] / 60, "finished": state["finished"], "stopped": stopped,
-            "last": state["history"][-1] if state["history"] else {}, "precision": precision, "world_size": world}
+def summary(state: TrainState, out: Path, precision: dict[str, bool], world: int, stopped: str) -> dict[str, Any]:
+    """What ``seisbind train`` prints: epochs, steps, minutes, last metrics, how it stopped."""
+    return {"run": str(out), "epochs": state.epoch, "steps": state.global_step,
+            "train_minutes": state.elapsed_s / 60, "finished": state.finished, "stopped": stopped,
+            "last": state.history[-1] if state.history else {}, "precision": precision, "world_size": world}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -247,37 +195,58 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Raises OpenFWIError (bad data, naming the file) before any training work, RunError for an incompatible
     run folder, ValueError for bad settings."""
-    t_session = time.monotonic()
+    started = time.monotonic()
     rank, world, device = init_distributed(cfg.device)
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} torchrun ranks")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    ckpt = None
-    if (out / CHECKPOINT).exists():
-        ckpt = load_checkpoint(out)
-        diff = cfg.resume_mismatch(ckpt["config"])
-        if diff:
-            raise RunError(f"{out}: holds a run with different settings ({', '.join(diff)}); "
-                           "use another --out or the original settings to resume")
+    ckpt = resumable_checkpoint(cfg)
     if ckpt is not None and ckpt.get("finished"):
+        if rank == 0:
+            log.info("%s: training already finished", cfg.out)
+        return summary(TrainState.from_checkpoint(ckpt), Path(cfg.out), ckpt.get("precision", {}), world,
+                       "already finished")
+    s = start_session(cfg, rank, world, device, ckpt, started)
+    stop_reason = run_epochs(s)
+    shutdown(world)
+    if rank != 0:
+        s.state.elapsed_s = s.elapsed()
+    result = summary(s.state, s.out, s.precision, world, stop_reason or "epochs")
+    if stop_reason == "interrupted":
+        raise KeyboardInterrupt(f"training interrupted; checkpoint saved in {s.out}, rerun the command to resume")
+    return result
+
+
+def resumable_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint of ``cfg.out`` if there is one and it may be resumed with ``cfg``; raises RunError if not."""
+    out = Path(cfg.out)
+    if not (out / CHECKPOINT).exists():
+        return None
+    ckpt = load_checkpoint(out)
+    diff = cfg.resume_mismatch(ckpt["config"])
+    if diff:
+        raise RunError(f"{out}: holds a run with different settings ({', '.join(diff)}); "
+                       "use another --out or the original settings to resume")
+    if ckpt.get("finished"):
         old = TrainConfig.from_dict(ckpt["config"])
         if (old.epochs, old.time_budget_min) != (cfg.epochs, cfg.time_budget_min):
             raise RunError(f"{out}: training already finished with epochs={old.epochs}, time budget "
                            f"{old.time_budget_min} min; a finished schedule cannot be extended, use another --out")
-        if rank == 0:
-            log.info("%s: training already finished", out)
-        return _summary(ckpt, out, ckpt.get("precision", {}), world, "already finished")
+    return ckpt
+
+
+def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict[str, Any] | None,
+                  started: float) -> Session:
+    """Model, data (validated in full before any work), optimiser and state, restored from ``ckpt`` if given."""
     model = create_model(cfg.model, seed=cfg.seed)
-    datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache)  # full validation before any work
+    datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg.to_dict())
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(cfg.out) / "config.json", cfg.to_dict())
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    n_total = sum(len(d) for d in datasets)
-    bar = progress(n_total, "preprocess", enabled=cfg.progress and rank == 0)
+    bar = progress(sum(len(d) for d in datasets), "preprocess", enabled=cfg.progress and rank == 0)
     pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update, cache_dir=cfg.preprocess_cache)
     bar.close()
     data_summary = folder_summary(cfg.data, datasets)
@@ -291,129 +260,124 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     amp, channels_last = resolve_precision(cfg)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.scale_lr_mult), lr=cfg.lr, betas=(0.9, 0.98),
                             eps=1e-6)
-    steps_per_epoch = len(tr_rows) // cfg.batch_size
-    total_steps = steps_per_epoch * cfg.epochs
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "history": [], "finished": False,
-             "loss_sum": 0.0, "loss_count": 0}
+    state = TrainState.from_checkpoint(ckpt)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        state.update({k: ckpt[k] for k in state if k in ckpt})
         if rank == 0:
-            log.info("resuming %s at epoch %d step %d", out, state["epoch"], state["step_in_epoch"])
-    ddp: nn.Module = model
-    if world > 1 and device.type == "cuda":
-        # batch statistics over the global batch; SyncBatchNorm needs CUDA (on CPU each rank normalises its own part)
+            log.info("resuming %s at epoch %d step %d", cfg.out, state.epoch, state.step_in_epoch)
+    model, ddp = wrap_distributed(model, cfg, world, device)
+    return Session(cfg, rank, world, device, model, ddp, opt, TriModalLoss(cfg.lambda1, cfg.lambda2, cfg.soft_tau_mps),
+                   pairs, tr_rows, val_rows, data_summary, amp, channels_last, state, started,
+                   elapsed_before=state.elapsed_s, last_checkpoint=time.monotonic())
+
+
+def wrap_distributed(model: SeisBindModel, cfg: TrainConfig, world: int, device: torch.device
+                     ) -> tuple[SeisBindModel, nn.Module]:
+    """(model, module to call): under torchrun a DistributedDataParallel wrapper (with SyncBatchNorm on CUDA,
+    batch statistics over the global batch; on CPU each rank normalises its own part), else the model itself."""
+    if world == 1:
+        return model, model
+    if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.lambda2 == 0)
-    loss_fn = TriModalLoss(cfg.lambda1, cfg.lambda2, cfg.soft_tau_mps)
-    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    elapsed0 = state["elapsed_s"]
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=cfg.lambda2 == 0)
+    return model, ddp
 
-    def elapsed() -> float:
-        return elapsed0 + time.monotonic() - t_session
 
-    def save() -> None:
-        if rank == 0:
-            state["elapsed_s"] = elapsed()
-            out.mkdir(parents=True, exist_ok=True)
-            save_atomic(out / CHECKPOINT, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                           "config": cfg.to_dict(), "data": data_summary,
-                                           "precision": {"bf16": amp, "channels_last": channels_last},
-                                           "world_size": world, "train_rows": len(tr_rows), "val_rows": len(val_rows)})
-            _write_metrics(out, state["history"])
-        if world > 1:
-            dist.barrier()
-
-    local_b = cfg.batch_size // world
-    bar = progress(total_steps, "train", initial=state["global_step"], enabled=cfg.progress and rank == 0)
-    session_steps = 0
-    last_ckpt = time.monotonic()
+def run_epochs(s: Session) -> str | None:
+    """Epochs until the schedule ends or the session stops; returns why it stopped early ("interrupted",
+    "max_steps", "time_budget") or None."""
+    bar = progress(s.total_steps, "train", initial=s.state.global_step, enabled=s.cfg.progress and s.rank == 0)
     stop_reason = None
-    model.train()
-    with _StopFlag() as flag:
-        while not state["finished"] and state["epoch"] < cfg.epochs:
-            perm, flips = epoch_order(cfg.seed, state["epoch"], len(tr_rows), cfg.mirror_p)
-            while state["step_in_epoch"] < steps_per_epoch:
-                sl = slice(state["step_in_epoch"] * cfg.batch_size, (state["step_in_epoch"] + 1) * cfg.batch_size)
-                glob = perm[sl]
-                mine = slice(rank * local_b, (rank + 1) * local_b)
-                rows = torch.as_tensor(tr_rows)[glob[mine]]
-                pre, vel, desc = make_batch(pairs, rows, flips[glob[mine]], device, channels_last)
-                frac = state["global_step"] / total_steps
-                if budget_s:
-                    frac = max(frac, elapsed() / budget_s)
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(frac, cfg.warmup_fraction) * g.get("lr_mult", 1.0)
-                loss, parts = train_loss(ddp, model, loss_fn, pre, vel, desc, device, amp)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    for name, p in model.named_parameters():
-                        if "logit_scale" in name:
-                            p.clamp_(0, MAX_LOGIT_SCALE)
-                state["loss_sum"] += float(loss.detach())
-                state["loss_count"] += 1
-                last_loss = float(loss.detach())
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                session_steps += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", T=f"{1 / float(model.scale().detach()):.4f}")
-                want_ckpt = time.monotonic() - last_ckpt > cfg.checkpoint_every_min * 60
-                stop, over, ckpt_now, hit_max = _agree(
-                    [flag.set, bool(budget_s and elapsed() >= budget_s), want_ckpt,
-                     cfg.max_steps is not None and session_steps >= cfg.max_steps], world, device)
-                if stop or hit_max:
-                    stop_reason = "interrupted" if stop else "max_steps"
-                    break
-                if over:
-                    stop_reason = "time_budget"
-                    break
-                if ckpt_now:
-                    save()
-                    last_ckpt = time.monotonic()
+    s.model.train()
+    with StopFlag() as flag:
+        while not s.state.finished and s.state.epoch < s.cfg.epochs:
+            stop_reason = run_epoch(s, flag, bar)
             if stop_reason in ("interrupted", "max_steps"):
+                s.save()
                 break
-            epoch_done = state["step_in_epoch"] >= steps_per_epoch
-            row = {"epoch": state["epoch"] + 1 if epoch_done else state["epoch"] + state["step_in_epoch"] / steps_per_epoch,
-                   "step": state["global_step"],
-                   "loss": state["loss_sum"] / state["loss_count"] if state["loss_count"] else None,
-                   "logit_scale": float(model.scale().detach()), "temperature": 1 / float(model.scale().detach()),
-                   "logit_scale_vp": float(model.scale_vp().detach()),
-                   "lr": opt.param_groups[0]["lr"], "elapsed_min": elapsed() / 60}
-            row.update(validate(model, pairs, val_rows, device, amp))
-            state["loss_sum"], state["loss_count"] = 0.0, 0
-            state["history"].append(row)
-            if rank == 0:
-                log.info("epoch %s", json.dumps(row))
-                print(f"epoch {row['epoch']:.2f}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "epoch"),
-                    file=sys.stderr, flush=True)
-            if epoch_done:
-                state["epoch"] += 1
-                state["step_in_epoch"] = 0
-            if stop_reason == "time_budget" or state["epoch"] >= cfg.epochs:
-                state["finished"] = True
-            save()
-            last_ckpt = time.monotonic()
-            if state["finished"]:
-                break
-        if stop_reason in ("interrupted", "max_steps"):
-            save()
+            end_epoch(s, stop_reason)
     bar.close()
-    if world > 1:
-        dist.destroy_process_group()
-    if rank != 0:
-        state["elapsed_s"] = elapsed()
-    summary = _summary(state, out, {"bf16": amp, "channels_last": channels_last}, world, stop_reason or "epochs")
-    if stop_reason == "interrupted":
-        raise KeyboardInterrupt(f"training interrupted; checkpoint saved in {out}, rerun the command to resume")
-    return summary
+    return stop_reason
+
+
+def run_epoch(s: Session, flag: StopFlag, bar: Any) -> str | None:
+    """The remaining optimiser steps of the current epoch, checkpointing every ``checkpoint_every_min``; returns
+    why it stopped early, or None at the end of the epoch."""
+    cfg, st = s.cfg, s.state
+    perm, flips = epoch_order(cfg.seed, st.epoch, len(s.tr_rows), cfg.mirror_p)
+    local_b = cfg.batch_size // s.world
+    while st.step_in_epoch < s.steps_per_epoch:
+        glob = perm[st.step_in_epoch * cfg.batch_size:(st.step_in_epoch + 1) * cfg.batch_size]
+        mine = glob[s.rank * local_b:(s.rank + 1) * local_b]
+        loss = optimiser_step(s, torch.as_tensor(s.tr_rows)[mine], flips[mine])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", T=f"{1 / float(s.model.scale().detach()):.4f}")
+        stop, over, checkpoint_now, hit_max = agree_any(
+            [flag.set, bool(s.budget_s and s.elapsed() >= s.budget_s),
+             time.monotonic() - s.last_checkpoint > cfg.checkpoint_every_min * 60,
+             cfg.max_steps is not None and s.session_steps >= cfg.max_steps], s.world, s.device)
+        if stop or hit_max:
+            return "interrupted" if stop else "max_steps"
+        if over:
+            return "time_budget"
+        if checkpoint_now:
+            s.save()
+    return None
+
+
+def optimiser_step(s: Session, rows: torch.Tensor, flips: torch.Tensor) -> float:
+    """One AdamW step on the batch ``rows`` (``flips``: pairs to mirror) at the scheduled learning rate; returns
+    the loss."""
+    cfg, st = s.cfg, s.state
+    pre, vel, desc = make_batch(s.pairs, rows, flips, s.device, s.channels_last)
+    frac = st.global_step / s.total_steps
+    if s.budget_s:
+        frac = max(frac, s.elapsed() / s.budget_s)
+    for g in s.opt.param_groups:
+        g["lr"] = cfg.lr * lr_factor(frac, cfg.warmup_fraction) * g.get("lr_mult", 1.0)
+    loss, _ = train_loss(s.ddp, s.model, s.loss_fn, pre, vel, desc, s.device, s.amp)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt.step()
+    with torch.no_grad():
+        for name, p in s.model.named_parameters():
+            if "logit_scale" in name:
+                p.clamp_(0, MAX_LOGIT_SCALE)
+    value = float(loss.detach())
+    st.loss_sum += value
+    st.loss_count += 1
+    st.step_in_epoch += 1
+    st.global_step += 1
+    s.session_steps += 1
+    return value
+
+
+def end_epoch(s: Session, stop_reason: str | None) -> None:
+    """Log the epoch (or the part of it done before the time budget ran out) with its validation R@k, mark the
+    run finished when the schedule is over, checkpoint."""
+    st = s.state
+    epoch_done = st.step_in_epoch >= s.steps_per_epoch
+    scale = float(s.model.scale().detach())
+    row = {"epoch": st.epoch + 1 if epoch_done else st.epoch + st.step_in_epoch / s.steps_per_epoch,
+           "step": st.global_step, "loss": st.loss_sum / st.loss_count if st.loss_count else None,
+           "logit_scale": scale, "temperature": 1 / scale, "logit_scale_vp": float(s.model.scale_vp().detach()),
+           "lr": s.opt.param_groups[0]["lr"], "elapsed_min": s.elapsed() / 60}
+    row.update(validate(s.model, s.pairs, s.val_rows, s.device, s.amp))
+    st.loss_sum, st.loss_count = 0.0, 0
+    st.history.append(row)
+    if s.rank == 0:
+        log.info("epoch %s", json.dumps(row))
+        print(f"epoch {row['epoch']:.2f}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "epoch"),
+            file=sys.stderr, flush=True)
+    if epoch_done:
+        st.epoch += 1
+        st.step_in_epoch = 0
+    if stop_reason == "time_budget" or st.epoch >= s.cfg.epochs:
+        st.finished = True
+    s.save()

@@ -1,7 +1,8 @@
 """SeisBind: search seismic data by physics.
 
-This package holds the numpy-only pieces every side needs (acquisition constants, OpenFWI I/O,
-physical descriptors) and the ``seisbind`` command line. It never imports torch.
+This is the ground package: the pieces every side needs (acquisition constants, OpenFWI I/O, physical descriptors,
+atomic file writes, the encoder bundle and its ONNX Runtime sessions, exact neighbours, retrieval metrics). It
+imports nothing above it and never imports torch (docs/architecture.md).
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""OpenFWI acquisition geometry and data conventions (DESIGN section 2)."""
+"""OpenFWI acquisition geometry and data conventions (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -42,5 +42,3 @@ FAMILY_DATA_RANGE: dict[str, tuple[float, float]] = {
     "curvefault-a": (-26.48, 52.32),
 }
 """OpenFWI's published global data extremes per family (the amplitude convention)."""
-
-FAMILIES = tuple(FAMILY_DATA_RANGE)

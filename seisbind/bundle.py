@@ -1,37 +1,44 @@
-"""Encoder bundle format (DESIGN section 4), numpy-free and torch-free: read, verify and write manifests.
+"""The encoder bundle, in one place: its format, typed manifest, verification, and the ONNX Runtime sessions that
+run it (the only module that creates ONNX Runtime sessions). Torch-free; see docs/formats.md.
 
 A bundle is a folder with ``seismic.onnx``, ``velocity.onnx``, ``physics.onnx`` and ``manifest.json``. Each ONNX
-file takes physical units (gathers [B, 5, 1000, 70]; velocity [B, 1, 70, 70] m/s; descriptors [B, 8] in the
-units of DESCRIPTOR_UNITS) on input ``INPUT_NAMES[modality]`` and returns an L2-normalised float32 embedding
-[B, 256] on output ``OUTPUT_NAME``. ``bundle_id`` is the sha256 of the three ONNX files' hashes.
+file takes physical units (gathers [B, 5, 1000, 70]; velocity [B, 1, 70, 70] m/s; descriptors [B, 8]) on input
+``INPUT_NAMES[modality]`` and returns an L2-normalised float32 embedding [B, 256] on output ``OUTPUT_NAME``.
+``bundle_id`` is the sha256 of the three ONNX files' hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import logging
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from seisbind.cores import usable_cores
+from seisbind.files import PathLike, checksum_mismatch, read_json, sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+log = logging.getLogger("seisbind.bundle")
 
 MANIFEST = "manifest.json"
 MODALITIES = ("seismic", "velocity", "physics")
 ONNX_FILES = {m: f"{m}.onnx" for m in MODALITIES}
 INPUT_NAMES = {"seismic": "gathers", "velocity": "velocity", "physics": "descriptors"}
 OUTPUT_NAME = "embedding"
+REQUIRED_KEYS = ("embedding_dim", "sha256", "bundle_id", "descriptor_names", "descriptor_stats")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
 
 
 class BundleError(ValueError):
     """An encoder bundle that is missing, incomplete or corrupt."""
-
-
-def sha256_file(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compute_bundle_id(hashes: dict[str, str]) -> str:
@@ -40,49 +47,201 @@ def compute_bundle_id(hashes: dict[str, str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:
-    """Write JSON through a temporary file, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class BundleManifest:
+    """The typed view of ``manifest.json``; ``raw`` keeps the whole document (keys added later included)."""
+
+    embedding_dim: int
+    bundle_id: str
+    sha256: dict[str, str]
+    descriptor_names: tuple[str, ...]
+    descriptor_stats: dict[str, list[float]]
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    logit_scale: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: PathLike = MANIFEST) -> "BundleManifest":
+        """Validate a parsed manifest; raises BundleError naming ``source`` and the missing or malformed key."""
+        if not isinstance(doc, dict):
+            raise BundleError(f"{source}: not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in doc]
+        if missing:
+            raise BundleError(f"{source}: missing key {missing[0]!r}")
+        try:
+            return cls(embedding_dim=int(doc["embedding_dim"]), bundle_id=str(doc["bundle_id"]),
+                       sha256=dict(doc["sha256"]), descriptor_names=tuple(doc["descriptor_names"]),
+                       descriptor_stats=dict(doc["descriptor_stats"]), input_shapes=dict(doc.get("input_shapes", {})),
+                       logit_scale=doc.get("logit_scale"), training=dict(doc.get("training") or {}),
+                       metrics=dict(doc.get("metrics") or {}), parity=dict(doc.get("parity") or {}), raw=doc)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{source}: malformed manifest: {e}") from e
 
 
-def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
+def read_manifest(folder: PathLike, verify: bool = True) -> BundleManifest:
     """Load a bundle's manifest; with ``verify``, check every ONNX file exists and matches its sha256 and that
     bundle_id is consistent. Raises BundleError naming the file and what is wrong."""
     folder = Path(folder)
     mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{folder}: not an encoder bundle (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except ValueError as e:
-        raise BundleError(f"{mpath}: not valid JSON: {e}") from e
-    for key in ("embedding_dim", "sha256", "bundle_id", "descriptor_names", "descriptor_stats"):
-        if key not in manifest:
-            raise BundleError(f"{mpath}: missing key {key!r}")
+    doc = read_json(mpath, BundleError, "an encoder bundle")
+    manifest = BundleManifest.from_dict(doc, mpath)
     if verify:
-        for m in MODALITIES:
-            f = folder / ONNX_FILES[m]
-            if not f.is_file():
-                raise BundleError(f"{f}: missing")
-            want = manifest["sha256"].get(ONNX_FILES[m])
-            got = sha256_file(f)
-            if got != want:
-                raise BundleError(f"{f}: sha256 {got[:12]}… does not match the manifest's {str(want)[:12]}… (corrupt or replaced)")
-        if compute_bundle_id(manifest["sha256"]) != manifest["bundle_id"]:
+        expected = {ONNX_FILES[m]: manifest.sha256.get(ONNX_FILES[m], "") for m in MODALITIES}
+        problem = checksum_mismatch(folder, expected)
+        if problem:
+            raise BundleError(problem)
+        if compute_bundle_id(manifest.sha256) != manifest.bundle_id:
             raise BundleError(f"{mpath}: bundle_id does not match the files' hashes")
     return manifest
 
 
-def finish_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the ONNX files' sha256 and the bundle_id to ``manifest`` and write it atomically into ``folder``."""
+def finish_manifest(folder: PathLike, doc: dict[str, Any]) -> BundleManifest:
+    """Add the ONNX files' sha256 and the bundle_id to ``doc`` and write it atomically into ``folder``."""
     folder = Path(folder)
     hashes = {ONNX_FILES[m]: sha256_file(folder / ONNX_FILES[m]) for m in MODALITIES}
-    manifest = {**manifest, "sha256": hashes, "bundle_id": compute_bundle_id(hashes)}
-    write_json_atomic(folder / MANIFEST, manifest)
-    return manifest
+    doc = {**doc, "sha256": hashes, "bundle_id": compute_bundle_id(hashes)}
+    write_json_atomic(folder / MANIFEST, doc)
+    return BundleManifest.from_dict(doc, folder / MANIFEST)
+
+
+def select_providers(available: list[str] | None = None) -> list[str]:
+    """Execution providers to use: CUDA first when ONNX Runtime offers it, then CPU. Logs the choice."""
+    import onnxruntime as ort
+
+    if available is None:
+        available = ort.get_available_providers()
+    chosen = [CUDA, CPU] if CUDA in available else [CPU]
+    log.info("onnxruntime providers: %s (available: %s)", chosen, list(available))
+    return chosen
+
+
+def create_session(path: PathLike, providers: list[str] | None = None, threads: int | None = None,
+                   allow_spinning: bool = True) -> "ort.InferenceSession":
+    """An ONNX Runtime session of one graph: ``providers`` (default :func:`select_providers`), ``threads`` intra-op
+    threads (default: the usable cores), one inter-op thread, all graph optimisations; ``allow_spinning=False``
+    frees the cores between runs. Raises BundleError when the file is missing or ONNX Runtime cannot load it."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    requested = providers if providers is not None else select_providers()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or usable_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+        raise BundleError(f"{path}: ONNX Runtime cannot load it: {e}") from e
+    if CUDA in requested and CUDA not in session.get_providers():
+        log.warning("%s: CUDA was requested but ONNX Runtime runs it on %s", path, session.get_providers())
+    return session
+
+
+class OnnxEncoder:
+    """One modality's ONNX encoder: ``encode(x)`` maps a batch in physical units to L2-normalised embeddings.
+
+    Args:
+        bundle_dir: encoder bundle folder.
+        modality: "seismic", "velocity" or "physics".
+        providers: ONNX Runtime execution providers; default :func:`select_providers`.
+        intra_op_threads: threads per session run; default the process's usable cores.
+        allow_spinning: let idle intra-op threads spin-wait (lowest latency on dedicated cores); False frees
+            the cores between runs (a service sharing its cores with an event loop, a busy machine).
+    """
+
+    def __init__(self, bundle_dir: PathLike, modality: str, providers: list[str] | None = None,
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+        if modality not in MODALITIES:
+            raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+        self.modality = modality
+        self.path = Path(bundle_dir) / ONNX_FILES[modality]
+        self.allow_spinning = allow_spinning
+        self.session = create_session(self.path, providers, intra_op_threads, allow_spinning)
+        self.providers: list[str] = list(self.session.get_providers())
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_name = INPUT_NAMES[modality]
+        if self.input_name not in inputs:
+            raise BundleError(f"{self.path}: no input named {self.input_name!r} (has {sorted(inputs)})")
+        if OUTPUT_NAME not in {o.name for o in self.session.get_outputs()}:
+            raise BundleError(f"{self.path}: no output named {OUTPUT_NAME!r}")
+        self.input_shape: tuple[Any, ...] = tuple(inputs[self.input_name].shape)
+        log.info("%s encoder %s on %s, %d intra-op threads", modality, self.path, self.providers,
+                 intra_op_threads or usable_cores())
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate a batch against the model's input shape; returns it as contiguous float32.
+        Raises TypeError for a non-float dtype, ValueError for a wrong shape or NaN/Inf."""
+        x = np.asarray(x)
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{self.modality} input: dtype {x.dtype}, expected float32 (or float64)")
+        tail = self.input_shape[1:]
+        if x.ndim != len(self.input_shape) or any(isinstance(t, int) and s != t for s, t in zip(x.shape[1:], tail)):
+            want = ", ".join(str(t) if isinstance(t, int) else "?" for t in tail)
+            raise ValueError(f"{self.modality} input: shape {tuple(x.shape)}, expected (batch, {want})")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{self.modality} input: holds NaN or Inf values")
+        return x
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Embed a batch: ``x`` in physical units with a leading batch axis -> [batch, dim] float32, L2-normalised."""
+        return self.run(self.check_input(x))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``encode`` without the checks, for a batch that has passed ``check_input`` (or an equivalent check):
+        contiguous float32 of the model's input shape, finite."""
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        (out,) = self.session.run([OUTPUT_NAME], {self.input_name: x})
+        return np.asarray(out, dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size, from the model's output shape (256 in a valid bundle)."""
+        shape = self.session.get_outputs()[0].shape
+        return int(shape[-1]) if isinstance(shape[-1], int) else -1
+
+
+class EncoderBundle:
+    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
+    ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely, with the given session options)."""
+
+    def __init__(self, bundle_dir: PathLike, providers: list[str] | None = None,
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+        self.dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.dir, verify=True)
+        self.bundle_id = self.manifest.bundle_id
+        self.embedding_dim = self.manifest.embedding_dim
+        self._providers = providers
+        self._threads = intra_op_threads
+        self._spinning = allow_spinning
+        self._encoders: dict[str, OnnxEncoder] = {}
+        self._lock = threading.Lock()
+
+    def encoder(self, modality: str) -> OnnxEncoder:
+        """The session of one modality, created on first use."""
+        with self._lock:
+            if modality not in self._encoders:
+                self._encoders[modality] = OnnxEncoder(self.dir, modality, self._providers, self._threads,
+                                                         self._spinning)
+            return self._encoders[modality]
+
+    @property
+    def seismic(self) -> OnnxEncoder:
+        return self.encoder("seismic")
+
+    @property
+    def velocity(self) -> OnnxEncoder:
+        return self.encoder("velocity")
+
+    @property
+    def physics(self) -> OnnxEncoder:
+        return self.encoder("physics")

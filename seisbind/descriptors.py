@@ -1,4 +1,4 @@
-"""Physical descriptors of velocity models (DESIGN section 3), numpy only, vectorised over a batch."""
+"""Physical descriptors of velocity models (docs/data.md#descriptors), numpy only, vectorised over a batch."""
 
 from __future__ import annotations
 

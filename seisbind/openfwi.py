@@ -1,4 +1,4 @@
-"""OpenFWI on-disk layout: memory-mapped reading, validation and atomic chunk writing (DESIGN section 2).
+"""OpenFWI on-disk layout: memory-mapped reading, validation and atomic chunk writing (docs/data.md).
 
 A dataset folder holds ``data/dataN.npy`` (n, 5, 1000, 70) and ``model/modelN.npy`` (n, 1, 70, 70); the Fault
 families' ``seisX_Y_Z.npy`` / ``velX_Y_Z.npy`` are read too. Velocity models alone may also come as one
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE, VELOCITY_SHAPE
+from seisbind.files import save_npy_atomic
 
 CHUNK_SIZE = 500
 """Samples per file, as OpenFWI stores them."""
@@ -278,31 +279,6 @@ def chunk_paths(out_dir: str | os.PathLike[str], n: int) -> PairedFile:
     """Paths of the n-th (1-based) chunk of a dataset folder: data/data{n}.npy and model/model{n}.npy."""
     out = Path(out_dir)
     return PairedFile(out / "data" / f"data{n}.npy", out / "model" / f"model{n}.npy")
-
-
-def save_npy_atomic(path: str | os.PathLike[str], arr: np.ndarray) -> None:
-    """Write an array to ``path`` through a temporary file, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_chunk(out_dir: str | os.PathLike[str], n: int, data: np.ndarray, models: np.ndarray) -> PairedFile:

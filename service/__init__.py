@@ -1,1 +1,1 @@
-"""SeisBind retrieval service: FastAPI over ONNX Runtime and FAISS (DESIGN section 6). Imports no torch."""
+"""SeisBind retrieval service: FastAPI over ONNX Runtime and FAISS (docs/api.md). Imports no torch."""

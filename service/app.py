@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID"], max_age=600)
     for router in (retrieval_router, admin_router, health_router, metrics_router):
         app.include_router(router)
-    static_paths = {r.path for r in app.routes if "{" not in getattr(r, "path", "{")}
+    static_paths = {str(getattr(r, "path")) for r in app.routes if "{" not in str(getattr(r, "path", "{"))}
     # outermost: request ids, access logs and request metrics for everything, errors included
     app.add_middleware(RequestContextMiddleware, metrics=metrics, known_paths=static_paths)
     return app

@@ -129,9 +129,10 @@ class MicroBatcher(Generic[P, R]):
         start = time.perf_counter()
         infos: list[BatchInfo] | None = None
         try:
-            results: Sequence[R] | BaseException = self._process([e.payload for e in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch processor returned {len(results)} results for {len(batch)} payloads")
+            processed = self._process([e.payload for e in batch])
+            if len(processed) != len(batch):
+                raise RuntimeError(f"batch processor returned {len(processed)} results for {len(batch)} payloads")
+            results: Sequence[R] | BaseException = processed
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             log.exception("micro-batch of %d failed", len(batch))
             results = exc

@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
 import numpy as np
+
+from seisbind.npy import npy_bytes as _npy_bytes
 
 NPY_MEDIA_TYPE = "application/x-npy"
 
@@ -35,9 +36,7 @@ def npy_bytes(gathers: np.ndarray) -> bytes:
     arr = np.asarray(gathers)
     if arr.dtype.kind != "f":
         raise TypeError(f"gathers: dtype {arr.dtype}; pass float32 (or float64) amplitudes")
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+    return _npy_bytes(np.ascontiguousarray(arr))
 
 
 class SeisBindClient:

@@ -22,14 +22,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from index.ann import set_search_threads
-from index.encoders import EncoderBundle
 from index.searcher import Searcher
 from index.store import IndexStore, IndexStoreError
 from seisbind.acquisition import GATHER_SHAPE
+from seisbind.cores import usable_cores
 from seisbind.descriptors import DESCRIPTOR_NAMES
+from seisbind.bundle import EncoderBundle
 from service.batching import BatchInfo, MicroBatcher
 from service.core.config import Settings
-from service.core.cpus import CpuPlan, available_cores, pin_thread, unpin_thread
+from service.core.cpus import CpuPlan, pin_thread, unpin_thread
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.engine")
@@ -76,7 +77,7 @@ class Engine:
         self.seismic = self.bundle.seismic
         self.physics = self.bundle.physics
         self.providers = {"seismic": self.seismic.providers, "physics": self.physics.providers}
-        names = self.bundle.manifest.get("descriptor_names") or list(DESCRIPTOR_NAMES)
+        names = list(self.bundle.manifest.descriptor_names) or list(DESCRIPTOR_NAMES)
         self.query_descriptor_names: list[str] = list(names)
         self.searcher: Searcher | None = None
         self.not_ready_reason: str | None = "index not loaded yet"
@@ -92,7 +93,7 @@ class Engine:
             max_wait_s=settings.batch_wait_ms / 1000.0, workers=settings.workers(),
             incoming=lambda: self._incoming, initializer=self._start_worker)
         self.batcher.on_batch = lambda items, size, s: metrics.batch_size.observe(size)
-        self._blocking = ThreadPoolExecutor(available_cores() + 4, thread_name_prefix="seisbind-blocking",
+        self._blocking = ThreadPoolExecutor(usable_cores() + 4, thread_name_prefix="seisbind-blocking",
                                             initializer=unpin_thread)
         metrics.set_model(self.bundle.bundle_id, self.seismic.providers)
         log.info("encoder bundle %s loaded", self.bundle.bundle_id,
@@ -195,7 +196,7 @@ class Engine:
         self.searcher = searcher
         self.not_ready_reason = None
         self.current_version, self.current_refused = searcher.version, None
-        self.metrics.set_index(searcher.version, searcher.bundle_id, str(searcher.manifest["index"].get("type", "")),
+        self.metrics.set_index(searcher.version, searcher.bundle_id, searcher.manifest.index_type,
                                searcher.count)
         if old is not None:
             self.metrics.swaps.inc()
@@ -211,7 +212,7 @@ class Engine:
 
     def index_descriptor_names(self, searcher: Searcher) -> list[str]:
         """Names of the columns of ``searcher.descriptors``."""
-        return list(searcher.manifest.get("descriptor_names") or DESCRIPTOR_NAMES)
+        return list(searcher.manifest.descriptor_names)
 
     # -- seismic queries (batched) -----------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Engine:
             "index_version": s.version if s else None,
             "count": s.count if s else 0,
             "dim": self.bundle.embedding_dim,
-            "index_type": str(s.manifest["index"].get("type")) if s else None,
+            "index_type": s.manifest.index_type if s else None,
             "index_device": s.device if s else None,
             "providers": self.providers,
             "intra_op_threads": self.settings.intra_op_threads(),

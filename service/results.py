@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from seisbind.descriptors import DESCRIPTOR_UNITS
-
-Weighting = Literal["mean", "similarity"]
-
+from seisbind.neighbours import Weighting, infer_descriptors
 
 class IndexView(Protocol):
     """What the response builders read from a loaded index (index.searcher.Searcher satisfies it)."""
 
-    ids: Sequence[str]
-    sources: Sequence[tuple[str, int]]
-    descriptors: np.ndarray
+    @property
+    def ids(self) -> Sequence[str]: ...
+
+    @property
+    def sources(self) -> Sequence[tuple[str, int]]: ...
+
+    @property
+    def descriptors(self) -> np.ndarray: ...
 
     def velocity_models(self, I: np.ndarray) -> np.ndarray: ...  # noqa: E741 - faiss naming
 
@@ -46,50 +49,18 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
     return out
 
 
-def neighbour_weights(scores: np.ndarray, weighting: Weighting) -> np.ndarray:
-    """Weights of k neighbours summing to 1: equal (``mean``), or proportional to the cosine similarity clipped at
-    a small positive floor (``similarity``; equal weights if every score is <= 0)."""
-    k = len(scores)
-    if weighting == "mean":
-        return np.full(k, 1.0 / k)
-    w = np.clip(np.asarray(scores, np.float64), 0.0, None)
-    if w.sum() <= 0:
-        return np.full(k, 1.0 / k)
-    w = np.maximum(w, 1e-6)
-    return w / w.sum()
-
-
-def aggregate_descriptors(values: np.ndarray, scores: np.ndarray,
-                          weighting: Weighting) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and spread of the neighbours' descriptors.
-
-    Args:
-        values: [k, n_descriptors] float, the neighbours' descriptors.
-        scores: [k] cosine similarities of the neighbours.
-        weighting: ``mean`` (plain average) or ``similarity`` (weighted by similarity).
-
-    Returns:
-        (value, std), each [n_descriptors] float64: the (weighted) mean and (weighted) standard deviation.
-    """
-    v = np.asarray(values, np.float64)
-    w = neighbour_weights(scores, weighting)
-    mean = w @ v
-    std = np.sqrt(np.maximum(w @ (v - mean) ** 2, 0.0))
-    return mean, std
-
-
-def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],
+def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],  # noqa: E741
                          weighting: Weighting) -> list[dict[str, Any]]:
-    """One result per query row: each descriptor as {value, std, unit} and the neighbours' ids and scores."""
+    """One result per query row: each descriptor as {value, std, unit} (``seisbind.neighbours.infer_descriptors``,
+    the function evaluation measures) and the neighbours' ids and scores."""
+    values, stds = infer_descriptors(view.descriptors, D, I, weighting)
     out = []
-    for d_row, i_row in zip(D, I):
+    for d_row, i_row, value, std in zip(D, I, values, stds):
         keep = i_row >= 0
-        d_row, i_row = d_row[keep], i_row[keep]
-        value, std = aggregate_descriptors(view.descriptors[i_row], d_row, weighting)
         out.append({
             "descriptors": {n: {"value": float(m), "std": float(s), "unit": DESCRIPTOR_UNITS.get(n, "")}
                             for n, m, s in zip(names, value, std)},
-            "neighbors": [view.ids[i] for i in i_row.tolist()],
-            "scores": d_row.tolist(),
+            "neighbors": [view.ids[i] for i in i_row[keep].tolist()],
+            "scores": d_row[keep].tolist(),
         })
     return out

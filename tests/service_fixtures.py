@@ -1,49 +1,36 @@
-"""Shared pieces of the service tests: a real ``seisbind serve`` (or uvicorn) process on a free localhost port,
-request bodies, and the error-body check. Not a test module (no ``test_`` prefix)."""
+"""Shared pieces of the service tests: a real ``seisbind serve`` (or uvicorn) process on a free localhost port (the
+harness of ``cli.server_process``, shared with the benchmarks), request bodies, and the error-body check. Not a test
+module (no ``test_`` prefix)."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from seisbind.npy import npy_bytes as npy  # noqa: F401 - the test modules' .npy bodies
+
+from cli.server_process import ServerProcess, free_port, serve_command
+
 REPO = Path(__file__).resolve().parents[1]
 G = (5, 1000, 70)
 NPY = {"Content-Type": "application/x-npy"}
 START_TIMEOUT = 120.0
+TEST_ENV = {"SEISBIND_LOG_LEVEL": "info", "OMP_WAIT_POLICY": "PASSIVE"}
+"""Settings of every test server unless a test gives its own: info logs (tests read them), and OpenMP threads that
+sleep rather than spin while waiting (the test machine's cores are shared)."""
 
 
-@dataclass
-class Server:
-    """A service process and where its stdout/stderr go."""
+class Server(ServerProcess):
+    """A service process (cli.server_process), its log, and the index root it serves when known."""
 
-    proc: subprocess.Popen
-    url: str
-    log: Path
     index_root: Path | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
 
     def client(self, **kw: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60.0, **kw)
-
-    def logs(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.logs()[-n:]
 
     def log_lines(self) -> list[dict]:
         """The JSON log lines written so far."""
@@ -62,42 +49,14 @@ class Server:
                 if x.get("level") == "error" and all(f in x["msg"] for f in fragments)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_command(bundle: Path, index_root: Path, port: int) -> list[str]:
-    """``seisbind serve`` of ``bundle`` over ``index_root`` on 127.0.0.1:``port``."""
-    return [sys.executable, "-m", "seisbind.cli", "serve", "--encoders", str(bundle), "--index", str(index_root),
-            "--host", "127.0.0.1", "--port", str(port)]
-
-
 def start_server(cmd: list[str], env: dict[str, str], log: Path, ready: bool = True,
                  preexec: Callable[[], None] | None = None) -> Server:
-    """Start a service process (environment: ours without SEISBIND_*, plus ``env``; output appended to ``log``) and
-    wait until /readyz (ready=True) or /healthz answers 200. The port is the command's --port or SEISBIND_PORT."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEISBIND_")}
-    full_env.update({"SEISBIND_LOG_LEVEL": "info", "OMP_WAIT_POLICY": "PASSIVE", **env})
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT,
-                                preexec_fn=preexec)
+    """Start a service process (environment: ours without SEISBIND_*, plus the tests' defaults and ``env``; output
+    appended to ``log``) and wait until /readyz (ready=True) or /healthz answers 200. The port is the command's
+    --port or SEISBIND_PORT."""
     port = int(cmd[cmd.index("--port") + 1] if "--port" in cmd else env["SEISBIND_PORT"])
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + START_TIMEOUT
-    path = "/readyz" if ready else "/healthz"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(server.url + path, timeout=2.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"service not up after {START_TIMEOUT} s:\n{server.log_tail()}")
+    return Server.start(cmd, port, log, {**TEST_ENV, **env}, ready_path="/readyz" if ready else "/healthz",
+                        timeout=START_TIMEOUT, preexec=preexec)
 
 
 def serve(bundle: Path, index_root: Path, log: Path, env: dict[str, str] | None = None, ready: bool = True,
@@ -109,14 +68,7 @@ def serve(bundle: Path, index_root: Path, log: Path, env: dict[str, str] | None 
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is not None:
-        return
-    server.proc.terminate()
-    try:
-        server.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(10)
+    server.stop(timeout=20)
 
 
 def small_service_files(root: Path, bank_size: int) -> tuple[Path, Path, Path]:
@@ -145,12 +97,6 @@ def gathers(n: int | None = None, seed: int = 0) -> np.ndarray:
 def as_json(g: np.ndarray) -> list:
     """Nested lists with short number reprs (float32 -> float64 adds digits); they cast back to the same float32."""
     return np.round(g.astype(np.float64), 3).tolist()
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def assert_error(r: httpx.Response, status: int, fragment: str) -> dict:

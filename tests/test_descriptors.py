@@ -1,4 +1,4 @@
-"""Physical descriptors (DESIGN section 3) against hand-computed values."""
+"""Physical descriptors (docs/data.md#descriptors) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ def test_errors():
 def test_cli_json_and_npy(tmp_path):
     v = np.full((3, 1, 70, 70), 2500.0, np.float32)
     np.save(tmp_path / "m.npy", v)
-    out = subprocess.run([sys.executable, "-m", "seisbind.cli", "descriptors", "--models", str(tmp_path / "m.npy")],
+    out = subprocess.run([sys.executable, "-m", "cli.main", "descriptors", "--models", str(tmp_path / "m.npy")],
                          capture_output=True, text=True, check=True).stdout
     doc = json.loads(out)
     assert doc["names"] == list(DESCRIPTOR_NAMES) and len(doc["descriptors"]) == 3
     assert doc["descriptors"][0]["v_mean"] == 2500.0 and doc["sources"][2]["row"] == 2
-    subprocess.run([sys.executable, "-m", "seisbind.cli", "descriptors", "--models", str(tmp_path / "m.npy"),
+    subprocess.run([sys.executable, "-m", "cli.main", "descriptors", "--models", str(tmp_path / "m.npy"),
                     "--out", str(tmp_path / "d.npy")], check=True)
     assert np.load(tmp_path / "d.npy").shape == (3, 8)
 
@@ -59,6 +59,6 @@ def test_cli_bad_input_names_file(tmp_path):
     v = np.full((2, 1, 70, 70), 2500.0, np.float32)
     v[1, 0, 0, 0] = np.nan
     np.save(tmp_path / "nan.npy", v)
-    r = subprocess.run([sys.executable, "-m", "seisbind.cli", "descriptors", "--models", str(tmp_path / "nan.npy")],
+    r = subprocess.run([sys.executable, "-m", "cli.main", "descriptors", "--models", str(tmp_path / "nan.npy")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "NaN" in r.stderr and "nan.npy" in r.stderr

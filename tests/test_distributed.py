@@ -15,10 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model.encoders import ModelConfig, create_model
+from model.config import ModelConfig
+from model.encoders import create_model
 from model.export import synthetic_inputs
 from model.loss import TriModalLoss
-from model.train import load_checkpoint, train_loss
+from model.checkpoint import load_checkpoint
+from model.train import train_loss
 from model_fixtures import write_dataset
 
 torch.set_num_threads(1)
@@ -85,7 +87,7 @@ def test_seisbind_train_runs_under_torchrun(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "seisbind.cli", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
+           "-m", "cli.main", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
            "--batch-size", "8", "--amp", "off", "--threads", "1", "--model-config", str(cfg), "--val-fraction", "0.25"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
     assert res.returncode == 0, res.stderr[-3000:]

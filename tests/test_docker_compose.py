@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.server_process import free_port
 from service.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,12 +121,6 @@ def healthz_server() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_healthcheck_script(healthz_server: int) -> None:

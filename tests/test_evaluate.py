@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from model.evaluate import p2_report
 from model.export import export_untrained_bundle
-from model.metrics import pos_neg_similarity, recall_at_k, retrieval_report, top_k, true_ranks
+from seisbind.neighbours import exact_top_k as top_k
+from seisbind.retrieval_metrics import pos_neg_similarity, recall_at_k, retrieval_report, true_ranks
 from model_fixtures import layered_models, write_dataset
-from seisbind.cli import app
+from cli.main import app
 from seisbind.descriptors import compute_descriptors
 
 torch.set_num_threads(1)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import model.export as export
-from model.encoders import ModelConfig, create_model
+from model.config import ModelConfig
+from model.encoders import create_model
 from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
 
 torch.set_num_threads(1)
@@ -37,12 +38,12 @@ def _untrained_torch(seed=0):
 
 def test_untrained_bundle_is_a_verified_bundle_with_the_contract_keys(bundle):
     out, manifest = bundle
-    assert read_manifest(out, verify=True)["bundle_id"] == manifest["bundle_id"]
+    assert read_manifest(out, verify=True).bundle_id == manifest.bundle_id
     for key in MANIFEST_KEYS:
-        assert key in manifest, key
-    assert manifest["embedding_dim"] == 256
-    assert manifest["input_shapes"] == {"seismic": [5, 1000, 70], "velocity": [1, 70, 70], "physics": [8]}
-    assert len(manifest["descriptor_stats"]["mean"]) == 8 and len(manifest["descriptor_stats"]["std"]) == 8
+        assert key in manifest.raw, key
+    assert manifest.embedding_dim == 256
+    assert manifest.input_shapes == {"seismic": [5, 1000, 70], "velocity": [1, 70, 70], "physics": [8]}
+    assert len(manifest.descriptor_stats["mean"]) == 8 and len(manifest.descriptor_stats["std"]) == 8
     assert not [p for p in out.parent.iterdir() if "partial" in p.name]
 
 
@@ -80,9 +81,9 @@ def test_failed_parity_leaves_no_bundle_and_no_partial_folder(tmp_path, monkeypa
 def test_existing_bundle_is_replaced_but_other_folders_are_refused(bundle, tmp_path):
     out = tmp_path / "b"
     first = export.export_untrained_bundle(out, seed=0)
-    assert first["bundle_id"] == bundle[1]["bundle_id"]  # same seed, same bundle
+    assert first.bundle_id == bundle[1].bundle_id  # same seed, same bundle
     second = export.export_untrained_bundle(out, seed=2)
-    assert first["bundle_id"] != second["bundle_id"] == read_manifest(out)["bundle_id"]
+    assert first.bundle_id != second.bundle_id == read_manifest(out).bundle_id
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("x")

@@ -1,5 +1,5 @@
 """The GPU code path without a GPU: ONNX Runtime's CUDA provider is chosen first whenever it is offered, a
-session that cannot get it says so (never a silent CPU fallback, DESIGN section 9), and on a GPU machine the
+session that cannot get it says so (never a silent CPU fallback, docs/architecture.md#dependencies), and on a GPU machine the
 encoders really run on CUDA. The GPU image's dependency set (onnxruntime-gpu, faiss-gpu-cu12) is resolved for
 linux x86_64, and checked to be built for CUDA 12, by docker/resolve_gpu_deps.py: a network check, run only with
 SEISBIND_NETWORK_TESTS=1."""
@@ -17,8 +17,7 @@ import onnxruntime as ort
 import pytest
 from packaging.requirements import Requirement
 
-from index import encoders
-from index.encoders import CPU, CUDA, OnnxEncoder, select_providers
+from seisbind.bundle import CPU, CUDA, OnnxEncoder, select_providers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ])
 def test_select_providers_puts_cuda_first_when_offered(available: list[str], chosen: list[str],
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="seisbind.index"):
+    with caplog.at_level(logging.INFO, logger="seisbind.bundle"):
         assert select_providers(available) == chosen
     assert any("onnxruntime providers" in r.getMessage() and str(chosen) in r.getMessage() for r in caplog.records)
 
@@ -57,8 +56,8 @@ def test_encoder_requests_cuda_when_offered_and_reports_what_runs(bundle: Path, 
     """Pretend ONNX Runtime offers CUDA: the session is asked for CUDA first; on a GPU-less build it runs on the
     CPU, and the encoder reports that and logs a warning instead of falling back silently."""
     real = ort.get_available_providers()
-    monkeypatch.setattr(encoders.ort, "get_available_providers", lambda: [CUDA, *real])
-    with caplog.at_level(logging.INFO, logger="seisbind.index"):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, *real])
+    with caplog.at_level(logging.INFO, logger="seisbind.bundle"):
         if CUDA in real:
             enc = OnnxEncoder(bundle, "velocity", intra_op_threads=1)
         else:  # ONNX Runtime itself warns too

@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from index.build import build_index
-from index.encoders import EncoderBundle, OnnxEncoder, select_providers
+from seisbind.bundle import EncoderBundle, OnnxEncoder, select_providers
 from index.searcher import Searcher
 from index.store import (CURRENT, DESCRIPTORS_FILE, ENTRIES_FILE, INDEX_FILE, VELOCITY_FILE, BundleMismatchError,
                          IndexStore, IndexStoreError)
 from seisbind.bundle import BundleError
-from seisbind.cli import app
+from cli.main import app
 from seisbind.descriptors import compute_descriptors
 from seisbind.openfwi import OpenFWIError
 
@@ -80,7 +80,7 @@ def test_build_writes_a_complete_current_version(built: tuple[Path, str], bundle
     s = Searcher.load(root, expected_bundle_id=EncoderBundle(bundles[0]).bundle_id)
     v = bank_models(bank)
     assert (s.version, s.count, s.dim) == (version, 300, 256)
-    m = s.manifest
+    m = s.manifest.raw
     assert m["index"]["type"] == "flat" and m["bank"]["path"] == str(bank.resolve())
     assert len(m["bank"]["sha256"]) == 64 and m["created"] and m["verification"]["sample"] == 200
     assert set(m["files"]) == {INDEX_FILE, VELOCITY_FILE, "embeddings.npy", DESCRIPTORS_FILE, ENTRIES_FILE}
@@ -217,7 +217,7 @@ def test_approximate_indexes_record_tuned_parameters(bundles: tuple[Path, Path],
                                                      index_type: str) -> None:
     version = build_index(bundles[0], bank, tmp_path, index_type=index_type, recall_target=0.9)
     s = Searcher.load(tmp_path)
-    params = s.manifest["index"]
+    params = s.manifest.index
     key = "nprobe" if index_type == "ivf" else "efSearch"
     assert params["type"] == index_type and params[key] >= 1
     assert params["tuning"]["recall_at_10"] >= 0.9 and params["tuning"]["recall_target"] == 0.9
@@ -288,7 +288,7 @@ def test_encoders_providers_and_input_checks(bundles: tuple[Path, Path], tmp_pat
 
 
 def test_index_package_never_imports_torch() -> None:
-    code = ("import sys, index, index.ann, index.build, index.encoders, index.gpu, index.searcher, index.store, "
+    code = ("import sys, index, index.ann, index.build, index.gpu, index.searcher, index.store, "
             "index.synthetic; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,

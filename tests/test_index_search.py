@@ -11,8 +11,10 @@ import faiss
 import numpy as np
 import pytest
 
-from index.ann import (EXACT_MAX, build_ann, configure_blas_threshold, exact_knn, ivf_nlist, perturbed_queries,
-                       recall_at_k, resolve_type, search_params)
+from seisbind.neighbours import exact_top_k
+
+from index.ann import (EXACT_MAX, build_ann, configure_blas_threshold, ivf_nlist, perturbed_queries,
+                       neighbour_recall, resolve_type, search_params)
 from index.gpu import GPU_MAX_K, GpuReplicas, gpu_count, want_gpu
 from index.synthetic import clustered_embeddings, random_unit_vectors
 
@@ -60,9 +62,9 @@ def test_ivf_on_100k_vectors_meets_recall_target() -> None:
     assert params["tuning"]["recall_at_10"] >= 0.95
     # Fresh queries (other seed), measured against exact search.
     xq = perturbed_queries(xb, 1000, seed=77)
-    _, I_ref = exact_knn(xq, xb, 10)
+    _, I_ref = exact_top_k(xq, xb, 10)
     _, I = index.search(xq, 10, params=search_params(params, 10))
-    assert recall_at_k(I, I_ref).mean() >= 0.95
+    assert neighbour_recall(I, I_ref).mean() >= 0.95
     assert index.nprobe == 1  # tuning never left state on the index
 
 
@@ -71,15 +73,15 @@ def test_hnsw_meets_recall_target() -> None:
     index, params = build_ann(xb, "hnsw", recall_target=0.95)
     assert params["type"] == "hnsw" and params["M"] == 32 and params["efSearch"] >= 16
     xq = perturbed_queries(xb, 500, seed=78)
-    _, I_ref = exact_knn(xq, xb, 10)
+    _, I_ref = exact_top_k(xq, xb, 10)
     _, I = index.search(xq, 10, params=search_params(params, 10))
-    assert recall_at_k(I, I_ref).mean() >= 0.95
+    assert neighbour_recall(I, I_ref).mean() >= 0.95
 
 
-def test_recall_at_k_and_type_choice() -> None:
+def test_neighbour_recall_and_type_choice() -> None:
     I_ref = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     I = np.array([[4, 3, 9, 1], [-1, -1, -1, -1]])
-    np.testing.assert_allclose(recall_at_k(I, I_ref, 4), [0.75, 0.0])
+    np.testing.assert_allclose(neighbour_recall(I, I_ref, 4), [0.75, 0.0])
     assert resolve_type("auto", EXACT_MAX) == "flat" and resolve_type("auto", EXACT_MAX + 1) == "ivf"
     assert resolve_type("hnsw", 10) == "hnsw"
     assert ivf_nlist(10) == 1 and ivf_nlist(1_000_000) == 4000

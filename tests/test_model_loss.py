@@ -60,8 +60,9 @@ def test_a_pair_of_scales_scores_each_pair_with_its_own():
 
 
 def test_separate_velocity_physics_scale_is_a_second_parameter_with_its_own_learning_rate():
-    from model.encoders import ModelConfig, create_model
-    from model.train import param_groups
+    from model.config import ModelConfig
+    from model.encoders import create_model
+    from model.optim import param_groups
 
     tiny = {**ModelConfig.tiny().to_dict(), "seis_trunk": (4, 8, 8)}
     shared = create_model(ModelConfig(**{**tiny, "vp_scale": False}))

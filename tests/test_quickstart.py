@@ -16,14 +16,14 @@ import pytest
 
 from seisbind.bundle import read_manifest
 
-from model.quickstart import PRESETS, QuickstartConfig, preset
+from cli.quickstart import PRESETS, QuickstartConfig, preset
 
 STEPS = ("train-data", "test-data", "bank", "train", "export", "index", "evaluate", "example")
 
 # Runs the CLI and reports whether torch got imported (a cached run must go straight to serving).
 DRIVER = """
 import sys
-from seisbind.cli import app
+from cli.main import app
 try:
     app(sys.argv[1:], prog_name="seisbind")
     code = 0
@@ -61,7 +61,7 @@ def test_first_run_builds_every_artifact(first_run: tuple[Path, subprocess.Compl
 
     from index.searcher import Searcher
 
-    searcher = Searcher.load(workdir / "indexes", expected_bundle_id=manifest["bundle_id"])
+    searcher = Searcher.load(workdir / "indexes", expected_bundle_id=manifest.bundle_id)
     cfg = PRESETS["tiny"]
     assert searcher.count == cfg.bank_per_family * len(cfg.families)
     report = json.loads((workdir / "report" / "report.json").read_text())

@@ -1,4 +1,4 @@
-"""The HTTP service end to end, against real uvicorn processes on localhost (DESIGN section 6).
+"""The HTTP service end to end, against real uvicorn processes on localhost (docs/api.md).
 
 Three servers share one small bank root and a real (untrained) encoder bundle:
 * ``served``: started with ``seisbind serve``, an index of bank_a, admin token, small limits, threads pinned to
@@ -288,7 +288,7 @@ def test_retrieve_by_descriptors(served: Server, bank_a: np.ndarray) -> None:
     assert r["encoder"] and r["index_version"]
 
 
-# -- every error of DESIGN section 6 ---------------------------------------------------------------------------
+# -- every error of docs/api.md ---------------------------------------------------------------------------
 
 BAD_NPY_CASES = [
     ("wrong shape", npy(np.zeros((5, 1000, 69), np.float32)), {}, "shape (5, 1000, 69)"),

@@ -1,5 +1,5 @@
-"""Bad input, case by case, against a real ``seisbind serve`` process: each gets its documented 4xx (DESIGN section
-6) with a JSON error body whose message says what is wrong.
+"""Bad input, case by case, against a real ``seisbind serve`` process: each gets its documented 4xx
+(docs/api.md) with a JSON error body whose message says what is wrong.
 
 Already covered in tests/test_service_api.py, and not repeated here: shape (5, 1000, 69), int16 and float16 .npy,
 NaN and Inf in every gather, k = 0, k over SEISBIND_MAX_K when the index is larger, k not a number, too many

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import os
 import resource
@@ -31,6 +30,7 @@ from index.build import build_index
 from index.store import (CURRENT, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, INDEX_FILE, MANIFEST,
                          VELOCITY_FILE, IndexStore, is_version_id)
 from seisbind.descriptors import DESCRIPTOR_NAMES
+from seisbind.npy import npy_bytes as npy
 from service_fixtures import NPY, REPO, Server, serve, stop_server
 
 TOKEN = "faults-admin-token-0123456789abcdef"
@@ -90,12 +90,6 @@ def start_server(bundle: Path, index_root: Path, log: Path, bank_root: Path | No
     if bank_root is not None:
         full_env["SEISBIND_BANK_ROOT"] = str(bank_root)
     return serve(bundle, index_root, log, full_env, ready, preexec)
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 GATHER = npy(np.round(np.random.default_rng(0).standard_normal((5, 1000, 70)) * 5, 3).astype(np.float32))
@@ -408,7 +402,7 @@ def test_current_moved_by_another_process_is_picked_up(bundle: Path, bank_root: 
     try:
         assert served_version(server) == v1
         # another process builds a version and moves CURRENT: served without a restart
-        proc = subprocess.run([sys.executable, "-m", "seisbind.cli", "build-index", "--encoders", str(bundle),
+        proc = subprocess.run([sys.executable, "-m", "cli.main", "build-index", "--encoders", str(bundle),
                                "--bank", str(bank_root / "small_b"), "--out", str(root), "--type", "flat"],
                               cwd=REPO, capture_output=True, text=True, timeout=180,
                               env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})

@@ -1,4 +1,4 @@
-"""The serving side never imports torch (DESIGN section 9): every module of service/, the app it builds, and the
+"""The serving side never imports torch (docs/architecture.md#dependencies): every module of service/, the app it builds, and the
 ``seisbind serve`` command path, checked in a fresh interpreter."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def test_service_imports_no_torch() -> None:
         names = sorted(m.name for m in pkgutil.walk_packages(service.__path__, "service."))
         for name in names:
             importlib.import_module(name)
-        import seisbind.cli  # the CLI that runs `seisbind serve`
+        import cli.main  # the CLI that runs `seisbind serve`
         from service.app import create_app, run  # noqa: F401
         assert len(names) >= 15, names
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

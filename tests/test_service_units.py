@@ -4,7 +4,6 @@ micro-batching."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import threading
@@ -20,16 +19,12 @@ from service.batching import MicroBatcher
 from service.core import cpus
 from service.core.config import Settings
 from service.inputs import InputError, check_descriptors, check_gathers, check_k, parse_npy
-from service.results import aggregate_descriptors, neighbour_weights
+from seisbind import cores
+from seisbind.neighbours import infer_descriptors, neighbour_weights
+from seisbind.npy import npy_bytes as npy
 from service.schemas import InferRequest, RetrieveRequest
 
 G = (5, 1000, 70)
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def _raw_header(header: dict) -> bytes:
@@ -172,10 +167,11 @@ def test_decode_json_refuses(body: bytes, match: str) -> None:
 
 def test_aggregate_mean_and_similarity_weighting() -> None:
     values = np.array([[1000.0, 1.0], [2000.0, 3.0]])
-    mean, std = aggregate_descriptors(values, np.array([0.9, 0.1]), "mean")
+    D, I = np.array([[0.9, 0.1]]), np.array([[0, 1]])
+    (mean,), (std,) = infer_descriptors(values, D, I, "mean")
     np.testing.assert_allclose(mean, [1500.0, 2.0])
     np.testing.assert_allclose(std, [500.0, 1.0])
-    wmean, wstd = aggregate_descriptors(values, np.array([0.9, 0.1]), "similarity")
+    (wmean,), (wstd,) = infer_descriptors(values, D, I, "similarity")
     np.testing.assert_allclose(wmean, [1100.0, 1.2])
     np.testing.assert_allclose(wstd, [np.sqrt(0.9 * 100**2 + 0.1 * 900**2), np.sqrt(0.9 * 0.2**2 + 0.1 * 1.8**2)])
 
@@ -225,7 +221,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_default_threads_give_each_core_its_own_micro_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import service.core.config as config
 
-    monkeypatch.setattr(config, "available_cores", lambda: 8)
+    monkeypatch.setattr(config, "usable_cores", lambda: 8)
     base = {"encoders": tmp_path, "index_root": tmp_path}
     s = Settings(**base)
     assert (s.workers(), s.intra_op_threads(), s.search_threads) == (8, 1, 1)
@@ -417,15 +413,15 @@ def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path: Path, v2: str | None, v1: tu
         v1_dir.mkdir()
         (v1_dir / "cpu.cfs_quota_us").write_text(v1[0])
         (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
-    assert cpus.cpu_quota(cpu_max, v1_dir) == expected
+    assert cores.cpu_quota(cpu_max, v1_dir) == expected
 
 
 def test_available_cores_respects_the_cgroup_quota(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpus, "allowed_cpus", lambda: list(range(16)))
-    monkeypatch.setattr(cpus, "cpu_quota", lambda: 1.5)
-    assert cpus.available_cores() == 2  # --cpus 1.5 on a 16-CPU host: two workers, not sixteen
-    monkeypatch.setattr(cpus, "cpu_quota", lambda: None)
-    assert cpus.available_cores() == 16
+    monkeypatch.setattr(cores, "allowed_cpus", lambda: list(range(16)))
+    monkeypatch.setattr(cores, "cpu_quota", lambda: 1.5)
+    assert cores.usable_cores() == 2  # --cpus 1.5 on a 16-CPU host: two workers, not sixteen
+    monkeypatch.setattr(cores, "cpu_quota", lambda: None)
+    assert cores.usable_cores() == 16
 
 
 def test_cpu_plan_puts_the_event_loop_with_worker_0() -> None:

@@ -95,7 +95,7 @@ def test_bad_models_are_named(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seisbind.cli", "simulate", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cli.main", "simulate", *args], capture_output=True, text=True)
 
 
 def test_cli_errors():

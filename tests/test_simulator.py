@@ -68,7 +68,7 @@ def analytic_trace(offset_m: float, v: float) -> np.ndarray:
 
 
 def ricker(peak_frequency: float = 15.0, peak_time: float = 0.073) -> np.ndarray:
-    """The wavelet DESIGN section 2 prescribes, written out independently of the simulator: [1000] samples."""
+    """The wavelet docs/data.md prescribes, written out independently of the simulator: [1000] samples."""
     arg = (np.pi * peak_frequency * (np.arange(NT) * DT - peak_time)) ** 2
     return (1 - 2 * arg) * np.exp(-arg)
 

@@ -13,14 +13,17 @@ import torch
 from typer.testing import CliRunner
 
 from model.config import TrainConfig
-from model.encoders import ModelConfig
+from model.config import ModelConfig
 from model.export import export_run
-from model.train import RunError, load_checkpoint, train
+from model.checkpoint import load_checkpoint
+from model.config import RunError
+from model.train import train
 from model_fixtures import write_dataset
 from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
-from seisbind.cli import app
+from cli.main import app
 from seisbind.descriptors import compute_descriptors
-from seisbind.openfwi import OpenFWIError, open_dataset, save_npy_atomic
+from seisbind.files import save_npy_atomic
+from seisbind.openfwi import OpenFWIError, open_dataset
 
 torch.set_num_threads(1)
 
@@ -55,12 +58,12 @@ def test_tiny_run_lowers_the_loss_and_logs_every_epoch(tiny_run):
 def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp_path):
     out, _ = tiny_run
     manifest = export_run(out, tmp_path / "bundle")
-    assert read_manifest(tmp_path / "bundle")["bundle_id"] == manifest["bundle_id"]
-    assert manifest["training"]["steps"] == 36 and manifest["training"]["train_minutes"] > 0
+    assert read_manifest(tmp_path / "bundle").bundle_id == manifest.bundle_id
+    assert manifest.training["steps"] == 36 and manifest.training["train_minutes"] > 0
     ds = open_dataset(data)
     g, m = np.asarray(ds.data[0][:6]), np.asarray(ds.models[0][:6])
     d = compute_descriptors(m).astype(np.float32)
-    from model.train import model_from_checkpoint
+    from model.checkpoint import model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(out))
     for modality, enc, x in (("seismic", model.seismic, g), ("velocity", model.velocity, m), ("physics", model.physics, d)):
         sess = ort.InferenceSession(str(tmp_path / "bundle" / ONNX_FILES[modality]), providers=["CPUExecutionProvider"])
@@ -137,7 +140,7 @@ def test_cli_export_and_evaluation_of_run_and_bundle_agree(tiny_run, data, tmp_p
     bundle = tmp_path / "bundle"
     res = CliRunner().invoke(app, ["export", "--run", str(out), "--out", str(bundle)])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["bundle_id"] == read_manifest(bundle)["bundle_id"]
+    assert json.loads(res.output)["bundle_id"] == read_manifest(bundle).bundle_id
     test = write_dataset(tmp_path / "test", 16, seed=9, chunk=16)
     a = evaluate(load_embedder(out), [str(test)], [str(data)], tmp_path / "ra", figures=False)
     b = evaluate(load_embedder(bundle), [str(test)], [str(data)], tmp_path / "rb", figures=False)

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.core.cpus import available_cores
+from seisbind.cores import usable_cores
 
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "admin", "password"}
@@ -116,13 +116,13 @@ class Settings(BaseSettings):
     def workers(self) -> int:
         """Micro-batches encoded at the same time: the setting, else the cores available to this process (its CPU
         affinity, capped by a cgroup CPU quota)."""
-        return self.encode_workers or min(available_cores(), 64)
+        return self.encode_workers or min(usable_cores(), 64)
 
     def intra_op_threads(self) -> int:
         """ONNX Runtime intra-op threads per micro-batch: the setting, else the cores shared out among the workers
         (one each by default: batches side by side use the cores best under load)."""
-        return self.ort_intra_op_threads or max(1, available_cores() // self.workers())
+        return self.ort_intra_op_threads or max(1, usable_cores() // self.workers())
 
     def rebuild_threads(self) -> int:
         """ONNX Runtime intra-op threads of an admin rebuild."""
-        return self.rebuild_intra_op_threads or max(1, available_cores() // 2)
+        return self.rebuild_intra_op_threads or max(1, usable_cores() // 2)

@@ -33,7 +33,7 @@ try:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools comes with the cpu and gpu extras
-    httptools = None
+    httptools = None  # type: ignore[assignment]
     HttpToolsProtocol = asyncio.Protocol  # type: ignore[assignment,misc]
 
 
@@ -187,7 +187,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
             return
         joined = b"".join(self._body_parts)
         self._body_parts, self._body_size = [], 0
-        self.cycle.body = self.cycle.body + joined if self.cycle.body else joined
+        self.cycle.body = self.cycle.body + joined if self.cycle.body else joined  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_request = False

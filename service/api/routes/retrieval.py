@@ -13,7 +13,9 @@ from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
 from service.api.payload import GathersPayload, read_gathers
 from service.engine import Hits
 from service.inputs import NPY_MEDIA_TYPE, check_descriptors, check_k
-from service.results import Weighting, inferred_descriptors, neighbours
+from seisbind.neighbours import Weighting
+
+from service.results import inferred_descriptors, neighbours
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieval"])

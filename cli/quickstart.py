@@ -22,24 +22,22 @@ Work folder: ``data/{train,test}/<family>`` (OpenFWI layout), ``bank/<family>.np
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seisbind.bundle import BundleError, read_manifest, write_json_atomic
+from seisbind.bundle import BundleError, read_manifest
+from seisbind.files import write_json_atomic
 
-FAMILIES = ("flatvel-a", "curvevel-a", "flatfault-a", "curvefault-a")
+from cli.pipeline import Pipeline, PipelineError, Step, workdir_lock
+
+from model.families import FAMILY_NAMES  # numpy only: a cached run never imports torch
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,9 @@ class QuickstartConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.families if f not in FAMILIES]
+        unknown = [f for f in self.families if f not in FAMILY_NAMES]
         if not self.families or unknown:
-            raise ValueError(f"families {list(self.families)}: expected one or more of {', '.join(FAMILIES)}")
+            raise ValueError(f"families {list(self.families)}: expected one or more of {', '.join(FAMILY_NAMES)}")
         for name in ("train_per_family", "test_per_family", "bank_per_family", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
@@ -103,10 +101,6 @@ def preset(name: str, train_minutes: float | None = None) -> QuickstartConfig:
     return cfg if train_minutes is None else replace(cfg, train_minutes=train_minutes)
 
 
-class QuickstartError(RuntimeError):
-    """A quickstart that cannot go on: its work folder is in use, or was prepared with other settings."""
-
-
 @dataclass(frozen=True)
 class Layout:
     """Paths inside the work folder."""
@@ -140,84 +134,6 @@ class Layout:
     def query(self) -> Path:
         return self.root / "example" / "query.npy"
 
-    def stamp(self, step: str) -> Path:
-        return self.root / "stamps" / f"{step}.json"
-
-
-def _key(step: str, params: dict[str, Any]) -> str:
-    blob = json.dumps({"step": step, "params": params}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Step:
-    """One cached step: ``run()`` does the work and returns a JSON-able result; ``valid(result)`` checks that
-    the outputs recorded in a stamp are still usable. ``params`` (settings and upstream results) key the cache."""
-
-    name: str
-    title: str
-    params: dict[str, Any]
-    run: Callable[[], dict[str, Any]]
-    valid: Callable[[dict[str, Any]], bool]
-
-
-class Pipeline:
-    """Runs steps in order, skipping those whose stamp matches; prints one line per step."""
-
-    def __init__(self, layout: Layout, out: Callable[[str], None]) -> None:
-        self.layout = layout
-        self.out = out
-        self.results: dict[str, dict[str, Any]] = {}
-        self.ran: list[str] = []
-
-    def cached(self, step: Step) -> dict[str, Any] | None:
-        path = self.layout.stamp(step.name)
-        try:
-            stamp = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if stamp.get("key") != _key(step.name, step.params):
-            return None
-        result = stamp.get("result")
-        try:
-            return result if isinstance(result, dict) and step.valid(result) else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def do(self, step: Step, number: int, total: int) -> dict[str, Any]:
-        head = f"[{number}/{total}] {step.title}"
-        result = self.cached(step)
-        if result is not None:
-            self.out(f"{head}: cached")
-        else:
-            self.out(f"{head} ...")
-            t0, c0 = time.monotonic(), time.process_time()
-            result = step.run()
-            seconds, cpu = time.monotonic() - t0, time.process_time() - c0
-            self.layout.stamp(step.name).parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.layout.stamp(step.name), {
-                "step": step.name, "key": _key(step.name, step.params), "params": step.params, "result": result,
-                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            self.ran.append(step.name)
-            self.out(f"{head}: done in {seconds:.0f} s")
-        self.results[step.name] = result
-        return result
-
-
-@contextmanager
-def workdir_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the work folder (two quickstarts must not write it at once)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise QuickstartError(f"{root}: another quickstart is running in this work folder") from e
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---- steps ------------------------------------------------------------------------------------------------------
@@ -245,7 +161,7 @@ def _simulate(layout: Layout, cfg: QuickstartConfig, split: str, count: int, see
 
 
 def _make_bank(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
-    from seisbind.openfwi import save_npy_atomic
+    from seisbind.files import save_npy_atomic
 
     from model.families import generate
 
@@ -267,7 +183,7 @@ def _bank_valid(result: dict[str, Any], per_file: int) -> bool:
 
 def _train(layout: Layout, cfg: QuickstartConfig, folders: list[str], threads: int | None) -> dict[str, Any]:
     from model.config import TrainConfig
-    from model.encoders import ModelConfig
+    from model.config import ModelConfig
     from model.train import train
 
     tcfg = TrainConfig(data=tuple(str(Path(f).resolve()) for f in folders), out=str(layout.run),
@@ -283,12 +199,12 @@ def _export(layout: Layout) -> dict[str, Any]:
     from model.export import export_run
 
     manifest = export_run(layout.run, layout.bundle)
-    return {"bundle": str(layout.bundle), "bundle_id": manifest["bundle_id"]}
+    return {"bundle": str(layout.bundle), "bundle_id": manifest.bundle_id}
 
 
 def _bundle_valid(layout: Layout, result: dict[str, Any]) -> bool:
     try:
-        return read_manifest(layout.bundle, verify=True)["bundle_id"] == result["bundle_id"]
+        return read_manifest(layout.bundle, verify=True).bundle_id == result["bundle_id"]
     except BundleError:
         return False
 
@@ -309,13 +225,13 @@ def _build_index(layout: Layout) -> dict[str, Any]:
 
 
 def _index_valid(layout: Layout, result: dict[str, Any], bundle_id: str) -> bool:
+    from index.searcher import read_version_manifest
     from index.store import IndexStore
 
     version = result["version"]
     if IndexStore(layout.indexes).current() != version:
         return False
-    manifest = json.loads((layout.indexes / version / "manifest.json").read_text())
-    return manifest.get("bundle_id") == bundle_id
+    return read_version_manifest(layout.indexes / version).bundle_id == bundle_id
 
 
 def _evaluate(layout: Layout, test_folders: list[str], threads: int | None) -> dict[str, Any]:
@@ -330,7 +246,8 @@ def _evaluate(layout: Layout, test_folders: list[str], threads: int | None) -> d
 
 
 def _write_example(layout: Layout, test_folder: str) -> dict[str, Any]:
-    from seisbind.openfwi import open_dataset, save_npy_atomic
+    from seisbind.files import save_npy_atomic
+    from seisbind.openfwi import open_dataset
 
     ds = open_dataset(test_folder)
     gather = np.asarray(ds.data[0][:1], dtype=np.float32)
@@ -388,7 +305,7 @@ def check_same_config(layout: Layout, cfg: QuickstartConfig) -> None:
         old = None
     if old is not None and old != mine:
         diff = sorted(k for k in mine if old.get(k) != mine[k])
-        raise QuickstartError(f"{layout.root} was prepared with other settings ({', '.join(diff)} differ); "
+        raise PipelineError(f"{layout.root} was prepared with other settings ({', '.join(diff)} differ); "
                               "use another --workdir, or delete this one to start over")
     if old is None:
         write_json_atomic(path, {"config": mine, "results": {}})
@@ -401,7 +318,7 @@ def prepare(workdir: str | os.PathLike[str], cfg: QuickstartConfig, threads: int
     layout = Layout(Path(workdir).resolve())
     with workdir_lock(layout.root):
         check_same_config(layout, cfg)
-        pipe = Pipeline(layout, say)
+        pipe = Pipeline(layout.root / "stamps", say)
         makers = build_steps(layout, cfg, pipe, threads)
         for i, make in enumerate(makers, 1):
             pipe.do(make(), i, len(makers))
@@ -445,5 +362,5 @@ def serving_settings(layout: Layout, host: str | None = None, port: int | None =
     """The service Settings for the quickstart's bundle and index (other settings: SEISBIND_* variables)."""
     from service.core.config import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     return Settings(encoders=layout.bundle, index_root=layout.indexes, bank_root=layout.root, **overrides)

@@ -1,4 +1,5 @@
-"""Retrieval metrics on embeddings (numpy in, numpy/dicts out), shared by training validation and evaluation."""
+"""Paired-retrieval metrics on embeddings, shared by training validation and evaluation: the rank of each query's
+positive, recall@k over those ranks, and mean similarities of positive and negative pairs. Numpy only."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def true_ranks(Q: np.ndarray, G: np.ndarray, block: int = 1024) -> np.ndarray:
 
 
 def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
-    """{"R@k": fraction of queries whose positive ranks within the top k}."""
+    """{"R@k": fraction of queries whose positive ranks within the top k}, from :func:`true_ranks`."""
     return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
 
 
@@ -59,18 +60,3 @@ def retrieval_report(Q: np.ndarray, G: np.ndarray, ks: Sequence[int] = KS) -> di
     mp, mn, _, _ = pos_neg_similarity(Q, G)
     rep.update(mean_pos_sim=mp, mean_neg_sim=mn)
     return rep
-
-
-def top_k(Q: np.ndarray, G: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k: (D [nq, k] float32 scores, I [nq, k] int64 gallery rows), best first."""
-    k = min(k, len(G))
-    D = np.empty((len(Q), k), np.float32)
-    I = np.empty((len(Q), k), np.int64)
-    for s in range(0, len(Q), block):
-        sim = Q[s:s + block] @ G.T
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(sim, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        I[s:s + block] = np.take_along_axis(part, order, 1)
-        D[s:s + block] = np.take_along_axis(ps, order, 1)
-    return D, I

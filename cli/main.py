@@ -1,4 +1,4 @@
-"""The ``seisbind`` command line (DESIGN section 5). Heavy modules are imported inside each command, so that
+"""The ``seisbind`` command line (docs/cli.md). Heavy modules are imported inside each command, so that
 ``seisbind serve`` never pulls torch in."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
 
@@ -41,7 +43,7 @@ def simulate(
     models: Optional[Path] = typer.Option(None, "--models", help="simulate given velocity models (.npy, OpenFWI folder or .zip)"),
     seed: int = typer.Option(0, "--seed"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: do only the i-th of n shards of the chunks"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    device: Device = typer.Option("cpu", "--device"),
     batch_size: int = typer.Option(8, "--batch-size", help="models simulated together"),
 ) -> None:
     """Generate synthetic velocity models and their shot gathers, or simulate gathers for given models."""
@@ -67,11 +69,12 @@ def descriptors(
     models: Path = typer.Option(..., "--models", help="velocity models (.npy, OpenFWI folder or .zip)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write .npy (n, 8) or .json instead of printing JSON"),
 ) -> None:
-    """The physical descriptors (DESIGN section 3) of velocity models."""
+    """The physical descriptors (docs/data.md#descriptors) of velocity models."""
     import numpy as np
 
     from seisbind.descriptors import DESCRIPTOR_NAMES, as_dicts, compute_descriptors
-    from seisbind.openfwi import OpenFWIError, read_models, save_npy_atomic
+    from seisbind.files import save_npy_atomic, write_text_atomic
+    from seisbind.openfwi import OpenFWIError, read_models
 
     try:
         ms = read_models(models).validate()
@@ -87,9 +90,7 @@ def descriptors(
     if out is None:
         sys.stdout.write(text + "\n")
     else:
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text_atomic(out, text)
 
 
 @app.command("build-index")
@@ -101,7 +102,7 @@ def build_index(
     keep: int = typer.Option(5, "--keep", help="versions kept under the root (rollback = pointer change)"),
     recall_target: float = typer.Option(0.95, "--recall-target", help="recall@10 vs exact that IVF/HNSW must reach"),
 ) -> None:
-    """Embed a bank of velocity models and write a new verified index version (DESIGN section 4)."""
+    """Embed a bank of velocity models and write a new verified index version (docs/formats.md)."""
     from seisbind.bundle import BundleError
     from seisbind.openfwi import OpenFWIError
     from seisbind.progress import fraction_progress
@@ -127,7 +128,7 @@ def serve(
     host: Optional[str] = typer.Option(None, "--host", help="bind address (default SEISBIND_HOST or 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, "--port", help="port (default SEISBIND_PORT or 8000)"),
 ) -> None:
-    """Serve the HTTP API (DESIGN section 6); other settings come from SEISBIND_* environment variables."""
+    """Serve the HTTP API (docs/api.md); other settings come from SEISBIND_* environment variables."""
     from pydantic import ValidationError
 
     from seisbind.bundle import BundleError
@@ -135,7 +136,7 @@ def serve(
     from service.app import run
     from service.core.config import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     try:
         settings = Settings(encoders=encoders, index_root=index, **overrides)
     except ValidationError as e:
@@ -151,20 +152,24 @@ def serve(
 def train(
     data: list[Path] = typer.Option(..., "--data", help="paired OpenFWI folder (repeat for several)"),
     out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics log); rerun to resume"),
-    epochs: int = typer.Option(40, "--epochs", help="maximum epochs"),
-    batch_size: int = typer.Option(128, "--batch-size", help="global batch (split across torchrun ranks)"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="stop (annealed) after this many minutes"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    lambda1: float = typer.Option(1.0, "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
-    lambda2: float = typer.Option(0.1, "--lambda2", help="weight of InfoNCE(velocity, physics)"),
-    soft_tau_mps: float = typer.Option(50.0, "--soft-tau-mps",
+    epochs: int = typer.Option(TrainConfig.default("epochs"), "--epochs", help="maximum epochs"),
+    batch_size: int = typer.Option(TrainConfig.default("batch_size"), "--batch-size",
+                                   help="global batch (split across torchrun ranks)"),
+    seed: int = typer.Option(TrainConfig.default("seed"), "--seed"),
+    device: Device = typer.Option(TrainConfig.default("device"), "--device"),
+    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min",
+                                                    help="stop (annealed) after this many minutes"),
+    lr: float = typer.Option(TrainConfig.default("lr"), "--lr"),
+    lambda1: float = typer.Option(TrainConfig.default("lambda1"), "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
+    lambda2: float = typer.Option(TrainConfig.default("lambda2"), "--lambda2", help="weight of InfoNCE(velocity, physics)"),
+    soft_tau_mps: float = typer.Option(TrainConfig.default("soft_tau_mps"), "--soft-tau-mps",
                                        help="soft seismic-velocity positives softmax(-MAE/tau) over the batch's "
                                             "models, m/s (0: one-hot)"),
-    scale_lr_mult: float = typer.Option(1.0, "--scale-lr-mult", help="learning-rate multiplier of the logit scales"),
-    val_fraction: float = typer.Option(0.02, "--val-fraction", help="pairs held out for validation R@1"),
-    amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto, on or off"),
+    scale_lr_mult: float = typer.Option(TrainConfig.default("scale_lr_mult"), "--scale-lr-mult",
+                                        help="learning-rate multiplier of the logit scales"),
+    val_fraction: float = typer.Option(TrainConfig.default("val_fraction"), "--val-fraction",
+                                       help="pairs held out for validation R@1"),
+    amp: Switch = typer.Option(TrainConfig.default("amp"), "--amp", help="bf16 autocast"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
     model_config: Optional[Path] = typer.Option(None, "--model-config", help="JSON of ModelConfig fields (architecture)"),
     preprocess_cache: Optional[Path] = typer.Option(None, "--preprocess-cache",
@@ -173,13 +178,10 @@ def train(
     """Train the tri-modal model (resumes when --out holds a compatible run)."""
     from seisbind.openfwi import OpenFWIError
 
-    from model.config import TrainConfig
-    from model.encoders import ModelConfig
-    from model.train import RunError
     from model.train import train as run_training
 
     try:
-        mcfg = ModelConfig.from_dict(json.loads(model_config.read_text())) if model_config else ModelConfig()
+        mcfg = ModelConfig.from_dict(json.loads(model_config.read_text()), stored=False) if model_config else ModelConfig()
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
@@ -201,13 +203,12 @@ def export(
 ) -> None:
     """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""
     from model.export import ParityError, export_run
-    from model.train import RunError
 
     try:
         manifest = export_run(run, out)
     except (RunError, ParityError, FileExistsError, OSError, ValueError) as e:
         fail(str(e))
-    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest["bundle_id"], "parity": manifest["parity"]}))
+    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity}))
 
 
 @app.command()
@@ -218,12 +219,11 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="report folder: report.json, report.md, figures"),
     k: int = typer.Option(5, "--k", help="neighbours averaged for descriptor inference (P2)"),
 ) -> None:
-    """Evaluate encoders with protocols P1, P1-large and P2 (DESIGN section 7)."""
+    """Evaluate encoders with protocols P1, P1-large and P2 (docs/evaluation.md)."""
     from seisbind.bundle import BundleError
     from seisbind.openfwi import OpenFWIError
 
     from model.evaluate import main_evaluate, summary_line
-    from model.train import RunError
 
     if k < 1:
         fail(f"--k {k}: must be >= 1")
@@ -252,7 +252,8 @@ def quickstart(
     from seisbind.bundle import BundleError
     from seisbind.openfwi import OpenFWIError
 
-    from model import quickstart as qs
+    from cli import quickstart as qs
+    from cli.pipeline import PipelineError
 
     try:
         cfg = qs.preset(preset, train_minutes)
@@ -265,7 +266,7 @@ def quickstart(
     except ValidationError as e:
         fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
                                                for x in e.errors()))
-    except (qs.QuickstartError, OpenFWIError, BundleError, ValueError, OSError, RuntimeError) as e:
+    except (PipelineError, OpenFWIError, BundleError, ValueError, OSError, RuntimeError) as e:
         fail(str(e))
     typer.echo(qs.instructions(done["layout"], done["results"], settings.host, settings.port))
     if no_serve:
