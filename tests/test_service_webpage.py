@@ -199,6 +199,26 @@ def test_example_endpoint_serves_the_configured_gather_or_says_why_not(served: S
     assert r.status_code == 404 and "SEISBIND_EXAMPLE_GATHER" in r.json()["detail"]
 
 
+def test_an_installed_wheel_carries_every_page_file(tmp_path: Path) -> None:
+    """The page is package data: a wheel built from the source holds every file of service/web/."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    for name in ("seisbind", "model", "index", "service"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src), "-w",
+                    str(tmp_path / "dist")], check=True, cwd=src, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("seisbind-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    page = {f"service/web/{f.name}" for f in (REPO / "service" / "web").iterdir() if f.is_file()}
+    assert page and page <= names, sorted(page - names)
+
+
 # -- seismic queries -------------------------------------------------------------------------------------------
 
 def test_empty_state_before_any_query(page: Page, served: Server) -> None:
@@ -433,3 +453,34 @@ def test_refinement_runs_to_completion(page: Page, served: Server) -> None:
     expect(page.locator("#refine-compare canvas[role='img']")).to_have_count(2)
     expect(page.locator("#refine-error")).to_be_empty()
     shot(page, "07-refined")
+
+
+def test_a_batch_shows_each_gather_and_its_results(page: Page, served: Server, files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    one = np.load(files["example"])[0]
+    batch = np.stack([one, np.ascontiguousarray(one[::-1, :, ::-1])])  # and the gather of the mirrored model
+    path = tmp_path / "batch.npy"
+    np.save(path, batch)
+    with served.client() as c:
+        expected = c.post("/retrieve?k=5&include_models=true", content=npy(batch), headers=NPY).json()
+    open_page(page, served)
+    page.get_by_label("Choose or drop a gather file").set_input_files(str(path))
+    check_cards(page, "seismic", expected["results"][0])
+    page.get_by_label("Gather", exact=True).select_option("1")
+    expect(page.locator("#shots-caption")).to_contain_text("of gather 2")
+    check_cards(page, "seismic", expected["results"][1])
+    page.get_by_label("Colours saturate at").select_option("99.5")
+    expect(page.locator("#shot-row canvas").first).to_have_attribute("aria-label", re.compile("clipped at"))
+
+
+def test_a_dropped_file_is_queried(page: Page, served: Server) -> None:
+    open_page(page, served)
+    transfer = page.evaluate_handle("""async () => {
+        const bytes = await (await fetch('/example/query.npy')).arrayBuffer();
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped.npy', {type: 'application/x-npy'}));
+        return dt;
+    }""")
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#file-name")).to_contain_text("dropped.npy")
+    expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)

@@ -277,6 +277,7 @@ function renderShots() {
   if (!query) return;
   const pick = $("gather-pick");
   const label = $("gather-pick-label");
+  $("shot-clip-label").hidden = !query.parsed;
   if (!query.parsed) {
     $("shots-caption").textContent = query.note;
     label.hidden = true;
@@ -291,9 +292,9 @@ function renderShots() {
   const [ns, nt, nr] = GATHER;
   const size = ns * nt * nr;
   const gather = query.parsed.data.subarray(state.gatherIndex * size, (state.gatherIndex + 1) * size);
-  const clip = amplitudeClip(gather);
+  const clip = amplitudeClip(gather, Number($("shot-clip").value));
   $("shots-caption").textContent = `${query.name}: the five shots${count > 1 ? ` of gather ${state.gatherIndex + 1}` : ""} ` +
-    `(${query.parsed.dtype}; colours saturate at ±${clip.toPrecision(3)}, blue negative, red positive)`;
+    `(${query.parsed.dtype}; blue negative, red positive, saturated beyond ±${clip.toPrecision(3)})`;
   for (let s = 0; s < ns; s += 1) {
     const canvas = el("canvas", {
       role: "img",
@@ -712,6 +713,7 @@ function wire() {
     if (file) takeFile(file);
   });
   $("use-example").addEventListener("click", loadExample);
+  $("shot-clip").addEventListener("change", renderShots);
   $("gather-form").addEventListener("submit", (e) => {
     e.preventDefault();
     searchSeismic();

@@ -112,13 +112,13 @@ function axes(ctx, box, xRange, yRange, xLabel, yLabel) {
   ctx.restore();
 }
 
-/** The amplitude that the colours saturate at: the 99th percentile of |x| over a sample of the values. */
-export function amplitudeClip(values) {
+/** The amplitude that the colours saturate at: the q-th percentile (0-100) of |x| over a sample of the values. */
+export function amplitudeClip(values, q = 99) {
   const stride = Math.max(1, Math.floor(values.length / 50000));
   const sample = [];
   for (let i = 0; i < values.length; i += stride) sample.push(Math.abs(values[i]));
   sample.sort((a, b) => a - b);
-  return sample[Math.floor(0.99 * (sample.length - 1))] || 1;
+  return sample[Math.floor((q / 100) * (sample.length - 1))] || 1;
 }
 
 /**
@@ -145,7 +145,7 @@ export function drawModel(canvas, values, nz, nx, lo, hi, cell = 3) {
 
 /** Draw the colour bar of the shared velocity scale [lo, hi] (m/s). */
 export function drawColorbar(canvas, lo, hi) {
-  const box = { x: 14, y: 22, w: 300, h: 14 };
+  const box = { x: 14, y: 22, w: 360, h: 14 };
   const ctx = setup(canvas, box.x + box.w + 24, box.y + box.h + 20);
   const ramp256 = new Float32Array(256).map((_, i) => i);
   const off = imageOf(ramp256, 1, 256, VIRIDIS, 0, 255);
