@@ -49,19 +49,20 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("webpage")
     if WORKDIR:
         w = Path(WORKDIR)
-        return {"bundle": w / "bundle", "index": w / "indexes", "example": w / "example" / "query.npy", "root": root}
+        return {"bundle": w / "bundle", "index": w / "indexes", "example": w / "example" / "query.npy", "root": root,
+                "bank": w / "bank"}
     import torch
 
     from model.families import generate
     from model.simulator import simulate
 
-    bundle, _, index = small_service_files(root, 300)
+    bundle, banks, index = small_service_files(root, 300)
     torch.set_num_threads(1)
     gather = simulate(generate("flatvel-a", 1, np.random.default_rng(7)))  # [1, 5, 1000, 70]
     example = root / "example" / "query.npy"
     example.parent.mkdir()
     np.save(example, gather.astype(np.float32))
-    return {"bundle": bundle, "index": index, "example": example, "root": root}
+    return {"bundle": bundle, "index": index, "example": example, "root": root, "bank": banks / "bank_a"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def empty(files: dict[str, Path]) -> Iterator[Server]:
     """The same bundle over an index root without any index: up, not ready; no example configured."""
     (files["root"] / "no-index").mkdir()
     server = serve(files["bundle"], files["root"] / "no-index", files["root"] / "empty.log", ready=False,
-                   env={"SEISBIND_ENCODE_WORKERS": "1"})
+                   env={"SEISBIND_ENCODE_WORKERS": "1", "SEISBIND_INDEX_POLL_S": "1"})
     yield server
     stop_server(server)
 
@@ -97,7 +98,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture()
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh page; fails the test on any script error or Content-Security-Policy violation it logs."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
     pg = context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda e: problems.append(f"script error: {e}"))
@@ -108,11 +109,14 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not problems, problems
 
 
-def shot(pg: Page, name: str) -> Path:
-    """Save a full-page screenshot as a test artifact; returns its path."""
+def shot(pg: Page, name: str, element: str | None = None) -> Path:
+    """Save a screenshot (the full page, or one element) as a test artifact; returns its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=True)
+    if element:
+        pg.locator(element).screenshot(path=str(path))
+    else:
+        pg.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path
 
@@ -264,6 +268,7 @@ def test_uploaded_gather_shows_the_retrieve_top1_and_inferred_descriptors(page: 
         assert re.match(r"Shot \d of 5, source at \d+ m: 1000 ms", label)
     expect(page.locator("#seismic-colorbar")).to_have_attribute("aria-label", re.compile(r"\d+ m/s .* \d+ m/s"))
     shot(page, "02-results")
+    shot(page, "02-results-panel", element="#seismic")  # docs/images/webpage.png
 
     # downloads: the rank-1 model as .npy, all models as .npy, the results as JSON
     with page.expect_download() as d:
@@ -419,7 +424,8 @@ def test_physics_query_shows_what_retrieve_by_descriptors_returns(page: Page, se
 
 # -- not ready -------------------------------------------------------------------------------------------------
 
-def test_not_ready_state_shows_the_reason_and_turns_queries_off(page: Page, empty: Server) -> None:
+def test_not_ready_state_shows_the_reason_and_turns_queries_off(page: Page, empty: Server,
+                                                                files: dict[str, Path]) -> None:
     r = httpx.get(empty.url + "/readyz")
     assert r.status_code == 503
     open_page(page, empty)
@@ -433,6 +439,13 @@ def test_not_ready_state_shows_the_reason_and_turns_queries_off(page: Page, empt
     expect(page.locator("#example-error")).to_contain_text("HTTP 404")
     shot(page, "06-not-ready")
 
+    # an index appears (built by another process): the page notices by itself and turns queries on
+    from index.build import build_index
+
+    version = build_index(files["bundle"], files["bank"], files["root"] / "no-index", index_type="flat")
+    expect(banner).to_be_hidden(timeout=WAIT_MS)
+    expect(page.get_by_role("button", name="Search")).to_be_enabled()
+    expect(page.locator("#info-index")).to_have_text(version)
 
 # -- refinement ------------------------------------------------------------------------------------------------
 
@@ -484,3 +497,58 @@ def test_a_dropped_file_is_queried(page: Page, served: Server) -> None:
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
     expect(page.locator("#file-name")).to_contain_text("dropped.npy")
     expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)
+
+
+def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server) -> None:
+    """The page's refinement code against the /refine shapes of docs/api.md, while the service has no /refine: the
+    browser's requests to /refine are answered here (a contract check of the page, not of any refinement; the
+    real one is test_refinement_runs_to_completion). Without /refine in /openapi.json the controls stay hidden."""
+    open_page(page, served)
+    expect(page.locator("#refine")).to_be_hidden()
+
+    polls: list[str] = []
+    seen: dict[str, object] = {}
+    refined = np.full((70, 70), 2500.0)
+    refined[35:] = 4000.0
+
+    def openapi(route: object) -> None:
+        doc = route.fetch().json()
+        doc["paths"]["/refine"] = {"post": {"summary": "refinement"}}
+        route.fulfill(json=doc)
+
+    def refine(route: object) -> None:
+        req = route.request
+        if req.method == "POST":
+            seen.update(url=req.url, ctype=req.headers.get("content-type"), size=len(req.post_data_buffer or b""))
+            route.fulfill(status=202, json={"job_id": "job-1"})
+            return
+        polls.append(req.url)
+        n = len(polls)
+        if n < 3:
+            route.fulfill(json={"state": "running", "progress": n / 3, "iteration": n, "misfit": [1.0, 0.5][:n],
+                                "error": None, "result": None})
+        else:
+            route.fulfill(json={"state": "succeeded", "progress": 1.0, "iteration": 3, "misfit": [1.0, 0.5, 0.3],
+                                "error": None, "result": {"velocity_model": refined.tolist(),
+                                                          "descriptors": {"v_mean": 3250.0}, "start_ids": []}})
+
+    page.route("**/openapi.json", openapi)
+    page.route(re.compile(r".*/refine(\?.*|/.*)?$"), refine)
+    open_page(page, served)
+    expect(page.locator("#refine")).to_be_visible()
+    page.get_by_role("button", name="Use the bundled example").click()
+    expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)
+    page.get_by_label("Method").select_option("fwi")
+    page.get_by_label("Iterations").fill("3")
+    page.get_by_role("button", name="Start refinement").click()
+    expect(page.locator("#refine-status")).to_have_text("Refinement finished.", timeout=WAIT_MS)
+    assert "method=fwi" in seen["url"] and "iterations=3" in seen["url"] and "start=top1" in seen["url"]
+    assert seen["ctype"] == "application/x-npy" and seen["size"] > 1_000_000
+    assert all(u.endswith("/refine/job-1") for u in polls) and len(polls) == 3
+    expect(page.locator("#refine-compare canvas[role='img']")).to_have_count(2)
+    expect(page.locator("#refine-start-caption")).to_contain_text("Top-1 retrieved model")
+    expect(page.locator("#refine-descriptors")).to_contain_text("3250.0 m/s")
+    with page.expect_download() as d:
+        page.get_by_role("button", name="Download refined model (.npy)").click()
+    np.testing.assert_array_equal(np.load(d.value.path())[0], refined.astype(np.float32))
+    shot(page, "08-refine-ui")
