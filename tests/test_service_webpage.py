@@ -223,6 +223,25 @@ def test_an_installed_wheel_carries_every_page_file(tmp_path: Path) -> None:
     assert page and page <= names, sorted(page - names)
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_a_misconfigured_example_gets_a_clear_404(files: dict[str, Path], tmp_path: Path) -> None:
+    """A missing file, a folder, or a file over the body limit: 404 naming the problem, never a 500 (in-process)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.core.config import Settings
+
+    cases = {tmp_path / "missing.npy": "is not a file", tmp_path: "is not a file",
+             files["example"]: "over the request-body limit of 1024 bytes"}
+    for path, fragment in cases.items():
+        settings = Settings(encoders=files["bundle"], index_root=files["index"], example_gather=path,
+                            max_body_bytes=1024, index_poll_s=0, encode_workers=1)
+        with TestClient(create_app(settings)) as c:
+            r = c.get("/example/query.npy")
+        assert r.status_code == 404 and fragment in r.json()["detail"], (path, r.text)
+        assert str(tmp_path) not in r.json()["detail"]  # no server paths in the answer
+
+
 # -- seismic queries -------------------------------------------------------------------------------------------
 
 def test_empty_state_before_any_query(page: Page, served: Server) -> None:
@@ -552,3 +571,23 @@ def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server
         page.get_by_role("button", name="Download refined model (.npy)").click()
     np.testing.assert_array_equal(np.load(d.value.path())[0], refined.astype(np.float32))
     shot(page, "08-refine-ui")
+
+
+def test_loading_state_while_a_query_is_in_flight(page: Page, served: Server) -> None:
+    """While /retrieve is on its way the page says so, marks the results busy and turns the buttons off."""
+    held: list = []
+    open_page(page, served)
+    page.route("**/retrieve?*", lambda route: held.append(route))  # hold the request until the checks are done
+    page.get_by_role("button", name="Use the bundled example").click()
+    status = page.locator("#seismic-status")
+    expect(status).to_have_text(re.compile("Searching for the 5 nearest models"), timeout=WAIT_MS)
+    expect(status).to_have_class(re.compile("loading"))
+    expect(page.locator("#seismic-results")).to_have_attribute("aria-busy", "true")
+    expect(page.get_by_role("button", name="Search")).to_be_disabled()
+    expect(page.get_by_role("button", name="Use the bundled example")).to_be_disabled()
+    shot(page, "00-loading")
+    assert len(held) == 1
+    held[0].continue_()
+    expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)
+    expect(page.locator("#seismic-results")).to_have_attribute("aria-busy", "false")
+    expect(page.get_by_role("button", name="Search")).to_be_enabled()

@@ -35,6 +35,7 @@ const state = {
   physics: null, // {retrieve, request}
   refineJob: null,
   refineResult: null,
+  readyTimer: null, // the pending /readyz check while not ready
 };
 
 // -- HTTP -----------------------------------------------------------------------------------------------------
@@ -142,11 +143,11 @@ function sharedScale(models) {
   return [Math.floor(lo), Math.ceil(hi)];
 }
 
-function readK(id, errorId) {
+function readK(id, errorId, what = "k: enter a whole number of models") {
   const raw = $(id).value.trim();
   const k = Number(raw);
   if (!raw || !Number.isInteger(k)) {
-    showError(errorId, `k: enter a whole number of models (got "${raw}")`);
+    showError(errorId, `${what} (got "${raw}")`);
     $(id).focus();
     return null;
   }
@@ -162,6 +163,8 @@ function applyReadiness() {
 }
 
 async function checkReady() {
+  clearTimeout(state.readyTimer);
+  state.readyTimer = null;
   let ready = false;
   let reason = "";
   try {
@@ -183,7 +186,8 @@ async function checkReady() {
     banner.hidden = false;
     banner.textContent = `The service is not ready: ${reason}. Queries are off until it is; checking again every ` +
       `${READY_RETRY_MS / 1000} s.`;
-    setTimeout(checkReady, READY_RETRY_MS);
+    clearTimeout(state.readyTimer); // one pending check at most, however many callers
+    state.readyTimer = setTimeout(checkReady, READY_RETRY_MS);
   }
   document.body.dataset.ready = ready ? "1" : "0";
   applyReadiness();
@@ -580,7 +584,7 @@ async function startRefine() {
     return;
   }
   const k = readK("seismic-k", "refine-error");
-  const iterations = readK("refine-iterations", "refine-error");
+  const iterations = readK("refine-iterations", "refine-error", "iterations: enter a whole number");
   if (k === null || iterations === null) return;
   const params = new URLSearchParams({ method: $("refine-method").value, start: $("refine-start").value,
     k: String(k), iterations: String(iterations) });

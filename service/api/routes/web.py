@@ -36,8 +36,6 @@ PAGE_HEADERS = {
 
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
-EXAMPLE_LIMIT_BYTES = 256 * 1024 * 1024
-"""A configured example larger than this is refused (it is one gather, 1.4 MB in float32)."""
 
 
 @cache
@@ -70,22 +68,22 @@ async def page_asset(name: str) -> Response:
 
 @router.get("/example/query.npy", summary="The bundled example gather (SEISBIND_EXAMPLE_GATHER)")
 async def example_gather(state: StateDep) -> Response:
-    """The configured example gather as .npy bytes; 404 saying why when there is none."""
-    path = state.settings.example_gather
+    """The configured example gather as .npy bytes; 404 saying why when there is none. An example larger than the
+    request-body limit is refused too: the page could not send it back to the API."""
+    path, limit = state.settings.example_gather, state.settings.max_body_bytes
     if path is None:
         raise HTTPException(404, "no example gather is configured on this server (set SEISBIND_EXAMPLE_GATHER to a "
                                  ".npy gather; the quickstart serves <workdir>/example/query.npy)")
+    if not path.is_file():
+        raise HTTPException(404, "the configured example gather (SEISBIND_EXAMPLE_GATHER) is not a file on this server")
     try:
         size = path.stat().st_size
-        if size > EXAMPLE_LIMIT_BYTES:
-            raise HTTPException(404, f"the configured example gather is {size} bytes, over the "
-                                     f"{EXAMPLE_LIMIT_BYTES}-byte limit for an example")
+        if size > limit:
+            raise HTTPException(404, f"the configured example gather is {size} bytes, over the request-body limit "
+                                     f"of {limit} bytes (SEISBIND_MAX_BODY_BYTES)")
         body = await state.engine.run_blocking(path.read_bytes)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise HTTPException(404, "the configured example gather (SEISBIND_EXAMPLE_GATHER) is not a file on this "
-                                 "server") from None
-    except PermissionError:
-        raise HTTPException(404, "the configured example gather (SEISBIND_EXAMPLE_GATHER) is not readable by the "
-                                 "service") from None
+    except OSError as e:  # gone or unreadable since the check
+        raise HTTPException(404, "the configured example gather (SEISBIND_EXAMPLE_GATHER) cannot be read by the "
+                                 f"service ({e.strerror or type(e).__name__})") from None
     headers = {**PAGE_HEADERS, "Content-Disposition": 'attachment; filename="query.npy"'}
     return Response(body, media_type=NPY_MEDIA_TYPE, headers=headers)
