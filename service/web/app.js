@@ -359,7 +359,7 @@ async function searchSeismic() {
     renderSeismic();
     setBusy("seismic", "");
     $("seismic-status").textContent = `Found ${retrieve.results[state.gatherIndex]?.neighbors.length ?? 0} models for ` +
-      `${query.name}${n > 1 ? ` (${n} gathers)` : ""}.` + (query.parsed ? "" : ` ${query.note}`);
+      `${query.name}${n > 1 ? ` (${n} gathers)` : ""}.`;
   } catch (err) {
     setBusy("seismic", "");
     state.seismic = null;
@@ -373,9 +373,12 @@ function renderIngest(ingest) {
   const box = $("ingest");
   const warnings = ingest && Array.isArray(ingest.warnings) ? ingest.warnings : [];
   const steps = ingest && Array.isArray(ingest.steps) ? ingest.steps : [];
-  const text = (w) => (typeof w === "string" ? w : w.message || w.detail || JSON.stringify(w));
-  $("ingest-warnings").replaceChildren(...warnings.map((w) => el("li", { text: text(w) })));
-  $("ingest-steps").replaceChildren(...steps.map((s) => el("li", { text: text(s) })));
+  // warnings: {code, message} (or plain strings); steps: {name, params}
+  const warning = (w) => (typeof w === "string" ? w : `${w.message || JSON.stringify(w)}${w.code ? ` [${w.code}]` : ""}`);
+  const params = (p) => Object.entries(p || {}).map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`);
+  const step = (s) => (typeof s === "string" ? s : [s.name || "step", ...params(s.params)].join(" · "));
+  $("ingest-warnings").replaceChildren(...warnings.map((w) => el("li", { text: warning(w) })));
+  $("ingest-steps").replaceChildren(...steps.map((s) => el("li", { text: step(s) })));
   $("ingest-steps-box").hidden = steps.length === 0;
   box.hidden = warnings.length === 0 && steps.length === 0;
   box.querySelector("h3").textContent = warnings.length ? `Ingest warnings (${warnings.length})` : "Ingest: no warnings";
