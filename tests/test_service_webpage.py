@@ -26,12 +26,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-from seisbind.descriptors import DESCRIPTOR_NAMES
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from service_fixtures import NPY, REPO, Server, npy, serve, small_service_files, stop_server
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
+from seisbind.descriptors import DESCRIPTOR_NAMES
 
 CHROMIUM = Path(os.environ.get("SEISBIND_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("SEISBIND_TEST_ARTIFACTS", REPO / "tests" / "artifacts")) / "webpage"

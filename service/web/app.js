@@ -266,6 +266,9 @@ async function useGather(name, buffer) {
   }
   state.query = query;
   state.gatherIndex = 0;
+  state.seismic = null; // the last results belonged to another file
+  renderIngest(null);
+  renderSeismic();
   $("file-name").textContent = `${name} (${(buffer.byteLength / 1e6).toFixed(2)} MB)`;
   renderShots();
   if (state.ready) await searchSeismic();
