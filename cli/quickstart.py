@@ -342,6 +342,7 @@ def instructions(layout: Layout, results: dict[str, dict[str, Any]], host: str, 
         f"  encoders {results['export']['bundle_id'][:12]}, index version {idx['version']} ({ev['bank_size']} models)",
         f"  report: {ev['report']}",
         "",
+        f"Web page: {base}/   (the example gather is behind its 'Use the bundled example' button)",
         f"API docs: {base}/docs",
         "",
         "Try it (the example gather is a held-out test gather, float32 [1, 5, 1000, 70]):",
@@ -363,4 +364,5 @@ def serving_settings(layout: Layout, host: str | None = None, port: int | None =
     from service.core.config import Settings
 
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    return Settings(encoders=layout.bundle, index_root=layout.indexes, bank_root=layout.root, **overrides)
+    return Settings(encoders=layout.bundle, index_root=layout.indexes, bank_root=layout.root,
+                    example_gather=layout.query, **overrides)

@@ -23,6 +23,7 @@ from service.api.routes.admin import router as admin_router
 from service.api.routes.health import router as health_router
 from service.api.routes.metrics import router as metrics_router
 from service.api.routes.retrieval import router as retrieval_router
+from service.api.routes.web import router as web_router
 from service.core.config import Settings
 from service.core.http_guard import http_options
 from service.core.logging import log_config
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID"], max_age=600)
-    for router in (retrieval_router, admin_router, health_router, metrics_router):
+    for router in (retrieval_router, admin_router, health_router, metrics_router, web_router):
         app.include_router(router)
     static_paths = {str(getattr(r, "path")) for r in app.routes if "{" not in str(getattr(r, "path", "{"))}
     # outermost: request ids, access logs and request metrics for everything, errors included

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="structured JSON log lines (false: plain text)")
 
+    example_gather: Path | None = Field(None, description="a .npy gather served at GET /example/query.npy for the web "
+                                                          "page's example button (the quickstart writes "
+                                                          "<workdir>/example/query.npy); unset: 404")
+
     # Request limits.
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, bytes (413 above)")
     max_gathers: int = Field(64, ge=1, description="most gathers in one request")
