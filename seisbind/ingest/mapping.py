@@ -1,0 +1,217 @@
+"""Map the traces of a line of shots onto the OpenFWI geometry (docs/formats.md): five shots nearest to the sources
+at 0, 170, 340, 520, 690 m, 70 receivers every 10 m, 1000 samples at 1 ms, amplitudes on the training data's scale.
+
+Each step is recorded with its parameters in an :class:`IngestReport`; warnings say where the result is less
+trustworthy. Data that cannot be mapped raise :class:`IngestError` saying what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from seisbind.acquisition import DT, DX, GATHER_SHAPE, N_RECEIVERS, NT, SOURCE_X
+from seisbind.ingest.amplitude import AmplitudeMode, scale_amplitudes
+from seisbind.ingest.records import IngestError, IngestReport, ShotRecords
+
+NOMINAL_SOURCES_M = tuple(DX * s for s in SOURCE_X)
+"""The five source positions of the OpenFWI geometry, m from the first receiver."""
+RECEIVERS_M = DX * np.arange(N_RECEIVERS)
+"""The 70 receiver positions, m."""
+SHOT_REACH_M = 80.0
+"""A shot further than this from a nominal source position cannot stand in for it (half the 170 m source spacing,
+less a margin)."""
+SOURCE_WARN_M = 20.0
+SPACING_WARN_M = DX
+GAP_FACTOR = 2.5
+"""Receivers further apart than this many times the shot's median spacing leave a gap that is not interpolated."""
+FILTER_HALF_LENGTH = 10
+"""scipy.signal.resample_poly's anti-alias filter spans 10 samples (of the slower rate) each side."""
+
+
+def map_records(rec: ShotRecords, report: IngestReport, *, origin_m: float | None = None,
+                amplitude: AmplitudeMode = "auto") -> np.ndarray:
+    """Gathers (5, 1000, 70) float32 in the OpenFWI geometry from ``rec``; the steps and warnings go to ``report``.
+
+    Args:
+        rec: traces and geometry (positions along the line, m).
+        report: collects the steps and warnings.
+        origin_m: line position of the OpenFWI lateral origin (first receiver, first nominal source); default: the
+            first (smallest) source position.
+        amplitude: "auto" (keep amplitudes already on the training scale, else rescale), "keep", "match", or a
+            factor to multiply by.
+    """
+    live = _screen_traces(rec, report)
+    origin = float(rec.source_x[live].min()) if origin_m is None else float(origin_m)
+    chosen = _select_shots(rec, live, origin, report)
+    dt_ms = rec.dt_s * 1000.0
+    shots = []
+    for nominal, key, src in chosen:
+        idx = live[rec.shot[live] == key]
+        shots.append((nominal, src, idx))
+    every = np.concatenate([s[2] for s in shots])
+    data = _to_one_ms(rec.data[every], dt_ms, rec.delay_ms[every], report)
+    offsets = rec.receiver_x[every] - rec.source_x[every]
+    out = np.zeros(GATHER_SHAPE, np.float32)
+    start, spacings, missing = 0, [], 0
+    for i, (nominal, src, idx) in enumerate(shots):
+        n = len(idx)
+        out[i], spacing, miss = _onto_receivers(data[start:start + n], offsets[start:start + n], nominal, src)
+        start += n
+        spacings.append(spacing)
+        missing += miss
+    spacing = float(max(spacings))
+    report.step("interpolate_receivers", method="linear in offset from the source", target_receivers=N_RECEIVERS,
+                target_spacing_m=DX, offsets_relative_to="each shot's nominal source position",
+                input_spacing_m=[round(s, 3) for s in spacings], zero_filled=missing)
+    if spacing > SPACING_WARN_M + 1e-6:
+        report.warn("coarse_receiver_spacing", f"receiver spacing {spacing:g} m is coarser than the model's 10 m: "
+                                               "traces between receivers are linear interpolations, and steep "
+                                               "events may be aliased")
+    if missing:
+        report.warn("receivers_missing", f"{missing} of {GATHER_SHAPE[0] * N_RECEIVERS} receiver positions lie "
+                                         "outside the recorded spread or in gaps of it and were set to zero")
+    return scale_amplitudes(out, amplitude, report)
+
+
+def _screen_traces(rec: ShotRecords, report: IngestReport) -> np.ndarray:
+    """Indices of the usable traces: NaN/Inf and dead (all-zero) traces are dropped, clipped ones flagged."""
+    data = rec.data
+    finite = np.isfinite(data).all(1)
+    peak = np.where(finite, np.abs(np.where(np.isfinite(data), data, 0)).max(1), 0.0)
+    dead = finite & (peak == 0)
+    clipped = finite & ~dead & _clipped(data, peak)
+    live = np.flatnonzero(finite & ~dead)
+    report.step("screen_traces", traces=len(data), dead=int(dead.sum()), non_finite=int((~finite).sum()),
+                clipped=int(clipped.sum()), kept=len(live))
+    if dead.any():
+        report.warn("dead_traces", f"{int(dead.sum())} of {len(data)} traces are dead (all zero); they were dropped "
+                                   "and their positions interpolated from their neighbours")
+    if (~finite).any():
+        report.warn("non_finite_traces", f"{int((~finite).sum())} traces hold NaN or Inf values; they were dropped")
+    if clipped.any():
+        report.warn("clipped_traces", f"{int(clipped.sum())} of {len(data)} traces are clipped (three or more "
+                                      "consecutive samples at the trace's peak amplitude); their amplitudes are "
+                                      "too low where clipped")
+    if not len(live):
+        raise IngestError(f"no usable traces: all {len(data)} traces are dead (all zero) or hold NaN/Inf")
+    return live
+
+
+def _clipped(data: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Traces with >= 3 consecutive samples at their peak absolute amplitude."""
+    at_peak = np.abs(data) >= (peak * (1 - 1e-6))[:, None]
+    run = at_peak[:, :-2] & at_peak[:, 1:-1] & at_peak[:, 2:]
+    return run.any(1)
+
+
+def _select_shots(rec: ShotRecords, live: np.ndarray, origin: float,
+                  report: IngestReport) -> list[tuple[float, int, float]]:
+    """For each nominal source, the nearest shot: (nominal m, shot key, its source position m from the origin)."""
+    keys = np.unique(rec.shot[live])
+    src = np.array([np.median(rec.source_x[live][rec.shot[live] == k]) for k in keys]) - origin
+    chosen, used, details = [], set(), []
+    for nominal in NOMINAL_SOURCES_M:
+        order = [i for i in np.argsort(np.abs(src - nominal), kind="stable") if i not in used]
+        if not order or abs(src[order[0]] - nominal) > SHOT_REACH_M:
+            near = f"; the nearest unused shot is {abs(src[order[0]] - nominal):.1f} m away" if order else ""
+            raise IngestError(f"fewer than five shots within reach: no shot within {SHOT_REACH_M:g} m of the nominal "
+                              f"source at {nominal:g} m (the file has {len(keys)} shots with live traces, sources "
+                              f"at {_positions(src)} m from the origin {origin:g} m{near})")
+        i = int(order[0])
+        used.add(i)
+        chosen.append((nominal, int(keys[i]), float(src[i])))
+        details.append({"nominal_m": nominal, rec.shot_key: int(keys[i]), "source_m": float(src[i]),
+                        "distance_m": abs(float(src[i]) - nominal)})
+    report.step("select_shots", origin_m=origin, shots_available=len(keys), chosen=details)
+    far = [d for d in details if d["distance_m"] > SOURCE_WARN_M]
+    for d in far:
+        report.warn("source_off_nominal", f"the shot used for the source at {d['nominal_m']:g} m is at "
+                                          f"{d['source_m']:g} m, {d['distance_m']:.1f} m from it (more than "
+                                          f"{SOURCE_WARN_M:g} m)")
+    return chosen
+
+
+def _positions(x: np.ndarray, at_most: int = 12) -> str:
+    shown = ", ".join(f"{v:g}" for v in np.sort(x)[:at_most])
+    return shown + (", ..." if len(x) > at_most else "")
+
+
+def _to_one_ms(data: np.ndarray, dt_ms: float, delay_ms: np.ndarray, report: IngestReport) -> np.ndarray:
+    """[trace, time] at ``dt_ms`` starting at ``delay_ms`` -> [trace, 1000] at 1 ms starting at t = 0."""
+    ratio = Fraction(round(dt_ms * 1000), round(DT * 1e6)).limit_denominator(1000)
+    up, down = ratio.numerator, ratio.denominator
+    ns = data.shape[1]
+    delay = np.round(delay_ms).astype(np.int64)
+    # Input samples needed for t < 1 s, plus the filter's reach: a shorter record is resampled much faster.
+    first = int(delay.min())
+    need = math.ceil((NT * DT * 1000 - first) / dt_ms) + FILTER_HALF_LENGTH * max(1, math.ceil(down / up)) + 2
+    if need < ns:
+        data = data[:, :need]
+        report.step("crop_input", samples_kept=need, samples=ns, reason="only t < 1 s (+ filter reach) is used")
+    record_ms = float(delay.max() + ns * dt_ms)
+    if up == down == 1:
+        y = data.astype(np.float32, copy=False)
+        report.step("resample", from_dt_ms=dt_ms, to_dt_ms=1.0, skipped="already 1 ms")
+    else:
+        y = resample_poly(data, up, down, axis=1).astype(np.float32)
+        report.step("resample", from_dt_ms=dt_ms, to_dt_ms=1.0, up=up, down=down,
+                    filter="scipy.signal.resample_poly: polyphase FIR, Kaiser window (beta 5), anti-alias cutoff at "
+                           "the lower of the two Nyquist frequencies")
+        if up > down:
+            report.warn("time_upsampled", f"the time axis was upsampled from {dt_ms:g} ms to 1 ms: the data hold no "
+                                          f"frequencies above {500 / dt_ms:g} Hz, which the model's 1 ms data "
+                                          "may have")
+    out = np.zeros((len(y), NT), np.float32)
+    for shift in np.unique(delay):  # usually one value for the whole file
+        rows = delay == shift
+        lo_out, lo_in = max(0, int(shift)), max(0, -int(shift))
+        n = max(0, min(NT - lo_out, y.shape[1] - lo_in))
+        out[rows, lo_out:lo_out + n] = y[rows, lo_in:lo_in + n]
+    report.step("remove_delay", delay_ms=sorted({int(d) for d in delay})[:8],
+                note="first sample placed at its time after the shot; earlier times are zero, later than 1 s dropped")
+    if delay.max() > 0:
+        report.warn("delayed_recording", f"recording started {int(delay.max())} ms after the shot: the first "
+                                         f"{int(delay.max())} ms (including the direct wave near the source, which "
+                                         "peaks at 73 ms) are zero-filled")
+    end_ms = min(record_ms, float(NT))
+    report.step("crop_pad", samples=NT, record_ms=record_ms, zero_padded_ms=max(0.0, NT - record_ms))
+    if end_ms < NT - 1e-6:
+        report.warn("short_record", f"the record ends at {record_ms:g} ms, before 1 s: the last "
+                                    f"{NT - record_ms:g} ms are zero-filled")
+    return out
+
+
+def _onto_receivers(traces: np.ndarray, offsets: np.ndarray, nominal: float,
+                    source: float) -> tuple[np.ndarray, float, int]:
+    """One shot's traces [trace, time] at signed ``offsets`` -> [time, 70] at the OpenFWI receivers' offsets from
+    the ``nominal`` source (linear interpolation in offset); returns (gather, median spacing, zero-filled count)."""
+    order = np.argsort(offsets, kind="stable")
+    off, tr = offsets[order], traces[order]
+    uniq, inverse, counts = np.unique(np.round(off, 6), return_inverse=True, return_counts=True)
+    if len(uniq) < len(off):  # traces at the same offset: averaged
+        summed = np.zeros((len(uniq), tr.shape[1]), np.float64)
+        np.add.at(summed, inverse, tr)
+        tr = (summed / counts[:, None]).astype(np.float32)
+        off = uniq
+    spacing = float(np.median(np.diff(off))) if len(off) > 1 else 0.0
+    target = RECEIVERS_M - nominal
+    tol = 0.5 * spacing if spacing > 0 else 0.5 * DX  # a receiver stands in for positions up to half a spacing off
+    inside = (target >= off[0] - tol) & (target <= off[-1] + tol)
+    j = np.clip(np.searchsorted(off, target, side="right") - 1, 0, len(off) - 1)
+    j1 = np.minimum(j + 1, len(off) - 1)
+    gap = off[j1] - off[j]
+    w = np.where(gap > 0, np.clip((target - off[j]) / np.where(gap > 0, gap, 1.0), 0.0, 1.0), 0.0)
+    if spacing > 0:
+        inside &= gap <= GAP_FACTOR * max(spacing, DX)
+    if not inside.any():
+        raise IngestError(f"no receivers within the 690 m spread for the shot at {source:g} m (standing in for the "
+                          f"source at {nominal:g} m): its receivers are at offsets {off[0]:g} to {off[-1]:g} m, the "
+                          f"model needs offsets {target[0]:g} to {target[-1]:g} m")
+    # A receiver on a target position gets weight 1 (and its neighbour 0): its samples are kept bit for bit.
+    g = tr[j] * (1.0 - w)[:, None] + tr[j1] * w[:, None]
+    g[~inside] = 0.0
+    return g.T.astype(np.float32), spacing, int((~inside).sum())
