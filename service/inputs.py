@@ -68,6 +68,8 @@ def parse_segy(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         return ingest_segy(body)
     except IngestError as e:
         raise InputError(f"SEG-Y ({SEGY_MEDIA_TYPE}) body: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a client's file does to the reader, it is the file's fault
+        raise InputError(f"SEG-Y ({SEGY_MEDIA_TYPE}) body could not be ingested: {type(e).__name__}: {e}") from e
 
 
 def gathers_from_json(value: Any) -> np.ndarray:

@@ -20,10 +20,9 @@ from seisbind.ingest import IngestError, ingest_array, ingest_segy, write_segy
 from model.families import generate
 from model.line_simulator import refine_model, simulate_line, widen_model
 from model.simulator import simulate
+from segy_fixtures import RX10, SOURCES, bad_files
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [0.0, 170.0, 340.0, 520.0, 690.0]
-RX10 = np.arange(70) * 10.0
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -241,28 +240,6 @@ def test_headers_without_coordinates(tmp_path, native) -> None:
 
 def _native_file(tmp_path: Path, native: np.ndarray) -> bytes:
     return write_segy(tmp_path / "ok.sgy", native, 0.001, SOURCES, RX10).read_bytes()
-
-
-def _patched(body: bytes, offset: int, value: int, fmt: str = ">H") -> bytes:
-    import struct
-
-    b = bytearray(body)
-    b[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
-    return bytes(b)
-
-
-def bad_files(body: bytes) -> dict[str, tuple[bytes, str]]:
-    """Broken variants of a valid SEG-Y file and the message fragment each must be refused with."""
-    trace = 240 + 4 * 1000
-    return {
-        "truncated": (body[:-1000], "truncated"),
-        "zero traces": (body[:3600], "no traces"),
-        "headers only part": (body[:2000], "shorter than the 3600-byte"),
-        "inconsistent sample counts": (_patched(body, 3600 + 5 * trace + 114, 900), "inconsistent sample counts"),
-        "text renamed .sgy": (b"just some text, not seismic\n" * 200, "not a SEG-Y file"),
-        "more samples than the file holds": (_patched(body, 3220, 60000), "claims 60000 samples per trace"),
-        "no sample interval": (_patched(_patched(body, 3216, 0), 3600 + 116, 0), "no sample interval"),
-    }
 
 
 def test_bad_files_are_refused_with_the_reason(tmp_path, native) -> None:
