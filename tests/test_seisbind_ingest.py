@@ -304,3 +304,27 @@ def test_cli_refuses_bad_input_without_writing(tmp_path, native) -> None:
     r = _cli(str(tmp_path / "g.npy"), "--out", str(tmp_path / "q.npy"))
     assert r.returncode == 2 and "--dt-ms" in r.stderr
     assert not list(tmp_path.glob("q.npy*"))
+
+
+def test_resampler_matches_scipy_resample_poly() -> None:
+    from scipy.signal import resample_poly
+
+    from seisbind.ingest.mapping import resample
+
+    x = np.random.default_rng(0).standard_normal((6, 1200)).astype(np.float32)
+    for up, down in [(1, 2), (2, 1), (4, 1), (1, 4), (3, 2), (2, 3)]:
+        want = resample_poly(x.astype(np.float64), up, down, axis=1)
+        np.testing.assert_allclose(resample(x, up, down), want, atol=2e-6 * np.abs(want).max())
+
+
+def test_delays_that_differ_between_shots(tmp_path, wide) -> None:
+    data = wide[:, :1500].copy()
+    data[1] = wide[1, 40:1540]  # shot 2 recorded from 40 ms
+    path = write_segy(tmp_path / "mixed.sgy", data, 0.001, SOURCES, np.arange(120) * 10.0)
+    with segyio.open(path, "r+", ignore_geometry=True) as f:
+        for i in range(120, 240):
+            f.header[i] = {segyio.TraceField.DelayRecordingTime: 40}
+    out, report = ingest_segy(path)
+    np.testing.assert_array_equal(out[[0, 2, 3, 4]], wide[[0, 2, 3, 4], :1000, :70])
+    np.testing.assert_array_equal(out[1, 40:], wide[1, 40:1000, :70])
+    assert next(s for s in report["steps"] if s["name"] == "remove_delay")["params"]["delay_ms"] == [0, 40]

@@ -127,6 +127,7 @@ def _read_checked(path: str, endian: str, fmt: int, ns: int, ntr: int, size: int
                   report: IngestReport) -> ShotRecords:
     try:
         with segyio.open(path, "r", ignore_geometry=True, endian=endian) as f:
+            f.mmap()  # header words and samples read from memory, not one seek per trace and field
             if f.tracecount != ntr:
                 raise IngestError(f"segyio counts {f.tracecount} traces, the file size implies {ntr}")
             dt_us = float(segyio.tools.dt(f, fallback_dt=0.0))
