@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--openfwi-dir", type=Path,
                    default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")))
-    p.add_argument("--bundle", type=Path, default=REPO / "runs" / "qs" / "bundle", help="trained encoder bundle")
+    p.add_argument("--bundle", type=Path, action="append", default=None,
+                   help="trained encoder bundle (repeat to compare several; the first gives the headline figures)")
     p.add_argument("--cache", type=Path, default=REPO / ".cache" / "ingest")
     p.add_argument("--models", type=int, default=500, help="test models, half from each family")
     p.add_argument("--chunk", type=int, default=25, help="models simulated and ingested per cached chunk")
@@ -154,15 +155,15 @@ def bank(args: argparse.Namespace) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def evaluate(args: argparse.Namespace, models: np.ndarray, chunks: list[Path]) -> dict[str, Any]:
-    """R@1, descriptor error and ingest timings per geometry, beside the native figures."""
+def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks: list[Path]) -> dict[str, Any]:
+    """R@1, descriptor error and ingest timings per geometry, beside the native figures, with ``bundle``."""
     from seisbind.bundle import read_manifest
     from seisbind.descriptors import compute_descriptors, mean_relative_error
 
     from model.evaluate import embed_arrays, onnx_embedder
     from model.metrics import top_k
 
-    emb = onnx_embedder(args.bundle, threads=2)
+    emb = onnx_embedder(bundle, threads=2)
     loaded = [np.load(c) for c in chunks]
     V = embed_arrays(emb.encode["velocity"], [models], 256, "embed test models")
     B = bank(args)
@@ -178,11 +179,11 @@ def evaluate(args: argparse.Namespace, models: np.ndarray, chunks: list[Path]) -
                 "descriptor_mre": mean_relative_error(bank_desc[Ik].mean(1), test_desc)}
 
     native = figures("native")
-    manifest = read_manifest(args.bundle)
+    manifest = read_manifest(bundle)
     out: dict[str, Any] = {
         "models": int(len(models)), "families": list(FAMILIES), "bank_size": int(len(B)), "k": 5,
         "native_R@1": native["R@1"], "native_descriptor_mre": native["descriptor_mre"],
-        "bundle": {"path": str(args.bundle), "bundle_id": manifest["bundle_id"],
+        "bundle": {"path": str(bundle), "bundle_id": manifest["bundle_id"],
                    "training": {k: manifest.get("training", {}).get(k) for k in ("train_minutes", "data")}},
         "fine_simulation": {"dx_m": FINE_DX, "dt_ms": FINE_DT * 1000, "receivers_every_m": FINE_DX,
                             "seconds_per_model_median": statistics.median(m["fine_seconds_per_model"] for m in metas)},
@@ -233,7 +234,10 @@ def main() -> None:
             print(f"chunk {c + 1}/{n_chunks} ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     if args.stage == "simulate":
         return
-    result = evaluate(args, models, chunks)
+    bundles = args.bundle or [REPO / "runs" / "qs" / "bundle"]
+    result = evaluate(args, bundles[0], models, chunks)
+    if len(bundles) > 1:
+        result["other_bundles"] = {str(b): evaluate(args, b, models, chunks) for b in bundles[1:]}
     print(json.dumps(result["targets"], indent=1))
     if not args.no_write:
         print(write_result("ingest", result))
