@@ -37,10 +37,10 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _common import write_result  # noqa: E402
-
 from seisbind.ingest import ingest_segy, write_segy  # noqa: E402
 from seisbind.openfwi import read_models  # noqa: E402
+
+from _common import write_result  # noqa: E402
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SOURCES = [0.0, 170.0, 340.0, 520.0, 690.0]

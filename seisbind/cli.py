@@ -284,7 +284,8 @@ def quickstart(
 
 @app.command()
 def ingest(
-    file: Path = typer.Argument(..., help="shot-organised SEG-Y file, or a .npy [shot, time, receiver] with its geometry"),
+    file: Path = typer.Argument(..., help="shot-organised SEG-Y file, or a .npy [shot, time, receiver] of a stated "
+                                "geometry"),
     out: Path = typer.Option(..., "--out", help="output .npy: gathers (5, 1000, 70) float32 in the OpenFWI geometry"),
     report: Optional[Path] = typer.Option(None, "--report", help="write the report (steps, warnings) as JSON here"),
     origin_m: Optional[float] = typer.Option(None, "--origin-m", help="line position of the model's x = 0 "

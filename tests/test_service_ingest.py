@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from seisbind.ingest import write_segy
+
 from segy_fixtures import RX10, SEGY, SOURCES, bad_files
 from service_fixtures import NPY, Server, assert_error, npy, serve, small_service_files, stop_server
 

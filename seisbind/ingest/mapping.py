@@ -44,7 +44,8 @@ def resample(x: np.ndarray, up: int, down: int) -> np.ndarray:
     h = firwin(2 * half + 1, 1.0 / rate, window=("kaiser", KAISER_BETA)) * up
     z = np.zeros((x.shape[0], n_in * up), np.float32)
     z[:, ::up] = x
-    y = fftconvolve(z, h[None].astype(np.float32), mode="full", axes=1)  # y[i + half] is the zero-phase output at upsampled sample i
+    # y[i + half] is the zero-phase filter's output at upsampled sample i
+    y = fftconvolve(z, h[None].astype(np.float32), mode="full", axes=1)
     return y[:, half:half + n_out * down:down].astype(np.float32)
 
 
@@ -181,7 +182,8 @@ def _crop_input(data: np.ndarray, dt_ms: float, delay: np.ndarray, report: Inges
     """Only the input samples needed for t < 1 s, plus the anti-alias filter's reach."""
     up, down = _ratio(dt_ms)
     ns = data.shape[1]
-    need = math.ceil((NT * DT * 1000 - int(delay.min())) / dt_ms) + FILTER_HALF_LENGTH * max(1, math.ceil(down / up)) + 2
+    reach = FILTER_HALF_LENGTH * max(1, math.ceil(down / up)) + 2
+    need = math.ceil((NT * DT * 1000 - int(delay.min())) / dt_ms) + reach
     if need >= ns:
         return data
     report.step("crop_input", samples_kept=need, samples=ns, reason="only t < 1 s (+ filter reach) is used")
