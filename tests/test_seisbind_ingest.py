@@ -229,6 +229,13 @@ def test_no_receivers_within_the_spread(tmp_path, native) -> None:
         ingest_segy(path)
 
 
+def test_sample_intervals_that_cannot_be_resampled(tmp_path, native) -> None:
+    for dt_s in (0.000333, 0.032):
+        path = write_segy(tmp_path / "odd_dt.sgy", native[:, :100], dt_s, SOURCES, RX10)
+        with pytest.raises(IngestError, match="cannot be resampled to 1 ms"):
+            ingest_segy(path)
+
+
 def test_headers_without_coordinates(tmp_path, native) -> None:
     path = write_segy(tmp_path / "nocoord.sgy", native, 0.001, SOURCES, RX10)
     with segyio.open(path, "r+", ignore_geometry=True) as f:

@@ -190,9 +190,16 @@ def _crop_input(data: np.ndarray, dt_ms: float, delay: np.ndarray, report: Inges
     return data[:, :need]
 
 
+MAX_UP, MAX_DOWN = 16, 64
+"""Largest resampling factors: sample intervals up to 16 ms, and down to 1/64 ms, in simple ratios of 1 ms."""
+
+
 def _ratio(dt_ms: float) -> tuple[int, int]:
-    """(up, down) with dt_ms * up / down = 1 ms."""
-    ratio = Fraction(round(dt_ms * 1000), round(DT * 1e6)).limit_denominator(1000)
+    """(up, down) with dt_ms * up / down = 1 ms exactly; IngestError for an interval that is not a simple ratio."""
+    ratio = Fraction(round(dt_ms * 1000), round(DT * 1e6))
+    if ratio.numerator > MAX_UP or ratio.denominator > MAX_DOWN:
+        raise IngestError(f"sample interval {dt_ms:g} ms cannot be resampled to 1 ms: it must be p/q ms with "
+                          f"p <= {MAX_UP} and q <= {MAX_DOWN} (e.g. 0.25, 0.5, 2, 4 or 8 ms)")
     return ratio.numerator, ratio.denominator
 
 
