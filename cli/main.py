@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional, cast
 
 import typer
 
@@ -16,7 +16,7 @@ from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # t
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print an error and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -281,6 +281,57 @@ def quickstart(
         run(settings)
     except BundleError as e:
         fail(str(e))
+
+
+@app.command()
+def ingest(
+    file: Path = typer.Argument(..., help="shot-organised SEG-Y file, or a .npy [shot, time, receiver] of a stated "
+                                "geometry"),
+    out: Path = typer.Option(..., "--out", help="output .npy: gathers (5, 1000, 70) float32 in the OpenFWI geometry"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write the report (steps, warnings) as JSON here"),
+    origin_m: Optional[float] = typer.Option(None, "--origin-m", help="line position of the model's x = 0 "
+                                             "(default: the first source)"),
+    amplitude: str = typer.Option("auto", "--amplitude", help="auto, keep, match, or a factor to multiply by"),
+    dt_ms: Optional[float] = typer.Option(None, "--dt-ms", help=".npy: sample interval, ms"),
+    sources_m: Optional[str] = typer.Option(None, "--sources-m", help=".npy: source positions, m, comma-separated"),
+    receiver_spacing_m: Optional[float] = typer.Option(None, "--receiver-spacing-m", help=".npy: receiver spacing, m"),
+    receiver_start_m: float = typer.Option(0.0, "--receiver-start-m", help=".npy: position of the first receiver, m"),
+    offsets: bool = typer.Option(False, "--offsets", help=".npy: receivers move with each shot; --receiver-start-m "
+                                 "is the first receiver's offset from the source"),
+    delay_ms: float = typer.Option(0.0, "--delay-ms", help=".npy: time of the first sample after the shot, ms"),
+) -> None:
+    """SEG-Y (or a .npy of stated geometry) -> gathers in the OpenFWI geometry, with a report of every step."""
+    import numpy as np
+
+    from seisbind.files import save_npy_atomic, write_json_atomic
+    from seisbind.ingest import AmplitudeMode, IngestError, ingest_array, ingest_segy
+
+    try:
+        amp = cast(AmplitudeMode, amplitude if amplitude in ("auto", "keep", "match") else float(amplitude))
+    except ValueError:
+        fail(f"--amplitude {amplitude!r}: expected auto, keep, match or a number")
+    try:
+        with open(file, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+        if is_npy:
+            if dt_ms is None or sources_m is None or receiver_spacing_m is None:
+                fail(f"{file} is a .npy array: state its geometry with --dt-ms, --sources-m and --receiver-spacing-m "
+                     "(and --receiver-start-m, --offsets, --delay-ms where needed)")
+            data = np.load(file, allow_pickle=False)
+            sx = [float(x) for x in sources_m.split(",")]
+            rx = receiver_start_m + receiver_spacing_m * np.arange(data.shape[-1] if data.ndim == 3 else 0)
+            where = {"receiver_offsets_m": rx} if offsets else {"receiver_x_m": rx}
+            gathers, rep = ingest_array(data, dt_s=dt_ms / 1000, source_x_m=sx, delay_ms=delay_ms, origin_m=origin_m,
+                                        amplitude=amp, **where)
+        else:
+            gathers, rep = ingest_segy(file, origin_m=origin_m, amplitude=amp)
+    except (IngestError, OSError, ValueError) as e:
+        fail(f"{file}: {e}")
+    save_npy_atomic(out, gathers)
+    if report is not None:
+        write_json_atomic(report, rep)
+    typer.echo(json.dumps({"out": str(out), "shape": list(gathers.shape),
+                           "steps": [s["name"] for s in rep["steps"]], "warnings": rep["warnings"]}))
 
 
 def main() -> None:  # pragma: no cover

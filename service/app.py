@@ -35,8 +35,9 @@ from service.metrics import ServiceMetrics
 log = logging.getLogger("service.app")
 
 DESCRIPTION = """Search seismic shot gathers by physics. Send gathers (5 shots x 1000 samples x 70 receivers, OpenFWI
-amplitudes) as raw `.npy` bytes (`Content-Type: application/x-npy`, the fast path) or JSON; get back the velocity
-models of the bank that explain them, with cosine scores, and descriptors inferred from the nearest neighbours.
+amplitudes) as raw `.npy` bytes (`Content-Type: application/x-npy`, the fast path) or JSON, or a shot-organised SEG-Y
+file of any 2-D geometry (`Content-Type: application/x-segy`; ingested onto the model's geometry, with a report of
+every step and its warnings in the response's `ingest`); get back the velocity models of the bank that explain them, with cosine scores, and descriptors inferred from the nearest neighbours.
 Every error is a JSON body `{"detail", "status", "request_id"}`."""
 
 

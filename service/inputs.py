@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE
+from seisbind.ingest import SEGY_MEDIA_TYPE, IngestError, ingest_segy
 
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
@@ -58,6 +59,17 @@ def parse_npy(body: bytes) -> np.ndarray:
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=buf.tell())
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return arr
+
+
+def parse_segy(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    """A shot-organised SEG-Y file's bytes -> (one gather (5, 1000, 70) float32, the ingest report); a file that
+    cannot be read or mapped is an InputError saying what is wrong or missing (docs/ingest.md)."""
+    try:
+        return ingest_segy(body)
+    except IngestError as e:
+        raise InputError(f"SEG-Y ({SEGY_MEDIA_TYPE}) body: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a client's file does to the reader, it is the file's fault
+        raise InputError(f"SEG-Y ({SEGY_MEDIA_TYPE}) body could not be ingested: {type(e).__name__}: {e}") from e
 
 
 def gathers_from_json(value: Any) -> np.ndarray:

@@ -85,6 +85,31 @@ class ErrorBody(BaseModel):
     errors: list[dict[str, Any]] | None = Field(None, description="field-level details of a validation error")
 
 
+class IngestStep(BaseModel):
+    """One step of the ingest of a SEG-Y body, with its parameters."""
+
+    name: str
+    params: dict[str, Any]
+
+
+class IngestWarning(BaseModel):
+    """Where the ingested gathers are less trustworthy: a stable code and a sentence."""
+
+    code: str
+    message: str
+
+
+class IngestReport(BaseModel):
+    """What was done to a SEG-Y body to bring it onto the model's geometry (docs/ingest.md)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "steps": [{"name": "resample", "params": {"from_dt_ms": 2.0, "to_dt_ms": 1.0, "up": 2, "down": 1}}],
+        "warnings": [{"code": "time_upsampled", "message": "the time axis was upsampled from 2 ms to 1 ms: ..."}]}]})
+
+    steps: list[IngestStep]
+    warnings: list[IngestWarning]
+
+
 # -- /retrieve -------------------------------------------------------------------------------------------------
 
 class RetrieveRequest(BaseModel):
@@ -109,6 +134,8 @@ class RetrieveResponse(BaseModel):
     encoder: str = Field(description="bundle_id of the encoders that embedded the query")
     index_version: str = Field(description="index version that was searched")
     k: int
+    ingest: IngestReport | None = Field(None, description="only for a SEG-Y body: every step of its ingest and "
+                                                          "the warnings")
 
 
 # -- /infer-descriptors ----------------------------------------------------------------------------------------
@@ -154,6 +181,8 @@ class InferResponse(BaseModel):
     index_version: str
     k: int
     weighting: Weighting
+    ingest: IngestReport | None = Field(None, description="only for a SEG-Y body: every step of its ingest and "
+                                                          "the warnings")
 
 
 # -- /retrieve-by-descriptors ----------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_openapi_documents_every_endpoint_with_examples(served: Server) -> None:
               "/admin/jobs/{job_id}", "/healthz", "/readyz", "/metrics", "/v1/info"):
         assert p in paths, p
     body = paths["/retrieve"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "application/x-npy"}
+    assert set(body) == {"application/json", "application/x-npy", "application/x-segy"}
     schemas = spec["components"]["schemas"]
     for name in ("RetrieveResponse", "InferResponse", "DescriptorQuery", "RebuildRequest", "JobStatus", "Info"):
         assert schemas[name].get("examples"), name

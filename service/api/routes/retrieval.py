@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from seisbind.neighbours import Weighting
+
 from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
 from service.api.payload import GathersPayload, read_gathers
 from service.engine import Hits
-from service.inputs import NPY_MEDIA_TYPE, check_descriptors, check_k
-from seisbind.neighbours import Weighting
-
+from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k
 from service.results import inferred_descriptors, neighbours
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
 
@@ -22,8 +22,10 @@ router = APIRouter(tags=["retrieval"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "body over SEISBIND_MAX_BODY_BYTES"},
-    415: {"model": ErrorBody, "description": "Content-Type is neither application/json nor application/x-npy"},
-    422: {"model": ErrorBody, "description": "wrong shape or dtype, NaN/Inf, k out of range, malformed body"},
+    415: {"model": ErrorBody, "description": "Content-Type is none of application/json, application/x-npy, "
+                                             "application/x-segy"},
+    422: {"model": ErrorBody, "description": "wrong shape or dtype, NaN/Inf, k out of range, malformed body, a SEG-Y "
+                                             "file that cannot be read or mapped (the reason in detail)"},
     503: {"model": ErrorBody, "description": "no index loaded (see /readyz)"},
 }
 
@@ -39,6 +41,9 @@ def _gathers_body(model: type[BaseModel]) -> dict[str, Any]:
         NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
                                     "description": "bytes written by numpy.save of a float32 (or float64) array "
                                                    "(5, 1000, 70) or (B, 5, 1000, 70)"}},
+        SEGY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
+                                     "description": "a shot-organised SEG-Y file of any 2-D geometry, ingested onto "
+                                                    "the model's (docs/ingest.md); the response holds the report"}},
     }}}
 
 
@@ -47,12 +52,13 @@ def _json(model: type[BaseModel], doc: dict[str, Any]) -> Response:
     return Response(model.model_validate(doc).model_dump_json(exclude_none=True), media_type="application/json")
 
 
-def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: bool) -> Response:
+def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: bool,
+                       ingest: dict[str, Any] | None = None) -> Response:
     """The /retrieve response document for ``hits``, validated and serialised."""
     names = state.engine.index_descriptor_names(hits.searcher)
     lists = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
     doc = {"results": [{"neighbors": n} for n in lists], "encoder": state.engine.bundle.bundle_id,
-           "index_version": hits.searcher.version, "k": k}
+           "index_version": hits.searcher.version, "k": k, "ingest": ingest}
     return _json(RetrieveResponse, doc)
 
 
@@ -84,8 +90,8 @@ async def retrieve(
     t1 = time.perf_counter()
     with_models = bool(payload.fields["include_models"])
     # Velocity models make the response large: build it off the event loop then.
-    response = (await engine.run_blocking(_retrieve_response, state, hits, kk, True) if with_models
-                else _retrieve_response(state, hits, kk, False))
+    response = (await engine.run_blocking(_retrieve_response, state, hits, kk, True, payload.ingest) if with_models
+                else _retrieve_response(state, hits, kk, False, payload.ingest))
     _record(state, "/retrieve", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
 
@@ -111,7 +117,7 @@ async def infer_descriptors(
     w = payload.fields["weighting"]
     results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
     doc = {"results": results, "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
-           "k": kk, "weighting": w}
+           "k": kk, "weighting": w, "ingest": payload.ingest}
     response = _json(InferResponse, doc)
     _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
