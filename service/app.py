@@ -20,6 +20,7 @@ from service.api.body_budget import BodyBudgetMiddleware
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.api.openapi_limits import install_openapi_limits
 from service.api.routes.admin import router as admin_router
 from service.api.routes.health import router as health_router
 from service.api.routes.metrics import router as metrics_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID"], max_age=600)
     for router in (retrieval_router, admin_router, health_router, metrics_router):
         app.include_router(router)
+    install_openapi_limits(app, settings)
     static_paths = {r.path for r in app.routes if "{" not in getattr(r, "path", "{")}
     # outermost: request ids, access logs and request metrics for everything, errors included
     app.add_middleware(RequestContextMiddleware, metrics=metrics, known_paths=static_paths)

@@ -80,6 +80,9 @@ def parse_gathers_json(body: bytes, max_gathers: int,
         raise InputError('JSON body must be an object with "gathers" (and optionally "k", ...)')
     if check_fields is not None:
         check_fields(doc)
+    if depth > 4:
+        raise InputError(f"'gathers' nests arrays {depth} deep; expected 3 (one gather: [shot][time sample][receiver]) "
+                         "or 4 (a batch of them)")
     spans = _gather_spans(body, opens, closes, start, end, depth)
     if len(spans) > max_gathers:
         raise InputError(f"{len(spans)} gathers in one request; at most {max_gathers} are accepted (split the batch)")
