@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
@@ -46,6 +46,18 @@ _DESCRIPTORS_SCHEMA: dict[str, Any] = {
                        "maximum": DESCRIPTOR_RANGES[n][1]} for n in DESCRIPTOR_NAMES},
     "required": list(DESCRIPTOR_NAMES), "additionalProperties": False,
 }
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    """1.0 -> 1: JSON Schema counts a number with no fractional part as an integer (the OpenAPI schema says
+    "integer"), so the service does too; 1.5, "5" and true stay refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole_float_to_int)]
+"""An int field (used with strict=True) that also takes 1.0, as JSON Schema's "integer" does."""
 
 
 # -- shared pieces ---------------------------------------------------------------------------------------------
@@ -100,7 +112,7 @@ class RetrieveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours per gather" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours per gather" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
@@ -125,7 +137,7 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
 
 
@@ -175,7 +187,7 @@ class DescriptorQuery(BaseModel):
                                                             "each within its physical range, and consistent (v_min "
                                                             "<= v_mean, v_top, v_bottom <= v_max ...: docs/api.md)",
                                                 json_schema_extra=_DESCRIPTORS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours to return" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours to return" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
