@@ -75,22 +75,6 @@ def _header_problem(body: bytes, exc: Exception) -> str:
             "'shape': (5, 1000, 70)}")
 
 
-def gathers_from_json(value: Any) -> np.ndarray:
-    """Nested JSON lists of numbers -> array; refuses ragged lists and non-numbers."""
-    if not isinstance(value, list):
-        raise InputError(f"'gathers' must be nested lists of numbers, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except ValueError as e:
-        raise InputError(f"'gathers' is not a regular nested list (ragged?): {e}") from e
-    if arr.dtype.kind in "iu":
-        arr = arr.astype(np.float64)
-    if arr.dtype.kind != "f":
-        raise InputError(f"'gathers' must hold only numbers (found {arr.dtype.kind!r} values, e.g. strings, "
-                         "booleans or nulls)")
-    return arr
-
-
 def check_dtype(dtype: np.dtype) -> None:
     """float32 or float64 only (either byte order)."""
     if dtype.kind != "f" or dtype.itemsize not in (4, 8):
