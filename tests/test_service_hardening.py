@@ -437,3 +437,36 @@ def test_client_escapes_job_ids(served: Server) -> None:
 def test_the_service_survived(served: Server) -> None:
     assert served.proc.poll() is None
     assert "unhandled error" not in served.log_tail(10_000_000)
+
+
+def test_byte_budget_is_first_come_first_served_and_survives_cancellation() -> None:
+    """The budget behind the memory bound: a big request is not overtaken forever by small ones, a cancelled
+    waiter gives its place back, and everything taken is released."""
+    import asyncio
+
+    from service.api.body_budget import ByteBudget
+
+    async def scenario() -> list[str]:
+        budget, order = ByteBudget(10), []
+        first = await budget.acquire(6)
+
+        async def take(name: str, n: int, hold: float) -> None:
+            got = await budget.acquire(n)
+            order.append(name)
+            await asyncio.sleep(hold)
+            budget.release(got)
+
+        big = asyncio.create_task(take("big", 8, 0.01))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take("small", 2, 0.0))  # fits now, but waits behind "big"
+        gone = asyncio.create_task(take("cancelled", 1, 0.0))
+        await asyncio.sleep(0.01)
+        assert order == [] and budget.used == 6
+        gone.cancel()
+        budget.release(first)
+        await asyncio.gather(big, small, return_exceptions=True)
+        assert budget.used == 0
+        assert await budget.acquire(50) == 10  # more than the capacity: the whole of it
+        return order
+
+    assert asyncio.run(scenario()) == ["big", "small"]
