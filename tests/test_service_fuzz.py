@@ -287,10 +287,14 @@ def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int, dict[
     return fault, body, 200 if fragment is None else 422, fragment, gathers, query, warned
 
 
+GATHER_F4 = (np.random.default_rng(1).standard_normal(G) * 5).astype("<f4").tobytes()
+"""A plausible gather's data (a constant one is refused for carrying no signal)."""
+
+
 @st.composite
 def corrupted_npy_bodies(draw: st.DrawFn) -> bytes:
     """A valid one-gather .npy with random bytes of its header overwritten (or the header cut short)."""
-    body = bytearray(_npy_header("<f4", False, G) + np.zeros(G, np.float32).tobytes())
+    body = bytearray(_npy_header("<f4", False, G) + GATHER_F4)
     if draw(st.booleans()):
         return bytes(body[:draw(st.integers(0, 128))])
     for _ in range(draw(st.integers(1, 4))):
@@ -470,7 +474,7 @@ def test_fuzz_case_count(served: Server) -> None:
     assert total >= MIN_CASES, dict(CASES)
     with served.client() as c:
         assert c.get("/readyz").status_code == 200
-        r = c.post("/retrieve", content=_npy_header("<f4", False, G) + np.ones(G, np.float32).tobytes(),
+        r = c.post("/retrieve", content=_npy_header("<f4", False, G) + GATHER_F4,
                    headers=NPY, params={"k": 3})
         assert r.status_code == 200 and len(r.json()["results"][0]["neighbors"]) == 3
     log = served.log_tail(10_000_000)
