@@ -33,6 +33,7 @@ from service.index_watch import CurrentWatcher
 from service.jobs import RebuildJobs
 from service.json_gathers import SMALL_JSON_BYTES
 from service.metrics import ServiceMetrics
+from service.schemas import RebuildRequest
 
 log = logging.getLogger("service.app")
 GATHERS_PATHS = ("/retrieve", "/infer-descriptors")
@@ -127,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID"], max_age=600)
     for router in (retrieval_router, admin_router, health_router, metrics_router):
         app.include_router(router)
-    install_openapi_limits(app, settings)
+    install_openapi_limits(app, settings, models=[RebuildRequest])  # read by its handler, after the token check
     static_paths = {r.path for r in app.routes if "{" not in getattr(r, "path", "{")}
     # outermost: request ids, access logs and request metrics for everything, errors included
     app.add_middleware(RequestContextMiddleware, metrics=metrics, known_paths=static_paths)

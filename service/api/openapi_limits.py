@@ -4,11 +4,16 @@ schema can state stays documented in words: k is also bounded by the size of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from service.core.config import Settings
+
+
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _integer_branch(schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -46,13 +51,18 @@ def with_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return schema
 
 
-def install_openapi_limits(app: FastAPI, settings: Settings) -> None:
-    """Make ``app.openapi()`` (and /openapi.json, /docs) return the schema with the configured limits."""
+def install_openapi_limits(app: FastAPI, settings: Settings, models: Sequence[type[BaseModel]] = ()) -> None:
+    """Make ``app.openapi()`` (and /openapi.json, /docs) return the schema with the configured limits, and with
+    ``models`` among its components (request models that handlers read themselves, referenced by ``$ref``)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_limits(generate(), settings)
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                components.setdefault(model.__name__, model.model_json_schema(ref_template=REF_TEMPLATE))
+            app.openapi_schema = with_limits(schema, settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -22,8 +22,8 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/rebuild-index", status_code=202, response_model=RebuildAccepted,
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": RebuildRequest.model_json_schema()}}}},
+             openapi_extra={"requestBody": {"required": True, "content": {  # RebuildRequest: service.app adds it
+                 "application/json": {"schema": {"$ref": "#/components/schemas/RebuildRequest"}}}}},
              responses=_AUTH_ERRORS | {
                  409: {"model": ErrorBody, "description": "a rebuild is already running"},
                  413: {"model": ErrorBody, "description": "body over SEISBIND_MAX_BODY_BYTES"},
