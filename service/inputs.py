@@ -52,7 +52,8 @@ def parse_npy(body: bytes) -> np.ndarray:
     want = math.prod(shape) * dtype.itemsize
     have = len(body) - buf.tell()
     if have != want:
-        raise InputError(f".npy data is {have} bytes but its header declares shape {show_shape(tuple(shape))} {dtype} = {want} "
+        raise InputError(f".npy data is {have} bytes but its header declares shape {show_shape(tuple(shape))} {dtype} "
+                         f"= {want} "
                          "bytes (truncated or padded body)")
     # A view of the body, no copy: check_gathers copies only when it must cast (float64, byte order, Fortran).
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=buf.tell())

@@ -44,7 +44,8 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def parse_gathers_json(body: bytes, max_gathers: int,
-                       check_fields: Callable[[dict[str, Any]], Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+                       check_fields: Callable[[dict[str, Any]], Any] | None = None,
+                       ) -> tuple[dict[str, Any], np.ndarray]:
     """Parse a JSON gathers request: (the object's other fields, gathers [B, 5, 1000, 70] float32).
 
     The gathers are checked for shape, count (at most ``max_gathers``) and finite float32 values; the other
@@ -105,8 +106,8 @@ def _check_counts(body: bytes, max_gathers: int) -> None:
     values = max_gathers * (GATHER_VALUES + GATHER_LISTS) + _SLACK
     n = body.count(b",")
     if n > values:
-        raise InputError(f"JSON body holds {n} commas; a request of at most {max_gathers} gathers (SEISBIND_MAX_GATHERS) "
-                         f"has at most {values} values")
+        raise InputError(f"JSON body holds {n} commas; a request of at most {max_gathers} gathers "
+                         f"(SEISBIND_MAX_GATHERS) has at most {values} values")
 
 
 def _loads(text: bytes, offset: int, numbers_only: bool = False) -> Any:

@@ -60,7 +60,8 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
         for rank, (score, i) in enumerate(zip(d_row.tolist(), i_row.tolist()), start=1):
             file, row = view.sources[i]
             hit: dict[str, Any] = {
-                "rank": rank, "id": view.ids[i], "score": score, "source": {"file": public_file(str(file), bank), "row": int(row)},
+                "rank": rank, "id": view.ids[i], "score": score,
+                "source": {"file": public_file(str(file), bank), "row": int(row)},
                 "descriptors": dict(zip(names, view.descriptors[i].tolist())),
             }
             if models is not None:

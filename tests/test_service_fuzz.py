@@ -410,7 +410,9 @@ def test_fuzz_hostile_json_bodies(served: Server) -> None:
     """JSON bodies built to cost memory, and wrong values hidden in valid-looking gathers: each gets its 422, and
     the server's peak RSS stays under 2x its RSS before them plus 4x the body limit."""
     status = Path(f"/proc/{served.proc.pid}/status")
-    peak = lambda: int(next(x for x in status.read_text().splitlines() if x.startswith("VmHWM")).split()[1])  # noqa: E731
+    def peak() -> int:
+        return int(next(x for x in status.read_text().splitlines() if x.startswith("VmHWM")).split()[1])
+
     Path(f"/proc/{served.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = peak()  # the server has served requests before: this is its RSS between requests
     with served.client() as client:

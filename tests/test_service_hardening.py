@@ -28,7 +28,7 @@ import pytest
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
 from service.client import SeisBindClient, SeisBindError
-from service_fixtures import (G, NPY, REPO, Server, as_json, assert_error, free_port, gathers, npy, serve,
+from service_fixtures import (NPY, REPO, Server, as_json, assert_error, free_port, gathers, npy, serve,
                               serve_command, small_service_files, stop_server)
 
 TOKEN = "hardening-admin-token-0123456789"
@@ -307,7 +307,8 @@ def test_unknown_query_parameters_are_refused(served: Server) -> None:
         assert "it takes include_models, k" in r.json()["detail"]
         assert_error(c.post("/infer-descriptors?weight=mean", content=one, headers=NPY), 422,
                      "unknown query parameter 'weight'; it takes k, weighting")
-        assert_error(c.post("/retrieve?kk=3", json={"gathers": as_json(gathers())}), 422, "unknown query parameter 'kk'")
+        assert_error(c.post("/retrieve?kk=3", json={"gathers": as_json(gathers())}), 422,
+                     "unknown query parameter 'kk'")
         assert_error(c.post("/retrieve?k=2&k=3", content=one, headers=NPY), 422, "'k' given more than once")
         assert_error(c.post("/retrieve-by-descriptors?k=3", json={"descriptors": DESC}), 422,
                      "unknown query parameter 'k'; it takes none")
@@ -344,8 +345,9 @@ def test_schema_states_the_ranges_the_service_enforces(served: Server) -> None:
 def test_admin_checks_the_token_before_reading_the_body(served: Server) -> None:
     with served.client() as c:
         assert_error(c.post("/admin/rebuild-index", content=b"{not json", headers=JSON), 401, "missing admin token")
-        assert_error(c.post("/admin/rebuild-index", content=b"{not json",
-                            headers=JSON | {"Authorization": "Bearer wrong-token-0123456789"}), 403, "wrong admin token")
+        wrong = {"Authorization": "Bearer wrong-token-0123456789"}
+        assert_error(c.post("/admin/rebuild-index", content=b"{not json", headers=JSON | wrong), 403,
+                     "wrong admin token")
         assert_error(c.post("/admin/rebuild-index", content=b"{not json", headers=JSON | AUTH), 422, "not valid JSON")
 
 

@@ -112,8 +112,8 @@ async def infer_descriptors(
     t1 = time.perf_counter()
     w = payload.fields["weighting"]
     results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
-    doc = {"results": with_warnings(results, payload.warnings), "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
-           "k": kk, "weighting": w}
+    doc = {"results": with_warnings(results, payload.warnings), "encoder": engine.bundle.bundle_id,
+           "index_version": hits.searcher.version, "k": kk, "weighting": w}
     response = _json(InferResponse, doc)
     _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
