@@ -121,7 +121,8 @@ async def read_body(request: Request) -> bytes:
 
 async def read_gathers(request: Request, model: type[BaseModel], query: dict[str, Any], max_gathers: int,
                        offload: Callable[..., Awaitable[GathersPayload]]) -> GathersPayload:
-    """Check the Content-Type (415), read the body (413 past the limit), parse and validate it (422); ``offload``
+    """Check the Content-Type (415) and the query parameters (422 for one not in ``query``), read the body (413 past
+    the limit), parse and validate it, physical plausibility included (422; warnings in the payload); ``offload``
     runs the parsing of JSON and of large .npy bodies in a thread (``Engine.run_blocking``)."""
     encoding = body_encoding(request)
     check_query(request, query)
