@@ -8,39 +8,39 @@ ingest time per file. Writes ``benchmarks/results/ingest.json``.
 Two stages, both resumable: ``simulate`` (no encoders needed; chunks of models are cached in
 ``.cache/ingest/chunks``) and ``evaluate`` (embeds with the bundle). Run from the repository root:
 
-    flock /tmp/seisbind-cpu.lock python benchmarks/ingest.py --bundle runs/qs/bundle
-    python benchmarks/ingest.py --models 20 --chunk 10 --bank-per-family 200 --no-write   # quick check
+    flock /tmp/seisbind-cpu.lock python -m benchmarks.ingest --bundle runs/ofv/bundle --bundle runs/qs/bundle
+    python -m benchmarks.ingest --models 20 --chunk 10 --bank-per-family 200 --no-write   # quick check
+    python -m benchmarks.ingest --smoke     # 4 test models, 2 geometries, an untrained tiny bundle, temporary cache
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # ingest is timed on one core
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
-sys.path.insert(1, str(REPO / "benchmarks"))
-
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from seisbind.files import atomic_write  # noqa: E402
 from seisbind.ingest import ingest_segy, write_segy  # noqa: E402
 from seisbind.openfwi import read_models  # noqa: E402
+from seisbind.provenance import portable_path  # noqa: E402
 
-from _common import write_result  # noqa: E402
+from benchmarks._common import REPO, add_output_args, write_result  # noqa: E402
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SOURCES = [0.0, 170.0, 340.0, 520.0, 690.0]
@@ -60,22 +60,42 @@ GEOMETRIES: dict[str, dict[str, Any]] = {
     "dt2_dx10_arbitrary_units": {"source": "fine", "dt_ms": 2.0, "spacing_m": 10.0, "scale": 1e-3,
                                  "sample_format": "ibm", "endian": "little"},
 }
+CONTROL = "fine_dt1_dx10"
+"""The geometry the mapping's cost is measured against (same physics, no mapping); every run includes it."""
+SMOKE = {"models": 4, "chunk": 4, "bank_per_family": 8, "workers": 1, "geometries": (CONTROL, "dt2_dx12.5")}
+"""``--smoke``: 2 test models per family, one chunk, the control and one geometry needing interpolation."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def default_openfwi_dir() -> Path:
+    env = os.environ.get("SEISBIND_OPENFWI_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "openfwi"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--openfwi-dir", type=Path,
-                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")))
+    p.add_argument("--openfwi-dir", type=Path, default=default_openfwi_dir(),
+                   help="real OpenFWI models (default ../shared/data/openfwi or SEISBIND_OPENFWI_DIR)")
     p.add_argument("--bundle", type=Path, action="append", default=None,
-                   help="trained encoder bundle (repeat to compare several; the first gives the headline figures)")
-    p.add_argument("--cache", type=Path, default=REPO / ".cache" / "ingest")
+                   help="trained encoder bundle (repeat to compare several; the first gives the headline figures; "
+                        "default runs/qs/bundle, with --smoke an untrained tiny bundle exported to a temporary folder)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache of simulated and ingested chunks (default .cache/ingest; with --smoke a temporary "
+                        "folder)")
     p.add_argument("--models", type=int, default=500, help="test models, half from each family")
     p.add_argument("--chunk", type=int, default=25, help="models simulated and ingested per cached chunk")
     p.add_argument("--bank-per-family", type=int, default=2000, help="P2 bank: first N training models per family")
     p.add_argument("--workers", type=int, default=2, help="chunks simulated in parallel (one thread each)")
     p.add_argument("--stage", choices=("all", "simulate", "evaluate"), default="all")
-    p.add_argument("--no-write", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    add_output_args(p)
+    args = p.parse_args(argv)
+    args.geometries = list(GEOMETRIES)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    if args.models < 2 or args.chunk < 1 or args.bank_per_family < 5 or args.workers < 1:
+        p.error("--models must be at least 2, --chunk and --workers at least 1, --bank-per-family at least 5 (k = 5)")
+    return args
 
 
 def test_models(args: argparse.Namespace) -> np.ndarray:
@@ -104,15 +124,31 @@ def record(fine: np.ndarray, native: np.ndarray, geometry: dict[str, Any]) -> tu
     return data[:, ::step] * np.float32(geometry.get("scale", 1.0)), rx
 
 
+def models_digest(v: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(v, np.float32).tobytes()).hexdigest()[:16]
+
+
+def cached_chunk_fits(path: Path, v: np.ndarray, geometries: Sequence[str]) -> bool:
+    """Whether the cached chunk ``path`` holds these very models, ingested in every one of ``geometries``."""
+    if not path.is_file():
+        return False
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        names = set(z.files)
+    return (meta.get("models_sha256") == models_digest(v) and {"native", *geometries} <= names
+            and all(len(meta["timings"].get(g, ())) == len(v) for g in geometries))
+
+
 def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
-    """Simulate chunk ``c`` (fine and native), write every geometry as SEG-Y, ingest it; cache the results."""
+    """Simulate chunk ``c`` (fine and native), write every geometry as SEG-Y, ingest it; cache the results (reused
+    when they hold the same models and every geometry)."""
     import torch
 
     from model.line_simulator import refine_model, simulate_line
     from model.simulator import simulate
 
     out = args.cache / "chunks" / f"chunk{c:03d}.npz"
-    if out.is_file():
+    if cached_chunk_fits(out, v, args.geometries):
         return out
     torch.set_num_threads(1)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -126,7 +162,8 @@ def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
     timings: dict[str, list[float]] = {}
     warnings: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-        for name, geo in GEOMETRIES.items():
+        for name in args.geometries:
+            geo = GEOMETRIES[name]
             res = np.empty((len(v), 5, 1000, 70), np.float32)
             for i in range(len(v)):
                 data, rx = record(fine[i], native[i], geo)
@@ -139,11 +176,9 @@ def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
                 path.unlink()
             arrays[name] = res
     meta = {"timings": timings, "warnings": warnings, "fine_seconds_per_model": (t1 - t0) / len(v),
-            "native_seconds_per_model": (t2 - t1) / len(v)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".partial.npz")
-    np.savez(tmp_out, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp_out, out)
+            "native_seconds_per_model": (t2 - t1) / len(v), "models_sha256": models_digest(v)}
+    with atomic_write(out, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
     return out
 
 
@@ -155,13 +190,24 @@ def bank(args: argparse.Namespace) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks: list[Path]) -> dict[str, Any]:
-    """R@1, descriptor error and ingest timings per geometry, beside the native figures, with ``bundle``."""
+def portable_training(training: dict[str, Any]) -> dict[str, Any]:
+    """A bundle's ``train_minutes`` and ``data`` (training folders, written relative to the repository)."""
+    data = training.get("data")
+    if isinstance(data, list):
+        data = [{**d, "folder": portable_path(d["folder"])} if isinstance(d, dict) and d.get("folder") else d
+                for d in data]
+    return {"train_minutes": training.get("train_minutes"), "data": data}
+
+
+def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks: list[Path],
+             bundle_name: str | None = None) -> dict[str, Any]:
+    """R@1, descriptor error and ingest timings per geometry, beside the native figures, with ``bundle``
+    (recorded as ``bundle_name``, default its path relative to the repository)."""
     from seisbind.bundle import read_manifest
     from seisbind.descriptors import compute_descriptors, mean_relative_error
+    from seisbind.neighbours import exact_top_k
 
     from model.evaluate import embed_arrays, onnx_embedder
-    from model.metrics import top_k
 
     emb = onnx_embedder(bundle, threads=2)
     loaded = [np.load(c) for c in chunks]
@@ -173,8 +219,8 @@ def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks:
 
     def figures(name: str) -> dict[str, float]:
         S = embed_arrays(emb.encode["seismic"], [z[name] for z in loaded], 32, f"embed {name}")
-        _, I1 = top_k(S, V, 1)
-        _, Ik = top_k(S, VB, 5)
+        _, I1 = exact_top_k(S, V, 1)
+        _, Ik = exact_top_k(S, VB, 5)
         return {"R@1": float(np.mean(I1[:, 0] == np.arange(len(S)))),
                 "descriptor_mre": mean_relative_error(bank_desc[Ik].mean(1), test_desc)}
 
@@ -183,13 +229,14 @@ def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks:
     out: dict[str, Any] = {
         "models": int(len(models)), "families": list(FAMILIES), "bank_size": int(len(B)), "k": 5,
         "native_R@1": native["R@1"], "native_descriptor_mre": native["descriptor_mre"],
-        "bundle": {"path": str(bundle), "bundle_id": manifest["bundle_id"],
-                   "training": {k: manifest.get("training", {}).get(k) for k in ("train_minutes", "data")}},
+        "bundle": {"path": bundle_name or portable_path(bundle), "bundle_id": manifest.bundle_id,
+                   "training": portable_training(manifest.training)},
         "fine_simulation": {"dx_m": FINE_DX, "dt_ms": FINE_DT * 1000, "receivers_every_m": FINE_DX,
                             "seconds_per_model_median": statistics.median(m["fine_seconds_per_model"] for m in metas)},
         "geometries": {},
     }
-    for name, geo in GEOMETRIES.items():
+    for name in args.geometries:
+        geo = GEOMETRIES[name]
         f = figures(name)
         times = [t for m in metas for t in m["timings"][name]]
         warn = Counter(w for m in metas for w in m["warnings"][name])
@@ -204,14 +251,14 @@ def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks:
             **{k: geo[k] for k in ("scale", "sample_format", "endian") if k in geo},
         }
         print(name, json.dumps(out["geometries"][name]), flush=True)
-    control = out["geometries"]["fine_dt1_dx10"]
+    control = out["geometries"][CONTROL]
     for g in out["geometries"].values():  # what the mapping alone costs: against the same physics, unmapped
         g["R@1_ratio_vs_fine_native"] = g["R@1"] / control["R@1"] if control["R@1"] else None
         g["descriptor_mre_ratio_vs_fine_native"] = g["descriptor_mre"] / control["descriptor_mre"]
     targeted = {n: g for n, g in out["geometries"].items() if g["spacing_m"] <= 12.5 and g["dt_ms"] <= 2}
     out["targets"] = {
         "geometries": sorted(targeted),
-        "R@1_ratio_min": min(g["R@1_ratio"] for g in targeted.values()),
+        "R@1_ratio_min": min(g["R@1_ratio"] or 0 for g in targeted.values()),
         "descriptor_mre_ratio_max": max(g["descriptor_mre_ratio"] for g in targeted.values()),
         "ms_per_file_max_median": max(g["ms_per_file"] for g in out["geometries"].values()),
     }
@@ -225,12 +272,11 @@ def evaluate(args: argparse.Namespace, bundle: Path, models: np.ndarray, chunks:
     return out
 
 
-def main() -> None:
-    args = parse_args()
-    models = test_models(args)
-    n_chunks = -(-len(models) // args.chunk)
+def simulate_all(args: argparse.Namespace, models: np.ndarray) -> list[Path]:
+    """Every chunk of ``models`` simulated and ingested (cached chunks reused), ``--workers`` at a time."""
     from concurrent.futures import ProcessPoolExecutor
 
+    n_chunks = -(-len(models) // args.chunk)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(simulate_chunk, args, models[c * args.chunk:(c + 1) * args.chunk], c)
@@ -239,15 +285,47 @@ def main() -> None:
         for c, fut in enumerate(futures):
             chunks.append(fut.result())
             print(f"chunk {c + 1}/{n_chunks} ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return chunks
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any] | None:
+    """Both stages (or the one of ``--stage``); ``work`` is a temporary folder for what --smoke makes. Returns the
+    figures, or None after ``--stage simulate``."""
+    for fam in FAMILIES:
+        for split in ("test", "train"):
+            if not (args.openfwi_dir / fam / f"{split}_vmodel.zip").is_file():
+                sys.exit(f"error: {args.openfwi_dir / fam / f'{split}_vmodel.zip'}: real OpenFWI models not found "
+                         "(set --openfwi-dir or SEISBIND_OPENFWI_DIR)")
+    args.cache = args.cache or (work / "cache" if args.smoke else REPO / ".cache" / "ingest")
+    models = test_models(args)
+    chunks = simulate_all(args, models)
     if args.stage == "simulate":
-        return
-    bundles = args.bundle or [REPO / "runs" / "qs" / "bundle"]
-    result = evaluate(args, bundles[0], models, chunks)
+        return None
+    if args.bundle:
+        bundles = [(b, None) for b in args.bundle]
+    elif args.smoke:
+        from benchmarks._serving import TINY_BUNDLE, export_default_bundle
+
+        bundles = [(export_default_bundle(work / "bundle", tiny=True), TINY_BUNDLE)]
+    else:
+        bundles = [(REPO / "runs" / "qs" / "bundle", None)]
+    headline, headline_name = bundles[0]
+    result = evaluate(args, headline, models, chunks, bundle_name=headline_name)
     if len(bundles) > 1:
-        result["other_bundles"] = {str(b): evaluate(args, b, models, chunks) for b in bundles[1:]}
+        result["other_bundles"] = {portable_path(b): evaluate(args, b, models, chunks) for b, _ in bundles[1:]}
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="seisbind-ingest-bench-") as tmp:
+        result = run(args, Path(tmp))
+    if result is None:
+        return None
     print(json.dumps(result["targets"], indent=1))
     if not args.no_write:
-        print(write_result("ingest", result))
+        print(write_result("ingest", result, args.out, args.smoke))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Soak test of the service (docs/benchmarks.md, ``benchmarks/results/soak.json``): minutes of mixed load against a
 real ``seisbind serve`` process — .npy and JSON /retrieve, /infer-descriptors, /retrieve-by-descriptors, requests
-that must be refused — while admin rebuilds swap the index back and forth between two banks. Reports failed
+that must be refused (the hostile and careless inputs of issue 19 among them: JSON bodies that json.loads would blow
+up, gathers with no signal or absurd amplitudes, impossible descriptors, unknown query parameters, malformed admin
+bodies without a token) — while admin rebuilds swap the index back and forth between two banks. Reports failed
 requests (any valid request not answered 200, any bad one not answered 4xx, any connection error), latency
 percentiles, the server's resident-memory growth and the rebuilds completed.
 
@@ -85,6 +87,30 @@ def request_mix(seed: int) -> list[tuple[str, str, bytes, dict[str, str], bool, 
          JSON_HEADERS, True, 0.15),
         ("bad_shape", "/retrieve", npy_bytes(one[:, :999]), NPY_HEADERS, False, 0.05),
         ("bad_content_type", "/retrieve", b"hello", {"Content-Type": "text/plain"}, False, 0.05),
+        *hostile_mix(one, desc),
+    ]
+
+
+def hostile_mix(one: np.ndarray, desc: dict[str, float]) -> list[tuple[str, str, bytes, dict[str, str], bool, float]]:
+    """What a hostile or careless user sends (issue 19): refused with a 4xx, or answered with a warning."""
+    many_lists = b'{"gathers": [' + b",".join([b"[]"] * 1_400_000) + b"]}"  # 4.2 MB: 1.4 M lists with json.loads
+    flat_zeros = b'{"gathers": [' + b",".join([b"0.0"] * 1_000_000) + b"]}"  # 4 MB: 1 M floats with json.loads
+    zero, loud = np.zeros_like(one), one * 1e6
+    return [
+        ("warned_amplitudes", "/retrieve?k=5", npy_bytes(one * 8.0), NPY_HEADERS, True, 0.03),
+        ("no_signal", "/retrieve", npy_bytes(zero), NPY_HEADERS, False, 0.02),
+        ("loud_amplitudes", "/infer-descriptors", npy_bytes(loud), NPY_HEADERS, False, 0.02),
+        ("json_empty_lists", "/retrieve", many_lists, JSON_HEADERS, False, 0.01),
+        ("json_flat_zeros", "/retrieve", flat_zeros, JSON_HEADERS, False, 0.01),
+        ("json_boolean", "/retrieve", json.dumps({"gathers": [[True] * 70] * 1000}).encode(), JSON_HEADERS, False,
+         0.01),
+        ("unknown_query", "/retrieve?K=1&include_model=true", npy_bytes(one), NPY_HEADERS, False, 0.02),
+        ("implausible_descriptors", "/retrieve-by-descriptors",
+         json.dumps({"descriptors": desc | {"v_mean": 1e9}, "k": 5}).encode(), JSON_HEADERS, False, 0.02),
+        ("inconsistent_descriptors", "/retrieve-by-descriptors",
+         json.dumps({"descriptors": desc | {"v_min": desc["v_max"] + 100.0}, "k": 5}).encode(), JSON_HEADERS, False,
+         0.01),
+        ("admin_malformed_no_token", "/admin/rebuild-index", b"{not json", JSON_HEADERS, False, 0.01),
     ]
 
 

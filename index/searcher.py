@@ -39,6 +39,12 @@ class IndexManifest:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def bank_path(self) -> str | None:
+        """The bank the version was built from, as recorded at build time (a path on the building machine)."""
+        bank = self.raw.get("bank")
+        return str(bank["path"]) if isinstance(bank, dict) and "path" in bank else None
+
+    @property
     def index_type(self) -> str:
         """The FAISS index type ("flat", "ivf", "hnsw")."""
         return str(self.index.get("type", ""))

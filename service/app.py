@@ -16,9 +16,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from index.build import build_index
 from seisbind import __version__
+from service.api.body_budget import BodyBudgetMiddleware
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.api.openapi_limits import install_openapi_limits
 from service.api.routes.admin import router as admin_router
 from service.api.routes.health import router as health_router
 from service.api.routes.metrics import router as metrics_router
@@ -30,9 +32,15 @@ from service.core.logging import log_config
 from service.engine import Engine
 from service.index_watch import CurrentWatcher
 from service.jobs import RebuildJobs
+from service.json_gathers import SMALL_JSON_BYTES
 from service.metrics import ServiceMetrics
+from service.schemas import RebuildRequest
 
 log = logging.getLogger("service.app")
+GATHERS_PATHS = ("/retrieve", "/infer-descriptors")
+"""Endpoints whose bodies are gathers, up to SEISBIND_MAX_BODY_BYTES (read within the body budget)."""
+SMALL_JSON_PATHS = ("/retrieve-by-descriptors", "/admin/rebuild-index")
+"""Endpoints whose bodies are a small JSON object (at most SMALL_JSON_BYTES)."""
 
 DESCRIPTION = """Search seismic shot gathers by physics. Send gathers (5 shots x 1000 samples x 70 receivers, OpenFWI
 amplitudes) as raw `.npy` bytes (`Content-Type: application/x-npy`, the fast path) or JSON, or a shot-organised SEG-Y
@@ -110,6 +118,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.seisbind = state
     install_error_handlers(app)
+    # memory: gathers bodies are read and decoded within a byte budget; small-JSON endpoints take small bodies only
+    app.add_middleware(BodyBudgetMiddleware, paths=GATHERS_PATHS, capacity=settings.body_budget(),
+                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=SMALL_JSON_BYTES, paths=SMALL_JSON_PATHS,
+                       limit_name="this endpoint's limit", hint="its JSON body is a few hundred bytes")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # off unless configured: no CORS headers at all, browsers keep other origins out
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
@@ -117,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID"], max_age=600)
     for router in (retrieval_router, admin_router, health_router, metrics_router, web_router):
         app.include_router(router)
+    install_openapi_limits(app, settings, models=[RebuildRequest])  # read by its handler, after the token check
     static_paths = {str(getattr(r, "path")) for r in app.routes if "{" not in str(getattr(r, "path", "{"))}
     # outermost: request ids, access logs and request metrics for everything, errors included
     app.add_middleware(RequestContextMiddleware, metrics=metrics, known_paths=static_paths)
@@ -142,5 +156,5 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
     freeze_startup_objects()
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=config, access_log=False,
-                timeout_graceful_shutdown=10,
+                timeout_graceful_shutdown=10, server_header=False,
                 **http_options(settings.request_timeout_s, settings.max_header_bytes, settings.max_headers))

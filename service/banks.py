@@ -31,6 +31,13 @@ def resolve_bank(root: Path, bank: str) -> Path:
     if not real.is_relative_to(root_real):
         raise BankOutsideRootError(f"bank {name} is outside the bank root; give a name or a path inside it")
     try:
+        # the kernel resolves the path as given: "file.npy/.." is an error there (realpath drops the ".." unchecked)
+        os.stat(given if given.is_absolute() else root_real / given)
+    except FileNotFoundError:
+        pass  # reported just below
+    except OSError as e:  # a file used as a folder, a name too long for the file system ...
+        raise InputError(f"bank {name}: not a usable path ({e.strerror or e})") from e
+    try:
         exists, usable = real.exists(), real.is_dir() or (real.is_file() and real.suffix in BANK_SUFFIXES)
     except OSError as e:  # e.g. a name too long for the file system
         raise InputError(f"bank {name}: not a usable path ({e.strerror or e})") from e
@@ -39,3 +46,14 @@ def resolve_bank(root: Path, bank: str) -> Path:
     if not usable:
         raise InputError(f"bank {name}: not a folder, .npy or .zip of velocity models")
     return real
+
+
+def relative_bank(bank: str, root: Path | None) -> str:
+    """A resolved bank path as responses show it: relative to the bank root (its name when outside, e.g. after the
+    root changed), never a path on the server."""
+    if root is not None:
+        try:
+            return Path(bank).relative_to(os.path.realpath(root)).as_posix()
+        except ValueError:
+            pass
+    return Path(bank).name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from urllib.parse import quote
 from typing import Any, Literal
 
 import httpx
@@ -22,13 +23,29 @@ NPY_MEDIA_TYPE = "application/x-npy"
 
 
 class SeisBindError(RuntimeError):
-    """An error response of the service: ``status``, ``detail`` (what is wrong) and ``request_id``."""
+    """A call that failed: an error response of the service (``status``, ``detail``: what is wrong,
+    ``request_id``), or no response at all (``status`` 0: the service could not be reached; ``detail`` says why).
+    ``url`` is the URL called."""
 
-    def __init__(self, status: int, detail: str, request_id: str | None = None) -> None:
-        super().__init__(f"HTTP {status}: {detail}" + (f" (request id {request_id})" if request_id else ""))
+    def __init__(self, status: int, detail: str, request_id: str | None = None, url: str | None = None) -> None:
+        where = f" from {url}" if url else ""
+        head = f"HTTP {status}{where}" if status else f"cannot reach {url or 'the service'}"
+        super().__init__(f"{head}: {detail}" + (f" (request id {request_id})" if request_id else ""))
         self.status = status
         self.detail = detail
         self.request_id = request_id
+        self.url = url
+
+
+def check_base_url(base_url: str) -> str:
+    """``base_url`` if it is an absolute http(s) URL with a host; ValueError saying what is wrong otherwise."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as e:
+        raise ValueError(f"bad service URL {base_url!r}: {e}") from e
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"bad service URL {base_url!r}: give scheme and host, e.g. http://127.0.0.1:8000")
+    return base_url
 
 
 def npy_bytes(gathers: np.ndarray) -> bytes:
@@ -52,6 +69,8 @@ class SeisBindClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0,
                  admin_token: str | None = None, client: httpx.Client | None = None) -> None:
         self._own = client is None
+        if client is None:
+            check_base_url(base_url)
         self._http = client if client is not None else httpx.Client(base_url=base_url, timeout=timeout)
         self._admin_token = admin_token
 
@@ -82,19 +101,25 @@ class SeisBindClient:
                                 include_models: bool = False) -> dict[str, Any]:
         """Top-k velocity models for a descriptor vector given by name (all eight); the response of /retrieve."""
         body = {"descriptors": {n: float(v) for n, v in descriptors.items()}, "k": k, "include_models": include_models}
-        return self._check(self._http.post("/retrieve-by-descriptors", json=body))
+        return self._call("POST", "/retrieve-by-descriptors", json=body)
 
     @staticmethod
     def velocity_models(response: dict[str, Any]) -> list[np.ndarray]:
         """The velocity models of a /retrieve response made with include_models: one [k, 70, 70] float32 array
-        per query."""
-        return [np.asarray([n["velocity_model"] for n in r["neighbors"]], np.float32) for r in response["results"]]
+        per query. ValueError when the response has none (made without include_models)."""
+        results = response.get("results") if isinstance(response, dict) else None
+        if not isinstance(results, list):
+            raise ValueError("not a /retrieve response: it has no 'results' list")
+        if any("velocity_model" not in n for r in results for n in r.get("neighbors", [])):
+            raise ValueError("the response holds no velocity models: call retrieve(..., include_models=True) "
+                             "(or retrieve_by_descriptors(..., include_models=True))")
+        return [np.asarray([n["velocity_model"] for n in r["neighbors"]], np.float32) for r in results]
 
     # -- service state ---------------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """GET /v1/info."""
-        return self._check(self._http.get("/v1/info"))
+        return self._call("GET", "/v1/info")
 
     def ready(self) -> bool:
         """Whether /readyz answers 200."""
@@ -104,24 +129,29 @@ class SeisBindClient:
             return False
 
     def wait_ready(self, timeout: float = 60.0, interval: float = 0.2) -> None:
-        """Block until the service is ready; TimeoutError otherwise."""
+        """Block until the service is ready; TimeoutError (naming the URL and the last reason) otherwise."""
         deadline = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready after {timeout:g} s")
+                try:
+                    r = self._http.get("/readyz")
+                    why = f"/readyz answers {r.status_code}: {r.text[:200]}"
+                except httpx.TransportError as e:
+                    why = f"{type(e).__name__}: {e}"
+                raise TimeoutError(f"service at {self._http.base_url} not ready after {timeout:g} s ({why})")
             time.sleep(interval)
 
     # -- admin -----------------------------------------------------------------------------------------------
 
     def rebuild_index(self, bank: str, index_type: str = "auto") -> str:
         """Start a rebuild from a bank under the service's bank root; returns the job id."""
-        r = self._http.post("/admin/rebuild-index", json={"bank": bank, "index_type": index_type},
-                            headers=self._admin_headers())
-        return str(self._check(r)["job_id"])
+        r = self._call("POST", "/admin/rebuild-index", json={"bank": bank, "index_type": index_type},
+                       headers=self._admin_headers())
+        return str(r["job_id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """GET /admin/jobs/{job_id}."""
-        return self._check(self._http.get(f"/admin/jobs/{job_id}", headers=self._admin_headers()))
+        """GET /admin/jobs/{job_id} (the id URL-escaped: whatever it holds, it stays one path segment)."""
+        return self._call("GET", f"/admin/jobs/{quote(str(job_id), safe='')}", headers=self._admin_headers())
 
     def wait_job(self, job_id: str, timeout: float = 600.0, interval: float = 0.2) -> dict[str, Any]:
         """Poll a job until it succeeds or fails; returns its final state (check ``state`` and ``error``)."""
@@ -140,17 +170,29 @@ class SeisBindClient:
         return {"Authorization": f"Bearer {self._admin_token}"} if self._admin_token else {}
 
     def _post_npy(self, path: str, gathers: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
-        r = self._http.post(path, content=npy_bytes(gathers), params=params,
-                            headers={"Content-Type": NPY_MEDIA_TYPE})
+        return self._call("POST", path, content=npy_bytes(gathers), params=params,
+                          headers={"Content-Type": NPY_MEDIA_TYPE})
+
+    def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """One request; SeisBindError (with the URL) for an error response or when no response came."""
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            url = str(self._http.base_url.join(path))
+            raise SeisBindError(0, f"{type(e).__name__}: {e or 'no response'}", url=url) from e
         return self._check(r)
 
     @staticmethod
     def _check(r: httpx.Response) -> dict[str, Any]:
+        url = str(r.request.url)
         if r.status_code >= 400:
             try:
                 body = r.json()
                 detail, rid = str(body.get("detail", r.text)), body.get("request_id")
-            except ValueError:
-                detail, rid = r.text, None
-            raise SeisBindError(r.status_code, detail, rid or r.headers.get("X-Request-ID"))
-        return r.json()
+            except (ValueError, AttributeError):
+                detail, rid = r.text[:500], None
+            raise SeisBindError(r.status_code, detail, rid or r.headers.get("X-Request-ID"), url=url)
+        try:
+            return r.json()
+        except ValueError as e:
+            raise SeisBindError(r.status_code, f"the response is not JSON: {r.text[:200]!r}", url=url) from e

@@ -45,15 +45,16 @@ def parse_npy(body: bytes) -> np.ndarray:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy's header parser raises many types (ValueError, TokenError, ...)
-        raise InputError(f"body is not a readable .npy file: {e}") from e
+        raise InputError(f"body is not a readable .npy file: {_header_problem(body, e)}") from e
     if not all(type(n) is int and n >= 0 for n in shape):  # numpy lets bools and negative sizes through
-        raise InputError(f".npy header declares an invalid shape {tuple(shape)}")
+        raise InputError(f".npy header declares an invalid shape {show_shape(tuple(shape))}")
     check_dtype(dtype)
     check_shape(tuple(shape))
     want = math.prod(shape) * dtype.itemsize
     have = len(body) - buf.tell()
     if have != want:
-        raise InputError(f".npy data is {have} bytes but its header declares shape {tuple(shape)} {dtype} = {want} "
+        raise InputError(f".npy data is {have} bytes but its header declares shape {show_shape(tuple(shape))} {dtype} "
+                         f"= {want} "
                          "bytes (truncated or padded body)")
     # A view of the body, no copy: check_gathers copies only when it must cast (float64, byte order, Fortran).
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=buf.tell())
@@ -72,20 +73,19 @@ def parse_segy(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         raise InputError(f"SEG-Y ({SEGY_MEDIA_TYPE}) body could not be ingested: {type(e).__name__}: {e}") from e
 
 
-def gathers_from_json(value: Any) -> np.ndarray:
-    """Nested JSON lists of numbers -> array; refuses ragged lists and non-numbers."""
-    if not isinstance(value, list):
-        raise InputError(f"'gathers' must be nested lists of numbers, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except ValueError as e:
-        raise InputError(f"'gathers' is not a regular nested list (ragged?): {e}") from e
-    if arr.dtype.kind in "iu":
-        arr = arr.astype(np.float64)
-    if arr.dtype.kind != "f":
-        raise InputError(f"'gathers' must hold only numbers (found {arr.dtype.kind!r} values, e.g. strings, "
-                         "booleans or nulls)")
-    return arr
+def _header_problem(body: bytes, exc: Exception) -> str:
+    """What is wrong with a .npy header that numpy could not read, in our words: numpy's message can quote the
+    header (kilobytes of it, or the repr of a parsed expression), which is never echoed back."""
+    if len(body) < 10:
+        return "cut short within the magic string and header length"
+    size = int.from_bytes(body[8:10] if body[6:7] == b"\x01" else body[8:12], "little")
+    start = 10 if body[6:7] == b"\x01" else 12
+    if size > MAX_NPY_HEADER:
+        return f"its header declares {size} bytes, more than {MAX_NPY_HEADER}"
+    if len(body) < start + size:
+        return "cut short within the header"
+    return ("its header is not the dictionary numpy.save writes, e.g. {'descr': '<f4', 'fortran_order': False, "
+            "'shape': (5, 1000, 70)}")
 
 
 def check_dtype(dtype: np.dtype) -> None:
@@ -102,7 +102,14 @@ def check_shape(shape: tuple[int, ...]) -> None:
         if shape[0] < 1:
             raise InputError(f"gathers: empty batch (shape {tuple(shape)}); send at least one gather")
         return
-    raise InputError(f"gathers have shape {tuple(shape)}; expected (5, 1000, 70) or (B, 5, 1000, 70)")
+    raise InputError(f"gathers have shape {show_shape(shape)}; expected (5, 1000, 70) or (B, 5, 1000, 70)")
+
+
+def show_shape(shape: tuple[Any, ...]) -> str:
+    """A shape for a message: in full up to 6 dimensions, else its rank and first dimensions (never kilobytes)."""
+    if len(shape) <= 6:
+        return str(tuple(shape))
+    return f"({', '.join(map(str, shape[:4]))}, ... {len(shape)} dimensions)"
 
 
 def check_gathers(arr: np.ndarray, max_gathers: int) -> np.ndarray:
@@ -147,7 +154,8 @@ def check_descriptors(values: Mapping[str, float], names: Sequence[str]) -> np.n
             parts.append(f"unknown {', '.join(unknown)}")
         raise InputError(f"descriptors: {'; '.join(parts)} (expected exactly: {', '.join(names)})")
     row = np.array([float(values[n]) for n in names], dtype=np.float64)
-    bad = [n for n, x in zip(names, row) if not math.isfinite(x) or abs(x) > np.finfo(np.float32).max]
+    bad = [f"{n} = {x:g}" for n, x in zip(names, row) if not math.isfinite(x) or abs(x) > np.finfo(np.float32).max]
     if bad:
-        raise InputError(f"descriptors: {', '.join(bad)} must be finite numbers")
+        raise InputError(f"descriptors: {', '.join(bad)}: each must be a finite number within float32's range "
+                         "(+-3.4e38)")
     return row.astype(np.float32)[None]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from seisbind.descriptors import DESCRIPTOR_UNITS
 from seisbind.neighbours import Weighting, infer_descriptors
+
 
 class IndexView(Protocol):
     """What the response builders read from a loaded index (index.searcher.Searcher satisfies it)."""
@@ -25,11 +28,33 @@ class IndexView(Protocol):
     def velocity_models(self, I: np.ndarray) -> np.ndarray: ...  # noqa: E741 - faiss naming
 
 
+@lru_cache(maxsize=4096)
+def public_file(label: str, bank_path: str | None) -> str:
+    """A bank file as responses show it: its path relative to the bank it was indexed from ("model/model3.npy";
+    the file name for a single-file bank; "bank.zip:member.npy" for a zip member), never a path on the server."""
+    head, sep, _ = label.partition(":")
+    if sep and head.endswith(".zip") and "/" not in head:
+        return label
+    path = Path(label)
+    if bank_path:
+        bank = Path(bank_path)
+        try:
+            rel = path.relative_to(bank)
+            return rel.as_posix() if rel.parts else path.name
+        except ValueError:
+            parts = path.parts
+            if bank.name in parts[:-1]:  # indexed from a relative path: cut at the bank's folder
+                i = len(parts) - 1 - parts[::-1].index(bank.name)
+                return Path(*parts[i + 1:]).as_posix()
+    return path.name
+
+
 def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],
                include_models: bool = False) -> list[list[dict[str, Any]]]:
-    """One list of neighbours per query row: rank, id, score (cosine), source, descriptors by name and, with
-    ``include_models``, the velocity model as nested lists [depth 70][lateral 70] in m/s. Entries FAISS could
-    not fill (id -1) are left out."""
+    """One list of neighbours per query row: rank, id, score (cosine), source (file relative to the bank, row),
+    descriptors by name and, with ``include_models``, the velocity model as nested lists [depth 70][lateral 70] in
+    m/s. Entries FAISS could not fill (id -1) are left out."""
+    bank = getattr(getattr(view, "manifest", None), "bank_path", None)
     out = []
     for d_row, i_row in zip(D, I):
         keep = i_row >= 0
@@ -39,7 +64,8 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
         for rank, (score, i) in enumerate(zip(d_row.tolist(), i_row.tolist()), start=1):
             file, row = view.sources[i]
             hit: dict[str, Any] = {
-                "rank": rank, "id": view.ids[i], "score": score, "source": {"file": str(file), "row": int(row)},
+                "rank": rank, "id": view.ids[i], "score": score,
+                "source": {"file": public_file(str(file), bank), "row": int(row)},
                 "descriptors": dict(zip(names, view.descriptors[i].tolist())),
             }
             if models is not None:
@@ -64,3 +90,11 @@ def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: S
             "scores": d_row[keep].tolist(),
         })
     return out
+
+
+def with_warnings(results: list[dict[str, Any]], warnings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """Add each result's ``warnings`` (service.plausibility) to it, only where there are any."""
+    for result, notes in zip(results, warnings):
+        if notes:
+            result["warnings"] = list(notes)
+    return results

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
 from seisbind.neighbours import Weighting
 
+from service.plausibility import AMPLITUDE_LIMIT, DESCRIPTOR_RANGES
+
 _NEIGHBOR_EXAMPLE: dict[str, Any] = {
-    "rank": 1, "id": "model/model3:12", "score": 0.83, "source": {"file": "/banks/flatvel/model/model3.npy", "row": 12},
+    "rank": 1, "id": "model/model3:12", "score": 0.83, "source": {"file": "model/model3.npy", "row": 12},
     "descriptors": {"v_mean": 2875.1, "v_std": 612.4, "v_min": 1712.0, "v_max": 4020.5, "v_top": 1790.2,
                     "v_bottom": 3950.7, "grad_z": 3.41, "grad_x": 0.05},
 }
@@ -21,7 +23,7 @@ _DESCRIPTORS_EXAMPLE: dict[str, Any] = {"v_mean": 3000.0, "v_std": 600.0, "v_min
 
 def _nested_array(shape: tuple[int, ...]) -> dict[str, Any]:
     """JSON schema of nested lists of numbers with exactly this shape."""
-    schema: dict[str, Any] = {"type": "number"}
+    schema: dict[str, Any] = {"type": "number", "minimum": -AMPLITUDE_LIMIT, "maximum": AMPLITUDE_LIMIT}
     for n in reversed(shape):
         schema = {"type": "array", "items": schema, "minItems": n, "maxItems": n}
     return schema
@@ -31,24 +33,40 @@ _GATHERS_SCHEMA: dict[str, Any] = {
     "anyOf": [_nested_array(GATHER_SHAPE), {"type": "array", "items": _nested_array(GATHER_SHAPE), "minItems": 1}],
     "description": "one gather, nested lists of numbers of shape (5, 1000, 70) [shot][time sample][receiver], or a "
                    "batch of them (B, 5, 1000, 70), at most SEISBIND_MAX_GATHERS (/v1/info limits.max_gathers); "
-                   "finite values only",
+                   f"finite amplitudes within +-{AMPLITUDE_LIMIT:g} (100x the OpenFWI extremes; a gather with "
+                   "every value the same is refused too: docs/api.md)",
 }
 _K_SCHEMA: dict[str, Any] = {"minimum": 1}
 """k is documented as >= 1; the range check itself (with the index size and SEISBIND_MAX_K) is check_k's, for its
 clearer message."""
+_WARNINGS = ("present only when the query is possible but doubtful: amplitudes outside the training data's range, "
+             "dead shots, descriptors outside the bank's range (docs/api.md)")
 _K_LIMIT = " (1 <= k <= SEISBIND_MAX_K, /v1/info limits.max_k, and <= the index size)"
 _DESCRIPTORS_SCHEMA: dict[str, Any] = {
-    "properties": {n: {"type": "number", "description": DESCRIPTOR_UNITS[n]} for n in DESCRIPTOR_NAMES},
+    "properties": {n: {"type": "number", "description": DESCRIPTOR_UNITS[n], "minimum": DESCRIPTOR_RANGES[n][0],
+                       "maximum": DESCRIPTOR_RANGES[n][1]} for n in DESCRIPTOR_NAMES},
     "required": list(DESCRIPTOR_NAMES), "additionalProperties": False,
 }
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    """1.0 -> 1: JSON Schema counts a number with no fractional part as an integer (the OpenAPI schema says
+    "integer"), so the service does too; 1.5, "5" and true stay refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole_float_to_int)]
+"""An int field (used with strict=True) that also takes 1.0, as JSON Schema's "integer" does."""
 
 
 # -- shared pieces ---------------------------------------------------------------------------------------------
 
 class Source(BaseModel):
-    """Where a bank entry came from: the bank file and the row in it."""
+    """Where a bank entry came from: the bank file (relative to the bank) and the row in it."""
 
-    file: str
+    file: str = Field(description="path relative to the bank the index was built from, e.g. model/model3.npy")
     row: int
 
 
@@ -70,6 +88,7 @@ class QueryResult(BaseModel):
     """The neighbours of one query, best first."""
 
     neighbors: list[Neighbor]
+    warnings: list[str] | None = Field(None, description=_WARNINGS)
 
 
 class ErrorBody(BaseModel):
@@ -119,7 +138,7 @@ class RetrieveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours per gather" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours per gather" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
@@ -146,7 +165,7 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
 
 
@@ -164,6 +183,7 @@ class InferResult(BaseModel):
     descriptors: dict[str, DescriptorEstimate]
     neighbors: list[str] = Field(description="ids of the neighbours, best first")
     scores: list[float] = Field(description="their cosine similarities")
+    warnings: list[str] | None = Field(None, description=_WARNINGS)
 
 
 class InferResponse(BaseModel):
@@ -193,10 +213,11 @@ class DescriptorQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"descriptors": _DESCRIPTORS_EXAMPLE, "k": 5, "include_models": False}]})
 
-    descriptors: dict[str, StrictFloat] = Field(description="all eight descriptors by name, in DESCRIPTOR_UNITS: "
-                                                            "finite numbers within float32's range",
+    descriptors: dict[str, StrictFloat] = Field(description="all eight descriptors by name, in DESCRIPTOR_UNITS, "
+                                                            "each within its physical range, and consistent (v_min "
+                                                            "<= v_mean, v_top, v_bottom <= v_max ...: docs/api.md)",
                                                 json_schema_extra=_DESCRIPTORS_SCHEMA)
-    k: int = Field(5, strict=True, description="neighbours to return" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
+    k: WholeInt = Field(5, strict=True, description="neighbours to return" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     include_models: bool = Field(False, strict=True, description="return each neighbour's velocity model")
 
 
@@ -228,7 +249,7 @@ class JobStatus(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"job_id": "9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d", "state": "running", "progress": 0.42, "version": None,
-         "error": None, "bank": "/banks/flatvel_train", "index_type": "flat", "created_at": 1767322800.0,
+         "error": None, "bank": "flatvel_train", "index_type": "flat", "created_at": 1767322800.0,
          "started_at": 1767322800.1, "finished_at": None}]})
 
     job_id: str
@@ -236,7 +257,7 @@ class JobStatus(BaseModel):
     progress: float = Field(ge=0.0, le=1.0)
     version: str | None
     error: str | None
-    bank: str
+    bank: str = Field(description="the bank, relative to the bank root")
     index_type: str
     created_at: float
     started_at: float | None

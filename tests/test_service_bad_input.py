@@ -10,6 +10,10 @@ Content-Types (test_unsupported_content_type_gets_415); bodies over the limit, s
 (test_body_over_the_limit_gets_413); admin tokens and banks outside the root (test_admin_requires_the_bearer_token,
 test_rebuild_refuses_banks_outside_the_root).
 
+Issue 19 added the physically implausible (no signal, amplitudes beyond the limit, descriptors no model has),
+JSON bodies that would cost json.loads gigabytes, values that are not numbers, unknown or repeated query
+parameters, headers that used to be echoed, and a file taken for a folder (docs/api.md lists the rules).
+
 Here the index (12 entries) is smaller than SEISBIND_MAX_K (50), so k is bounded by the index size.
 """
 
@@ -73,7 +77,17 @@ GATHER_TEXT = json.dumps(as_json(gathers()))
 WITH_INFINITY = as_json(gathers())
 WITH_INFINITY[3][500][7] = float("inf")  # json.dumps writes the non-standard Infinity, which json.loads reads
 
-NPY_CASES: list[tuple[str, bytes, dict[str, Any], str]] = [
+CONSTANT_SECOND = gathers(2)
+CONSTANT_SECOND[1] = -3.0
+
+
+def _header_text(text: bytes) -> bytes:
+    """A version 1.0 .npy header around ``text`` (padded as numpy.save pads)."""
+    text = text + b" " * (63 - (len(text) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+NPY_CASES: list[tuple[str, bytes, Any, str]] = [
     # truncated
     ("truncated data", ONE[:-1000], {}, "truncated or padded body"),
     ("padded data", ONE + b"\0" * 8, {}, "truncated or padded body"),
@@ -109,6 +123,18 @@ NPY_CASES: list[tuple[str, bytes, dict[str, Any], str]] = [
     ("k above the index size", ONE, {"k": BANK_SIZE + 1}, f"the index holds {BANK_SIZE} entries"),
     ("k above the limit", ONE, {"k": MAX_K + 1}, f"service limit {MAX_K}"),
     ("k huge", ONE, {"k": 10**30}, f"k={10**30} is out of range"),
+    # physically implausible (issue 19; docs/api.md)
+    ("all zero", npy(np.zeros(G, np.float32)), {}, "gather 0 carries no signal (every value is 0)"),
+    ("constant second gather", npy(CONSTANT_SECOND), {}, "gather 1 carries no signal (every value is -3)"),
+    ("amplitudes x 1e6", npy(gathers() * 1e6), {}, "gather 0 has amplitudes up to"),
+    ("amplitudes x -1e4 float64", npy(gathers().astype(np.float64) * -1e4), {}, "over 5510"),
+    # query parameters
+    ("unknown query parameters", ONE, {"K": 1, "include_model": "true"}, "unknown query parameters 'K'"),
+    ("a query parameter twice", ONE, [("k", 2), ("k", 3)], "'k' given more than once"),
+    # headers are never echoed
+    ("header with a call", _header_text(b"{'descr': '<f4', 'fortran_order': False, 'shape': (5, 1000, 70), "
+                                        b"'x': __import__('os')}") + ONE[128:], {}, "not the dictionary numpy.save"),
+    ("header of 1500 dimensions", _header_only("<f4", (1,) * 1500), {}, "1500 dimensions"),
 ]
 
 
@@ -120,6 +146,11 @@ def test_bad_npy_body(served: Server, path: str, case: tuple) -> None:
         assert_error(c.post(path, content=body, params=params, headers=NPY), 422, fragment)
 
 
+def _first_value(value: str) -> bytes:
+    """A one-gather JSON body with ``value`` written in place of its first number."""
+    return ('{"gathers": [[[' + value + GATHER_TEXT[GATHER_TEXT.index(","):] + "}").encode()
+
+
 JSON_CASES: list[tuple[str, str, bytes, str]] = [
     # malformed JSON, on every JSON endpoint
     ("/retrieve", "cut short", b'{"gathers": [[[1.0, 2', "not valid JSON"),
@@ -129,7 +160,7 @@ JSON_CASES: list[tuple[str, str, bytes, str]] = [
     ("/retrieve-by-descriptors", "not UTF-8", b'{"descriptors": "\x80\x81"}', "not UTF-8"),
     ("/admin/rebuild-index", "not UTF-8", b'{"bank": "\xff"}', "not UTF-8"),
     ("/retrieve", "nested too deeply", b"[" * 100_000, "nested too deeply"),
-    ("/retrieve-by-descriptors", "nested too deeply", b"[" * 100_000, "nested too deeply"),
+    ("/retrieve-by-descriptors", "nested too deeply", b"[" * 60_000, "nested too deeply"),  # under its 64 KiB limit
     ("/retrieve", "single quotes", b"{'gathers': []}", "not valid JSON"),
     # the wrong JSON
     ("/retrieve", "empty body", b"", "empty request body"),
@@ -171,10 +202,44 @@ JSON_CASES: list[tuple[str, str, bytes, str]] = [
     ("/retrieve-by-descriptors", "a value as a boolean", json.dumps({"descriptors": DESC | {"grad_x": False}}).encode(),
      "descriptors.grad_x: Input should be a valid number"),
     ("/retrieve-by-descriptors", "NaN", json.dumps({"descriptors": DESC | {"v_std": float("nan")}}).encode(),
-     "v_std must be finite numbers"),
+     "v_std = nan: each must be a finite number"),
     ("/retrieve-by-descriptors", "beyond float32", json.dumps({"descriptors": DESC | {"v_max": 1e39}}).encode(),
-     "v_max must be finite numbers"),
+     "v_max = 1e+39: each must be a finite number within float32"),
+    # JSON bodies parsed in bounded memory, values that are not numbers (issue 19)
+    ("/retrieve", "a boolean among numbers", b'{"gathers": [[1.0, true]]}', "found true (a boolean)"),
+    ("/retrieve", "a null among numbers", b'{"gathers": [[1.0, null]]}', "found null (a null)"),
+    ("/retrieve", "an integer beyond float32", _first_value("1" + "0" * 40), "beyond float32's range"),
+    ("/retrieve", "an integer of 5000 digits", _first_value("1" + "0" * 5000), "gather 0 holds NaN or Inf"),
+    ("/retrieve", "200,000 empty lists", b'{"gathers": [' + b",".join([b"[]"] * 200_000) + b"]}",
+     f"at most {MAX_GATHERS * 5006 + 64} arrays"),
+    ("/retrieve", "2,000,000 zeros", b'{"gathers": [' + b",".join([b"0.0"] * 2_000_000) + b"]}", "commas"),
+    ("/retrieve", "600,000 zeros", b'{"gathers": [' + b",".join([b"0.0"] * 600_000) + b"]}",
+     "holds more than 350000 values"),
+    ("/retrieve", "big fields besides", ('{"gathers": ' + GATHER_TEXT + ', "k": [' + "1," * 40_000 + "1]}").encode(),
+     'the fields besides "gathers" take'),
+    ("/retrieve", "gathers twice", ('{"gathers": ' + GATHER_TEXT + ', "gathers": ' + GATHER_TEXT + "}").encode(),
+     '"gathers" appears more than once'),
+    ("/retrieve", "gathers not at the top", ('{"q": {"gathers": ' + GATHER_TEXT + "}}").encode(),
+     'must be an object with "gathers"'),
+    ("/retrieve", "a batch with a number", ('{"gathers": [' + GATHER_TEXT + ", 5]}").encode(),
+     "must hold only gathers"),
+    ("/retrieve", "an all-zero gather", json.dumps({"gathers": np.zeros(G).tolist()}).encode(), "carries no signal"),
+    ("/retrieve", "unknown query on a JSON body", b'{"gathers": []}', "unknown query parameter 'kk'"),
+    # descriptors no velocity model has (issue 19)
+    ("/retrieve-by-descriptors", "v_mean 1e9", json.dumps({"descriptors": DESC | {"v_mean": 1e9}}).encode(),
+     "v_mean = 1e+09 m/s is outside the physical range"),
+    ("/retrieve-by-descriptors", "a negative velocity", json.dumps({"descriptors": DESC | {"v_top": -1.0}}).encode(),
+     "v_top = -1 m/s is outside the physical range"),
+    ("/retrieve-by-descriptors", "v_min above v_max",
+     json.dumps({"descriptors": DESC | {"v_min": 4600.0, "v_max": 4550.0}}).encode(), "v_min = 4600 is above v_max"),
+    ("/retrieve-by-descriptors", "v_bottom above v_max",
+     json.dumps({"descriptors": DESC | {"v_bottom": 4600.0}}).encode(),
+     "v_bottom = 4600 is outside [v_min, v_max]"),
+    ("/retrieve-by-descriptors", "unknown query", json.dumps({"descriptors": DESC}).encode(),
+     "unknown query parameter 'kk'; it takes none"),
     # banks
+    ("/admin/rebuild-index", "a file taken for a folder", json.dumps({"bank": "bank_a/model1.npy/.."}).encode(),
+     "Not a directory"),
     ("/admin/rebuild-index", "bank name too long", json.dumps({"bank": "b" * 300}).encode(), "not a usable path"),
     ("/admin/rebuild-index", "bank a NUL byte", json.dumps({"bank": "bank_a\0"}).encode(), "NUL byte"),
     ("/admin/rebuild-index", "bank empty", json.dumps({"bank": ""}).encode(), "bank: String should have at least"),
@@ -183,10 +248,11 @@ JSON_CASES: list[tuple[str, str, bytes, str]] = [
 
 @pytest.mark.parametrize("case", JSON_CASES, ids=[f"{c[0]} {c[1]}" for c in JSON_CASES])
 def test_bad_json_body(served: Server, case: tuple) -> None:
-    path, _, body, fragment = case
+    path, name, body, fragment = case
     headers = JSON | (AUTH if path.startswith("/admin") else {})
+    params = {"kk": "1"} if name.startswith("unknown query") else None
     with served.client() as c:
-        assert_error(c.post(path, content=body, headers=headers), 422, fragment)
+        assert_error(c.post(path, content=body, headers=headers, params=params), 422, fragment)
 
 
 # -- a pickled .npy is never loaded ----------------------------------------------------------------------------

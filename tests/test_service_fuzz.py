@@ -15,6 +15,11 @@
 * ``test_fuzz_npy_bodies``: the fast path, raw ``.npy`` bodies built by hypothesis (valid gathers in any float
   dtype, byte order and memory order; wrong dtypes and shapes; truncated and padded data; NaN/Inf; too many
   gathers; corrupted headers), each checked against the outcome it must have.
+* ``test_fuzz_hostile_json_bodies``: JSON bodies built to cost memory (empty lists, flat numbers, deep nesting,
+  big fields besides the gathers) and wrong values hidden in valid-looking gathers: each its 422, memory bounded.
+* ``test_schema_valid_requests_are_accepted``: schemathesis' positive_data_acceptance (ST202) on the three query
+  endpoints: the schema states the ranges the service enforces (the one exception: descriptors contradicting each
+  other, a cross-field rule no schema expresses).
 * ``test_fuzz_case_count``: at least 1,000 schemathesis cases ran, and the server survived them all with no
   unhandled error in its log.
 
@@ -43,6 +48,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from service.plausibility import AMPLITUDE_LIMIT, AMPLITUDE_WARN, WEAK_PEAK
 from service_fixtures import G, NPY, Server, stop_server, serve, small_service_files
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"
@@ -225,15 +231,22 @@ def _npy_header(dtype: str, fortran: bool, shape: tuple[int, ...]) -> bytes:
 FLOAT_DTYPES = ["<f4", ">f4", "<f8", ">f8"]
 OTHER_DTYPES = ["<f2", "<i2", "<i4", "|u1", "|b1", "<c8", "<c16", "|O", "<U4", "<M8[s]", "|V4"]
 BAD_SHAPES = [(), (70,), (1000, 70), (5, 1000, 69), (5, 70, 1000), (2, 1000, 70), (0, *G), (1, 5, 1000, 70, 1)]
-FAULTS = ["none", "none", "none", "dtype", "shape", "truncated", "padded", "nan", "inf", "too many"]
+FAULTS = ["none", "none", "none", "dtype", "shape", "truncated", "padded", "nan", "inf", "too many", "no signal",
+          "loud", "unknown query"]
 EXPECTED = {"dtype": "dtype", "shape": "shape", "truncated": "truncated or padded", "padded": "truncated or padded",
-            "too many": f"at most {MAX_GATHERS} are accepted"}
+            "too many": f"at most {MAX_GATHERS} are accepted", "no signal": "carries no signal",
+            "loud": "has amplitudes up to", "unknown query": "unknown query parameter"}
+SCALES = [1e-3, 1.0, 30.0, 1e3]
+"""Amplitude scales of the random gathers: weak (a warning), OpenFWI-like, loud (a warning), some beyond the limit."""
+UNKNOWN_QUERY = [{"K": "1"}, {"include_model": "true"}, {"kk": "2", "k": "3"}, {"weighting": "mean"}]
 
 
 @st.composite
-def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int]:
-    """(fault, body, expected status, expected message fragment, gathers in it): a .npy body with at most one
-    fault; 413 whenever the body is over the limit (two float64 gathers are)."""
+def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int, dict[str, str], list[bool]]:
+    """(fault, body, expected status, expected message fragment, gathers in it, extra query parameters, whether
+    each gather gets a warning): a .npy body with at most one fault; 413 whenever the body is over the limit (two
+    float64 gathers are). Gathers of random amplitudes at several scales: refused beyond AMPLITUDE_LIMIT,
+    answered with a warning past AMPLITUDE_WARN or under WEAK_PEAK (service.plausibility)."""
     fault = draw(st.sampled_from(FAULTS))
     dtype = draw(st.sampled_from(OTHER_DTYPES if fault == "dtype" else FLOAT_DTYPES))
     fortran = draw(st.booleans())
@@ -241,9 +254,13 @@ def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int]:
     shape = draw(st.sampled_from(BAD_SHAPES)) if fault == "shape" else G if batch is None else (batch, *G)
     n = math.prod(shape)
     fragment = EXPECTED.get(fault)
+    query = draw(st.sampled_from(UNKNOWN_QUERY)) if fault == "unknown query" else {}
+    warned: list[bool] = []
     if dtype in FLOAT_DTYPES:
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-        values = rng.standard_normal(n) * draw(st.sampled_from([1e-3, 1.0, 1e3]))
+        values = rng.standard_normal(n) * (1e6 if fault == "loud" else draw(st.sampled_from(SCALES)))
+        if fault == "no signal":
+            values[:] = draw(st.sampled_from([0.0, -0.0, 1.5]))
         if fault in ("nan", "inf"):
             i = draw(st.integers(0, n - 1))
             values[i] = np.nan if fault == "nan" else draw(st.sampled_from([np.inf, -np.inf]
@@ -252,6 +269,13 @@ def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int]:
             gather = i % shape[0] if fortran and len(shape) == 4 else i // math.prod(G)
             fragment = f"gather {gather} holds NaN or Inf"
         data = values.astype(dtype).tobytes()
+        if fault in ("none", "loud", "unknown query") and len(shape) in (3, 4):
+            # the amplitudes as the service sees them (float32), gather by gather, in the header's memory order
+            arr = values.astype(dtype).astype(np.float32).reshape(shape, order="F" if fortran else "C")
+            peaks = np.abs(arr.reshape(-1, *G)).max(axis=(1, 2, 3))
+            if fault != "unknown query" and (peaks > AMPLITUDE_LIMIT).any():
+                fault, fragment = "loud", EXPECTED["loud"]
+            warned = [bool(p > AMPLITUDE_WARN or p < WEAK_PEAK) for p in peaks]
     else:
         data = bytes(n * (8 if dtype == "|O" else np.dtype(dtype).itemsize))
     cut = draw(st.sampled_from([1, 7, 1000])) if fault == "truncated" else 0
@@ -259,14 +283,18 @@ def npy_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str | None, int]:
     body = _npy_header(dtype, fortran, shape) + data[:len(data) - cut] + b"\0" * pad
     gathers = 1 if len(shape) == 3 else shape[0] if shape else 0
     if len(body) > MAX_BODY:
-        return "over the limit", body, 413, "exceeds the limit", gathers
-    return fault, body, 200 if fragment is None else 422, fragment, gathers
+        return "over the limit", body, 413, "exceeds the limit", gathers, {}, []
+    return fault, body, 200 if fragment is None else 422, fragment, gathers, query, warned
+
+
+GATHER_F4 = (np.random.default_rng(1).standard_normal(G) * 5).astype("<f4").tobytes()
+"""A plausible gather's data (a constant one is refused for carrying no signal)."""
 
 
 @st.composite
 def corrupted_npy_bodies(draw: st.DrawFn) -> bytes:
     """A valid one-gather .npy with random bytes of its header overwritten (or the header cut short)."""
-    body = bytearray(_npy_header("<f4", False, G) + np.zeros(G, np.float32).tobytes())
+    body = bytearray(_npy_header("<f4", False, G) + GATHER_F4)
     if draw(st.booleans()):
         return bytes(body[:draw(st.integers(0, 128))])
     for _ in range(draw(st.integers(1, 4))):
@@ -274,24 +302,25 @@ def corrupted_npy_bodies(draw: st.DrawFn) -> bytes:
     return bytes(body)
 
 
-def _npy_case(client: httpx.Client, body: bytes, k: int) -> httpx.Response:
-    r = client.post("/retrieve", content=body, headers=NPY, params={"k": k})
+def _npy_case(client: httpx.Client, body: bytes, k: int, query: dict[str, str] | None = None) -> httpx.Response:
+    r = client.post("/retrieve", content=body, headers=NPY, params={"k": k, **(query or {})})
     assert r.status_code < 500, r.text
     assert r.headers["content-type"] == "application/json"
     return r
 
 
-@settings(max_examples=120, derandomize=True, database=None, deadline=None,
+@settings(max_examples=160, derandomize=True, database=None, deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(case=npy_bodies(), k=st.integers(1, MAX_K))
-def _fuzz_npy(client: httpx.Client, case: tuple[str, bytes, int, str | None, int], k: int) -> None:
-    fault, body, status, fragment, gathers = case
-    r = _npy_case(client, body, k)
+def _fuzz_npy(client: httpx.Client, case: tuple, k: int) -> None:
+    fault, body, status, fragment, gathers, query, warned = case
+    r = _npy_case(client, body, k, query)
     NPY_OUTCOMES[fault] += 1
     assert r.status_code == status, (fault, status, fragment, r.text)
     if fragment is None:
         results = r.json()["results"]
         assert len(results) == gathers and all(len(x["neighbors"]) == k for x in results)
+        assert [bool(x.get("warnings")) for x in results] == warned, (warned, [x.get("warnings") for x in results])
     else:
         assert fragment.lower() in r.json()["detail"].lower(), (fragment, r.text)
 
@@ -319,6 +348,122 @@ def test_fuzz_npy_bodies(served: Server) -> None:
     assert served.proc.poll() is None, served.log_tail()
 
 
+# -- hostile JSON bodies ---------------------------------------------------------------------------------------
+
+JSON_OUTCOMES: Counter[str] = Counter()
+_ROW = "[" + ", ".join(["0.5", "-1.25"] * 35) + "]"
+_GATHER = "[" + ", ".join(["[" + ", ".join([_ROW] * 1000) + "]"] * 5) + "]"
+
+
+@st.composite
+def hostile_json_bodies(draw: st.DrawFn) -> tuple[str, bytes, int, str]:
+    """(kind, body, expected status, message fragment): JSON bodies that cost json.loads the most or hide a wrong
+    value in a valid-looking gather, each of a size drawn up to the body limit."""
+    kind = draw(st.sampled_from(["empty lists", "flat numbers", "deep", "value in a gather", "ragged batch",
+                                 "big integer", "fields besides", "duplicate gathers", "wrapped"]))
+    size = draw(st.integers(1_000, MAX_BODY - 100))
+    if kind == "empty lists":
+        n = size // 3
+        return kind, b'{"gathers": [' + b",".join([b"[]"] * n) + b"]}", 422, \
+            "holds" if n + 1 > MAX_GATHERS * 5006 + 64 else "shape"
+    if kind == "flat numbers":
+        item = draw(st.sampled_from([b"0.0", b"1", b"-2.5e3"]))
+        n = size // (len(item) + 1)
+        return kind, b'{"gathers": [' + b",".join([item] * n) + b"]}", 422, "values" if n - 1 > 355_006 else "shape"
+    if kind == "deep":
+        depth = draw(st.integers(5, 60_000))
+        return kind, b'{"gathers": ' + b"[" * depth + b"1" + b"]" * depth + b"}", 422, "deep"
+    if kind == "value in a gather":
+        value, fragment = draw(st.sampled_from([("true", "(a boolean)"), ("false", "(a boolean)"), ("null", "(a null)"),
+                                                ('"0.5"', "(a string)"), ("{}", "(an object)"),
+                                                ("1" + "0" * 45, "beyond float32"), ("NaN", "NaN or Inf"),
+                                                ("-Infinity", "NaN or Inf"), ("1e9999", "NaN or Inf")]))
+        at = draw(st.integers(0, 69))
+        row = "[" + ", ".join(["0.5"] * at + [value] + ["-1.25"] * (69 - at)) + "]"
+        gather = _GATHER.replace(_ROW, row, 1)
+        return kind, ('{"gathers": ' + gather + "}").encode(), 422, fragment
+    if kind == "ragged batch":
+        return kind, ('{"gathers": [' + _GATHER + ", [" + _ROW + "]]}").encode(), 422, "shape"
+    if kind == "big integer":
+        return kind, ('{"gathers": ' + _GATHER.replace("0.5", "1" + "0" * 30, 1) + "}").encode(), 422, \
+            "amplitudes up to 1e+30"
+    if kind == "fields besides":
+        n = draw(st.integers(140_000, 600_000))
+        return kind, ('{"gathers": ' + _GATHER + ', "k": [' + ",".join(["1"] * (n // 2)) + "]}").encode(), 422, \
+            'fields besides "gathers"'
+    if kind == "duplicate gathers":
+        return kind, ('{"gathers": ' + _GATHER + ', "gathers": ' + _GATHER + "}").encode(), 422, "more than once"
+    return kind, ('{"request": {"gathers": ' + _GATHER + "}}").encode(), 422, 'must be an object with "gathers"'
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=hostile_json_bodies())
+def _fuzz_hostile_json(client: httpx.Client, case: tuple[str, bytes, int, str]) -> None:
+    kind, body, status, fragment = case
+    r = client.post("/retrieve", content=body, headers={"Content-Type": JSON_MEDIA})
+    JSON_OUTCOMES[kind] += 1
+    assert r.status_code == status, (kind, r.text[:500])
+    assert fragment.lower() in r.json()["detail"].lower(), (kind, fragment, r.json()["detail"][:500])
+
+
+def test_fuzz_hostile_json_bodies(served: Server) -> None:
+    """JSON bodies built to cost memory, and wrong values hidden in valid-looking gathers: each gets its 422, and
+    the server's peak RSS stays under 2x its RSS before them plus 4x the body limit."""
+    status = Path(f"/proc/{served.proc.pid}/status")
+    def peak() -> int:
+        return int(next(x for x in status.read_text().splitlines() if x.startswith("VmHWM")).split()[1])
+
+    Path(f"/proc/{served.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = peak()  # the server has served requests before: this is its RSS between requests
+    with served.client() as client:
+        _fuzz_hostile_json(client)
+    top = peak()
+    print(f"\nhostile JSON bodies: {dict(JSON_OUTCOMES)}; RSS {before / 1024:.0f} MiB before, peak {top / 1024:.0f}")
+    assert len(JSON_OUTCOMES) == 9
+    assert top < 2 * before + 4 * MAX_BODY / 1024
+    assert served.proc.poll() is None, served.log_tail()
+
+
+# -- schema-valid requests are accepted (no ST202 from a range the schema does not state) --------------------
+
+QUERY_ENDPOINTS = [("/retrieve", NPY_MEDIA), ("/infer-descriptors", NPY_MEDIA), ("/retrieve-by-descriptors", None)]
+CROSS_FIELD = "descriptors are not those of any velocity model"
+"""The one refusal of a schema-valid request the schema cannot express: descriptors that contradict each other
+(v_min > v_max ...); refusals of a single value out of range would mean the schema misstates a range."""
+POSITIVE: Counter[str] = Counter()
+
+
+@pytest.mark.parametrize("path, media", QUERY_ENDPOINTS, ids=[p for p, _ in QUERY_ENDPOINTS])
+def test_schema_valid_requests_are_accepted(media_schemas: dict[str, schemathesis.BaseSchema], api_schema:
+                                            schemathesis.BaseSchema, session: requests.Session, served: Server,
+                                            path: str, media: str | None) -> None:
+    """schemathesis' positive_data_acceptance (ST202) on the three query endpoints: every schema-valid request is
+    answered 200, except descriptors that contradict each other (a cross-field rule). For the .npy endpoints the
+    body is a valid gather (random bytes are schema-valid binary but not .npy, which no schema can say): what is
+    fuzzed there are the query parameters, k up to the SEISBIND_MAX_K the schema states."""
+    op = (media_schemas[media] if media else api_schema)[path]["POST"]
+    gather = _npy_header("<f4", False, G) + (np.random.default_rng(0).standard_normal(G) * 5).astype("<f4").tobytes()
+
+    @settings(max_examples=120 if media is None else 40, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def positive(case: schemathesis.Case) -> None:
+        if media is not None:
+            case.body = gather
+        response = case.call(base_url=served.url, session=session, timeout=60)
+        if response.status_code == 422 and media is None:
+            detail = response.json()["detail"]
+            assert detail.startswith(CROSS_FIELD) and "physical range" not in detail, detail
+            POSITIVE[f"{path} cross-field 422"] += 1
+            return
+        case.validate_response(response, checks=[positive_data_acceptance])
+        POSITIVE[f"{path} 200"] += 1
+
+    positive()
+    print(f"\npositive cases: {dict(POSITIVE)}")
+    assert POSITIVE[f"{path} 200"] > 0
+
+
 # -- totals and survival ---------------------------------------------------------------------------------------
 
 def test_fuzz_case_count(served: Server) -> None:
@@ -331,7 +476,7 @@ def test_fuzz_case_count(served: Server) -> None:
     assert total >= MIN_CASES, dict(CASES)
     with served.client() as c:
         assert c.get("/readyz").status_code == 200
-        r = c.post("/retrieve", content=_npy_header("<f4", False, G) + np.ones(G, np.float32).tobytes(),
+        r = c.post("/retrieve", content=_npy_header("<f4", False, G) + GATHER_F4,
                    headers=NPY, params={"k": 3})
         assert r.status_code == 200 and len(r.json()["results"][0]["neighbors"]) == 3
     log = served.log_tail(10_000_000)

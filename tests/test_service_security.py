@@ -50,7 +50,7 @@ ORIGIN = "https://app.example.org"
 REQUEST_TIMEOUT_S = 4.0
 MAX_HEADER_BYTES = 16384
 MAX_HEADERS = 40
-MAX_BODY = 256 * 1024
+MAX_BODY = 1_500_000  # one float32 gather (1.4 MB) fits: SEISBIND_MAX_GATHERS=1
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -94,7 +94,7 @@ def loud(setup: dict[str, Path]) -> Iterator[Server]:
     env = {"SEISBIND_ADMIN_TOKEN": TOKEN, "SEISBIND_BANK_ROOT": str(setup["banks"]),
            "SEISBIND_CORS_ORIGINS": json.dumps([ORIGIN]), "SEISBIND_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
            "SEISBIND_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES), "SEISBIND_MAX_HEADERS": str(MAX_HEADERS),
-           "SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_INDEX_POLL_S": "0"}
+           "SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_MAX_GATHERS": "1", "SEISBIND_INDEX_POLL_S": "0"}
     server = start_server("loud", env, setup["bundle"], setup["index"], setup["logs"])
     yield server
     stop_server(server)

@@ -130,7 +130,7 @@ def test_check_descriptors_requires_every_name_once() -> None:
     np.testing.assert_array_equal(check_descriptors({"c": 3, "a": 1, "b": 2}, names), [[1, 2, 3]])
     with pytest.raises(InputError, match="missing c; unknown d"):
         check_descriptors({"a": 1, "b": 2, "d": 4}, names)
-    with pytest.raises(InputError, match="b must be finite"):
+    with pytest.raises(InputError, match="b = inf: each must be a finite number"):
         check_descriptors({"a": 1, "b": float("inf"), "c": 3}, names)
 
 

@@ -79,17 +79,21 @@ class RequestContextMiddleware:
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413: at once when Content-Length says so, otherwise as soon as
     the bytes received pass the limit (so an unbounded chunked body is never buffered); refuse compressed bodies
-    (any Content-Encoding but identity) with 415."""
+    (any Content-Encoding but identity) with 415. With ``paths``, only requests to those paths (a smaller limit for
+    endpoints whose bodies are small; ``limit_name`` and ``hint`` complete the message)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: Collection[str] | None = None,
+                 limit_name: str = "SEISBIND_MAX_BODY_BYTES", hint: str = "split the batch") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = None if paths is None else frozenset(paths)
+        self.limit_name, self.hint = limit_name, hint
 
     def _too_large(self) -> str:
-        return f"request body exceeds the limit of {self.max_bytes} bytes (SEISBIND_MAX_BODY_BYTES); split the batch"
+        return f"request body exceeds the limit of {self.max_bytes} bytes ({self.limit_name}); {self.hint}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.paths is not None and scope["path"] not in self.paths):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

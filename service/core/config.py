@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from seisbind.cores import usable_cores
 
+GATHER_BYTES = 5 * 1000 * 70 * 4
+"""One float32 gather (5, 1000, 70)."""
+NPY_HEADER_BYTES = 128
+"""The header numpy.save writes for a gathers array."""
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "admin", "password"}
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?$")
@@ -41,7 +45,12 @@ class Settings(BaseSettings):
 
     # Request limits.
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body, bytes (413 above)")
-    max_gathers: int = Field(64, ge=1, description="most gathers in one request")
+    max_gathers: int = Field(32, ge=1, description="most gathers in one request (their float32 .npy must fit in "
+                                                   "SEISBIND_MAX_BODY_BYTES: checked at start)")
+    body_budget_bytes: int | None = Field(
+        None, ge=1024, description="request bodies being read and decoded at once, bytes (JSON counted twice: parsing "
+                                   "it takes more); requests past it wait their turn, unread. Default: twice "
+                                   "SEISBIND_MAX_BODY_BYTES; at least SEISBIND_MAX_BODY_BYTES")
     max_k: int = Field(100, ge=1, description="largest k a request may ask for")
     request_timeout_s: float = Field(60.0, gt=0.0, le=3600.0,
                                      description="longest time to receive a whole request, headers and body, from its "
@@ -98,6 +107,20 @@ class Settings(BaseSettings):
                     "one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return self
 
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        need = npy_bytes_of_gathers(self.max_gathers)
+        if need > self.max_body_bytes:
+            fits = max(0, (self.max_body_bytes - NPY_HEADER_BYTES) // GATHER_BYTES)
+            raise ValueError(
+                f"SEISBIND_MAX_GATHERS={self.max_gathers} gathers take {need} bytes as float32 .npy, more than "
+                f"SEISBIND_MAX_BODY_BYTES={self.max_body_bytes}: such a request could never be sent. Raise the body "
+                f"limit to at least {need}, or lower SEISBIND_MAX_GATHERS to at most {fits}")
+        if self.body_budget_bytes is not None and self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError(f"SEISBIND_BODY_BUDGET_BYTES={self.body_budget_bytes} is below SEISBIND_MAX_BODY_BYTES="
+                             f"{self.max_body_bytes}: a body at the limit could never be read")
+        return self
+
     @field_validator("cors_origins")
     @classmethod
     def _check_origins(cls, origins: list[str]) -> list[str]:
@@ -117,6 +140,10 @@ class Settings(BaseSettings):
                 return None  # an unreadable secret disables admin rather than opening it
         return None
 
+    def body_budget(self) -> int:
+        """Bytes of request bodies read and decoded at once (service.api.body_budget)."""
+        return self.body_budget_bytes or 2 * self.max_body_bytes
+
     def workers(self) -> int:
         """Micro-batches encoded at the same time: the setting, else the cores available to this process (its CPU
         affinity, capped by a cgroup CPU quota)."""
@@ -130,3 +157,8 @@ class Settings(BaseSettings):
     def rebuild_threads(self) -> int:
         """ONNX Runtime intra-op threads of an admin rebuild."""
         return self.rebuild_intra_op_threads or max(1, usable_cores() // 2)
+
+
+def npy_bytes_of_gathers(n: int) -> int:
+    """Size of ``n`` float32 gathers as the .npy numpy.save writes."""
+    return NPY_HEADER_BYTES + n * GATHER_BYTES

@@ -61,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         self._in_head = False  # from a request's first byte until its headers are complete
         self._head_bytes = 0
         self._head_fields = 0
+        self._head_parsed = 0
         self._rejected = False
         self._body_parts: list[bytes] = []
         self._body_size = 0
@@ -82,6 +83,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
             return
         if not self._in_request:  # opened and never used
             self.transport.close()
+            return
+        if not self._in_head and getattr(self.flow, "read_paused", False):
+            # reading is paused because the application has not taken the body yet (e.g. it waits for its turn in
+            # the body budget): the client is not the one keeping the request from completing
+            self._arm()
             return
         self._reject(408, f"request not received within {self.request_timeout:g} s (SEISBIND_REQUEST_TIMEOUT_S)")
 
@@ -153,15 +159,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_request = self._in_head = True
-        self._head_bytes = self._head_fields = 0  # the bytes of the chunk it began in are not counted
+        self._head_bytes = self._head_fields = 0  # the bytes of the chunk it began in are not counted here ...
+        self._head_parsed = 0  # ... but in the parser's callbacks
         self._body_parts, self._body_size = [], 0  # nothing of an earlier, abandoned body carries over
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url) + 16)  # with the method and "HTTP/1.1"
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
         if self._head_fields > self.max_headers:
             raise _Rejected(431, f"more than {self.max_headers} header fields (SEISBIND_MAX_HEADERS)")
+        self._count_head(len(name) + len(value) + 4)
         super().on_header(name, value)
+
+    def _count_head(self, n: int) -> None:
+        """Count the header section by what the parser reports (the bytes of the chunk a request begins in are not
+        known to be its own, so the per-chunk count of data_received alone lets one big first chunk through)."""
+        self._head_parsed += n
+        if self._head_parsed > self.max_header_bytes:
+            raise _Rejected(431, f"request header section exceeds {self.max_header_bytes} bytes "
+                                 "(SEISBIND_MAX_HEADER_BYTES)")
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 from starlette.exceptions import HTTPException
 
 from service.api.deps import AdminDep, JsonBody, StateDep
-from service.banks import BankOutsideRootError, resolve_bank
+from service.api.payload import check_query, json_model
+from service.banks import BankOutsideRootError, relative_bank, resolve_bank
 from service.schemas import ErrorBody, JobStatus, RebuildAccepted, RebuildRequest
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -21,17 +22,21 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/rebuild-index", status_code=202, response_model=RebuildAccepted,
+             openapi_extra={"requestBody": {"required": True, "content": {  # RebuildRequest: service.app adds it
+                 "application/json": {"schema": {"$ref": "#/components/schemas/RebuildRequest"}}}}},
              responses=_AUTH_ERRORS | {
                  409: {"model": ErrorBody, "description": "a rebuild is already running"},
                  413: {"model": ErrorBody, "description": "body over SEISBIND_MAX_BODY_BYTES"},
                  415: {"model": ErrorBody, "description": "Content-Type is not application/json"},
                  422: {"model": ErrorBody, "description": "no such bank, or a malformed body"}},
              summary="Rebuild the index from a bank under SEISBIND_BANK_ROOT, then swap it in")
-async def rebuild_index(body: RebuildRequest, state: StateDep, _admin: AdminDep, _json_body: JsonBody,
+async def rebuild_index(request: Request, state: StateDep, _admin: AdminDep, _json_body: JsonBody,
                         response: Response) -> RebuildAccepted:
     """Starts a background job: embed the bank, build and verify a new index version, make it current, and swap
     it into the running service atomically. Requests keep being served by the old index until then; if the job
     fails, the old index keeps serving and the job reports the error."""
+    check_query(request, ())
+    body = await json_model(request, RebuildRequest)  # read only now: the token is checked first
     root = state.settings.bank_root
     if root is None:
         raise HTTPException(403, "rebuilds are disabled: SEISBIND_BANK_ROOT is not configured")
@@ -54,4 +59,4 @@ async def get_job(job_id: Annotated[str, Path(max_length=64)], state: StateDep, 
     if job is None:
         raise HTTPException(404, f"no job {job_id!r} (ids of finished jobs are kept for the last "
                                  f"{state.settings.jobs_keep} jobs)")
-    return JobStatus(**job)
+    return JobStatus(**{**job, "bank": relative_bank(job["bank"], state.settings.bank_root)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -12,10 +13,11 @@ from pydantic import BaseModel
 from seisbind.neighbours import Weighting
 
 from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
-from service.api.payload import GathersPayload, read_gathers
+from service.api.payload import GathersPayload, check_query, read_gathers
 from service.engine import Hits
 from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k
-from service.results import inferred_descriptors, neighbours
+from service.plausibility import bank_range, check_descriptor_plausibility, descriptor_warnings
+from service.results import inferred_descriptors, neighbours, with_warnings
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieval"])
@@ -53,11 +55,13 @@ def _json(model: type[BaseModel], doc: dict[str, Any]) -> Response:
 
 
 def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: bool,
-                       ingest: dict[str, Any] | None = None) -> Response:
-    """The /retrieve response document for ``hits``, validated and serialised."""
+                       warnings: Sequence[Sequence[str]] = (), ingest: dict[str, Any] | None = None) -> Response:
+    """The /retrieve response document for ``hits`` (with each query's ``warnings`` and, for a SEG-Y body, the
+    ingest report), validated and serialised."""
     names = state.engine.index_descriptor_names(hits.searcher)
     lists = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
-    doc = {"results": [{"neighbors": n} for n in lists], "encoder": state.engine.bundle.bundle_id,
+    doc = {"results": with_warnings([{"neighbors": n} for n in lists], warnings),
+           "encoder": state.engine.bundle.bundle_id,
            "index_version": hits.searcher.version, "k": k, "ingest": ingest}
     return _json(RetrieveResponse, doc)
 
@@ -90,8 +94,8 @@ async def retrieve(
     t1 = time.perf_counter()
     with_models = bool(payload.fields["include_models"])
     # Velocity models make the response large: build it off the event loop then.
-    response = (await engine.run_blocking(_retrieve_response, state, hits, kk, True, payload.ingest) if with_models
-                else _retrieve_response(state, hits, kk, False, payload.ingest))
+    response = (await engine.run_blocking(_retrieve_response, state, hits, kk, True, payload.warnings, payload.ingest)
+                if with_models else _retrieve_response(state, hits, kk, False, payload.warnings, payload.ingest))
     _record(state, "/retrieve", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
 
@@ -116,8 +120,8 @@ async def infer_descriptors(
     t1 = time.perf_counter()
     w = payload.fields["weighting"]
     results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
-    doc = {"results": results, "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
-           "k": kk, "weighting": w, "ingest": payload.ingest}
+    doc = {"results": with_warnings(results, payload.warnings), "encoder": engine.bundle.bundle_id,
+           "index_version": hits.searcher.version, "k": kk, "weighting": w, "ingest": payload.ingest}
     response = _json(InferResponse, doc)
     _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response
@@ -126,17 +130,21 @@ async def infer_descriptors(
 @router.post("/retrieve-by-descriptors", response_model=RetrieveResponse,
              responses=_ERRORS,
              summary="A descriptor vector (all eight, by name) -> the top-k velocity models (physics -> velocity)")
-async def retrieve_by_descriptors(body: DescriptorQuery, state: StateDep, searcher: SearcherDep,
+async def retrieve_by_descriptors(request: Request, body: DescriptorQuery, state: StateDep, searcher: SearcherDep,
                                   _json_body: JsonBody) -> Response:
     """Embed the descriptors with the physics encoder and search the bank; the response has the shape of
     /retrieve with one result."""
     engine, settings = state.engine, state.settings
     t0 = time.perf_counter()
+    check_query(request, ())
     x = check_descriptors(body.descriptors, engine.query_descriptor_names)
+    check_descriptor_plausibility(body.descriptors)
+    lo, hi = bank_range(searcher.version, searcher.descriptors)
+    warnings = [descriptor_warnings(body.descriptors, engine.index_descriptor_names(searcher), lo, hi)]
     kk = check_k(body.k, settings.max_k, searcher.count)
     decode_s = time.perf_counter() - t0
     hits = await engine.run_blocking(engine.search_descriptors, x, kk)
     t1 = time.perf_counter()
-    response = await engine.run_blocking(_retrieve_response, state, hits, kk, body.include_models)
+    response = await engine.run_blocking(_retrieve_response, state, hits, kk, body.include_models, warnings)
     _record(state, "/retrieve-by-descriptors", None, decode_s, 0.0, hits, time.perf_counter() - t1)
     return response
