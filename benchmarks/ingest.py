@@ -142,14 +142,14 @@ def cached_chunk_fits(path: Path, v: np.ndarray, geometries: Sequence[str]) -> b
 def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
     """Simulate chunk ``c`` (fine and native), write every geometry as SEG-Y, ingest it; cache the results (reused
     when they hold the same models and every geometry)."""
+    out = args.cache / "chunks" / f"chunk{c:03d}.npz"
+    if cached_chunk_fits(out, v, args.geometries):
+        return out
     import torch
 
     from model.line_simulator import refine_model, simulate_line
     from model.simulator import simulate
 
-    out = args.cache / "chunks" / f"chunk{c:03d}.npz"
-    if cached_chunk_fits(out, v, args.geometries):
-        return out
     torch.set_num_threads(1)
     args.cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 # models of FlatVel-A and CurveVel-A (../shared/data/openfwi), simulated by the project simulator, 12 minutes of
 # training of the quickstart's narrow architecture on the CPU. Writes runs/ofv/bundle. Run from the repository root,
 # under the shared CPU lock:  flock /tmp/seisbind-cpu.lock bash benchmarks/ingest_bundle.sh
-# then:                      flock /tmp/seisbind-cpu.lock python benchmarks/ingest.py --bundle runs/ofv/bundle \
+# then:                      flock /tmp/seisbind-cpu.lock python -m benchmarks.ingest --bundle runs/ofv/bundle \
 #                                --bundle runs/qs/bundle      (runs/qs: `seisbind quickstart --no-serve --workdir runs/qs`)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -92,6 +92,16 @@ def test_simulator_fidelity_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     assert doc["flatvel-a"]["models"] == doc["curvevel-a"]["models"] == 4
 
 
+def test_ingest_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("ingest", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    assert {"native_R@1", "native_descriptor_mre", "bundle", "fine_simulation", "geometries", "targets"} <= set(doc)
+    assert doc["models"] == 4 and doc["bank_size"] == 16 and doc["k"] == 5
+    assert set(doc["geometries"]) == {"fine_dt1_dx10", "dt2_dx12.5"} == set(doc["targets"]["geometries"])
+    coarse = doc["geometries"]["dt2_dx12.5"]
+    assert coarse["files"] == 4 and coarse["warnings_per_file"].get("coarse_receiver_spacing") == 1.0
+    assert 0 <= coarse["R@1"] <= 1 and coarse["ms_per_file"] > 0 and doc["bundle"]["bundle_id"]
+
+
 @pytest.mark.slow
 def test_openfwi_vel_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     doc = run_smoke("openfwi_vel", tmp_path, "--openfwi-dir", str(openfwi_dir))
