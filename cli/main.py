@@ -38,9 +38,10 @@ def parse_shard(shard: Optional[str]) -> tuple[int, int]:
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="output dataset folder (OpenFWI layout)"),
-    family: Optional[str] = typer.Option(None, "--family", help="synthetic family: flatvel-a, curvevel-a, flatfault-a, curvefault-a"),
+    family: Optional[str] = typer.Option(None, "--family", help="synthetic family (see docs/data.md), e.g. flatvel-a"),
     count: Optional[int] = typer.Option(None, "--count", help="number of synthetic models"),
-    models: Optional[Path] = typer.Option(None, "--models", help="simulate given velocity models (.npy, OpenFWI folder or .zip)"),
+    models: Optional[Path] = typer.Option(None, "--models",
+                                          help="simulate given velocity models (.npy, OpenFWI folder or .zip)"),
     seed: int = typer.Option(0, "--seed"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: do only the i-th of n shards of the chunks"),
     device: Device = typer.Option("cpu", "--device"),
@@ -160,8 +161,10 @@ def train(
     time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min",
                                                     help="stop (annealed) after this many minutes"),
     lr: float = typer.Option(TrainConfig.default("lr"), "--lr"),
-    lambda1: float = typer.Option(TrainConfig.default("lambda1"), "--lambda1", help="weight of InfoNCE(seismic, velocity)"),
-    lambda2: float = typer.Option(TrainConfig.default("lambda2"), "--lambda2", help="weight of InfoNCE(velocity, physics)"),
+    lambda1: float = typer.Option(TrainConfig.default("lambda1"), "--lambda1",
+                                  help="weight of InfoNCE(seismic, velocity)"),
+    lambda2: float = typer.Option(TrainConfig.default("lambda2"), "--lambda2",
+                                  help="weight of InfoNCE(velocity, physics)"),
     soft_tau_mps: float = typer.Option(TrainConfig.default("soft_tau_mps"), "--soft-tau-mps",
                                        help="soft seismic-velocity positives softmax(-MAE/tau) over the batch's "
                                             "models, m/s (0: one-hot)"),
@@ -171,9 +174,10 @@ def train(
                                        help="pairs held out for validation R@1"),
     amp: Switch = typer.Option(TrainConfig.default("amp"), "--amp", help="bf16 autocast"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
-    model_config: Optional[Path] = typer.Option(None, "--model-config", help="JSON of ModelConfig fields (architecture)"),
-    preprocess_cache: Optional[Path] = typer.Option(None, "--preprocess-cache",
-                                                    help="folder caching the preprocessed gathers (reused by later runs)"),
+    model_config: Optional[Path] = typer.Option(None, "--model-config",
+                                                help="JSON of ModelConfig fields (architecture)"),
+    preprocess_cache: Optional[Path] = typer.Option(
+        None, "--preprocess-cache", help="folder caching the preprocessed gathers (reused by later runs)"),
 ) -> None:
     """Train the tri-modal model (resumes when --out holds a compatible run)."""
     from seisbind.openfwi import OpenFWIError
@@ -181,7 +185,8 @@ def train(
     from model.train import train as run_training
 
     try:
-        mcfg = ModelConfig.from_dict(json.loads(model_config.read_text()), stored=False) if model_config else ModelConfig()
+        mcfg = (ModelConfig.from_dict(json.loads(model_config.read_text()), stored=False) if model_config
+                else ModelConfig())
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
@@ -215,7 +220,8 @@ def export(
 def evaluate(
     run: Path = typer.Option(..., "--run", help="training run folder or encoder bundle"),
     test: list[Path] = typer.Option(..., "--test", help="paired OpenFWI test folder (repeat for several)"),
-    bank: Optional[list[Path]] = typer.Option(None, "--bank", help="bank of velocity models (default: the training folders)"),
+    bank: Optional[list[Path]] = typer.Option(None, "--bank",
+                                              help="bank of velocity models (default: the training folders)"),
     out: Path = typer.Option(..., "--out", help="report folder: report.json, report.md, figures"),
     k: int = typer.Option(5, "--k", help="neighbours averaged for descriptor inference (P2)"),
 ) -> None:

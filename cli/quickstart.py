@@ -36,7 +36,6 @@ from seisbind.bundle import BundleError, read_manifest
 from seisbind.files import write_json_atomic
 
 from cli.pipeline import Pipeline, PipelineError, Step, workdir_lock
-
 from model.families import FAMILY_NAMES  # numpy only: a cached run never imports torch
 
 
@@ -182,8 +181,7 @@ def _bank_valid(result: dict[str, Any], per_file: int) -> bool:
 
 
 def _train(layout: Layout, cfg: QuickstartConfig, folders: list[str], threads: int | None) -> dict[str, Any]:
-    from model.config import TrainConfig
-    from model.config import ModelConfig
+    from model.config import ModelConfig, TrainConfig
     from model.train import train
 
     tcfg = TrainConfig(data=tuple(str(Path(f).resolve()) for f in folders), out=str(layout.run),

@@ -22,12 +22,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PACKAGES = ("onnxruntime-gpu", "faiss-gpu-cu12")

@@ -85,7 +85,8 @@ def ivf_nlist(n: int) -> int:
 
 
 def neighbour_recall(I: np.ndarray, I_ref: np.ndarray, k: int = RECALL_K) -> np.ndarray:  # noqa: E741
-    """Per-query recall@k of an approximate search against the exact one: the fraction of each row of ``I_ref[:, :k]`` found in ``I[:, :k]`` ([nq] float)."""
+    """Per-query recall@k of an approximate search against the exact one: the fraction of each row of
+    ``I_ref[:, :k]`` found in ``I[:, :k]`` ([nq] float)."""
     a, b = I[:, :k], I_ref[:, :k]
     hits = (a[:, :, None] == b[:, None, :]) & (b[:, None, :] >= 0)
     return hits.any(axis=1).sum(axis=1) / k

@@ -1,4 +1,5 @@
-"""Bank of velocity models -> a new, verified index version, made current atomically (docs/formats.md, docs/architecture.md#scale).
+"""Bank of velocity models -> a new, verified index version, made current atomically (docs/formats.md,
+docs/architecture.md#scale).
 
 The version is written into a temporary folder under the root, fsynced, reloaded and verified (checksums; a
 sample of entries each retrieves itself at rank 1; the stored models re-embed to the stored embeddings), then
@@ -22,14 +23,26 @@ import numpy as np
 
 from seisbind.acquisition import VELOCITY_SHAPE
 from seisbind.bundle import EncoderBundle, OnnxEncoder
-from seisbind.files import fsync_path, sha256_file, write_json_atomic
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
+from seisbind.files import fsync_path, sha256_file, write_json_atomic
 from seisbind.openfwi import ModelSet, OpenFWIError, check_velocity, read_models
 
 from index.ann import build_ann, check_index_type, check_recall_target, resolve_type
 from index.searcher import Searcher
-from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
-                         VELOCITY_FILE, IndexStore, IndexStoreError, new_version_id, storage_error)
+from index.store import (
+    DATA_FILES,
+    DESCRIPTORS_FILE,
+    EMBEDDINGS_FILE,
+    ENTRIES_FILE,
+    FORMAT,
+    INDEX_FILE,
+    MANIFEST,
+    VELOCITY_FILE,
+    IndexStore,
+    IndexStoreError,
+    new_version_id,
+    storage_error,
+)
 
 log = logging.getLogger("seisbind.index")
 
@@ -48,7 +61,8 @@ def _version_manifest(version: str, tmp: Path, embeddings: np.ndarray, params: d
         "format": FORMAT, "version": version, "count": n, "dim": int(embeddings.shape[1]),
         "index": params, "faiss_version": faiss.__version__, "bundle_id": bundle.bundle_id,
         "encoder": {"bundle_dir": str(Path(bundle_dir).resolve()), "modality": "velocity"},
-        "bank": {"path": str(Path(bank_path).resolve()), **bank, "checksum_of": "the float32 bytes of all models, in order"},
+        "bank": {"path": str(Path(bank_path).resolve()), **bank,
+                 "checksum_of": "the float32 bytes of all models, in order"},
         "descriptor_names": list(DESCRIPTOR_NAMES), "descriptor_units": DESCRIPTOR_UNITS,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build": {"embed_seconds": round(embed_seconds, 3), "models_per_second": round(n / embed_seconds, 2),

@@ -19,8 +19,19 @@ from seisbind.neighbours import exact_top_k
 
 from index.ann import configure_blas_threshold, search_params
 from index.gpu import GPU_MAX_K, GpuReplicas, want_gpu
-from index.store import (DATA_FILES, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, FORMAT, INDEX_FILE, MANIFEST,
-                         VELOCITY_FILE, BundleMismatchError, IndexStore, IndexStoreError)
+from index.store import (
+    DATA_FILES,
+    DESCRIPTORS_FILE,
+    EMBEDDINGS_FILE,
+    ENTRIES_FILE,
+    FORMAT,
+    INDEX_FILE,
+    MANIFEST,
+    VELOCITY_FILE,
+    BundleMismatchError,
+    IndexStore,
+    IndexStoreError,
+)
 
 log = logging.getLogger("seisbind.index")
 
@@ -91,7 +102,8 @@ class Searcher:
     """A loaded, verified index version. Build with :meth:`load` (by root and version) or :meth:`open` (a folder).
 
     Attributes: ``version``, ``count``, ``dim``, ``manifest``, ``bundle_id``, ``descriptors`` [N, 8] float64
-    (units of docs/data.md#descriptors), ``ids`` list[str], ``sources`` list[(file, row)], ``embeddings`` [N, dim] float32
+    (units of docs/data.md#descriptors), ``ids`` list[str], ``sources`` list[(file, row)], ``embeddings``
+    [N, dim] float32
     (memory-mapped), ``device`` ("cpu" or "gpu"). :meth:`search` is thread-safe: search parameters are passed per
     call and the shared index is never modified.
     """

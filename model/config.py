@@ -156,7 +156,8 @@ class TrainConfig:
             (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
             (self.device in DEVICES, f"device one of {', '.join(DEVICES)} (got {self.device!r})"),
             (self.amp in SWITCHES, f"amp one of {', '.join(SWITCHES)} (got {self.amp!r})"),
-            (self.channels_last in SWITCHES, f"channels_last one of {', '.join(SWITCHES)} (got {self.channels_last!r})"),
+            (self.channels_last in SWITCHES,
+             f"channels_last one of {', '.join(SWITCHES)} (got {self.channels_last!r})"),
         ]
         for ok, want in checks:
             if not ok:

@@ -152,4 +152,5 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 def folder_summary(folders: Sequence[str | os.PathLike[str]], datasets: Sequence[PairedDataset]) -> list[dict]:
     """Provenance of the training data: folder, pairs and files."""
-    return [{"folder": str(Path(f).resolve()), "pairs": len(d), "files": len(d.files)} for f, d in zip(folders, datasets)]
+    return [{"folder": str(Path(f).resolve()), "pairs": len(d), "files": len(d.files)}
+            for f, d in zip(folders, datasets)]

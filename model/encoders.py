@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from seisbind.acquisition import (
-    DT, FAMILY_DATA_RANGE, N_RECEIVERS, N_SHOTS, NT, PEAK_FREQUENCY, SOURCE_X, V_MAX, V_MIN, VELOCITY_SHAPE,
+    DT,
+    FAMILY_DATA_RANGE,
+    N_RECEIVERS,
+    N_SHOTS,
+    NT,
+    PEAK_FREQUENCY,
+    SOURCE_X,
+    V_MAX,
+    V_MIN,
+    VELOCITY_SHAPE,
 )
 from seisbind.descriptors import DESCRIPTOR_NAMES
 
@@ -101,7 +110,8 @@ class SeismicEncoder(nn.Module):
         h = lowpass_filter(cfg.lowpass_taps, cfg.lowpass_hz) if cfg.decimation > 1 else np.ones(1)
         self.register_buffer("lowpass", torch.tensor(h, dtype=torch.float32).view(1, 1, -1, 1))
         offset = np.abs(np.arange(N_RECEIVERS)[None, :] - np.array(SOURCE_X)[:, None]) / (N_RECEIVERS - 1)
-        self.register_buffer("offset", torch.tensor(offset * 2 - 1, dtype=torch.float32).view(1, N_SHOTS, 1, N_RECEIVERS))
+        self.register_buffer("offset",
+                             torch.tensor(offset * 2 - 1, dtype=torch.float32).view(1, N_SHOTS, 1, N_RECEIVERS))
         c1, c2, c3 = cfg.seis_trunk
         # per-shot trunk: (time, receiver) image with 2 channels (amplitude, |offset|)
         self.trunk = nn.Sequential(

@@ -18,7 +18,11 @@ import numpy as np
 from seisbind.acquisition import V_MAX, V_MIN
 from seisbind.bundle import CPU, MANIFEST, EncoderBundle
 from seisbind.descriptors import (
-    DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors, mean_absolute_errors, mean_relative_error,
+    DESCRIPTOR_NAMES,
+    DESCRIPTOR_UNITS,
+    compute_descriptors,
+    mean_absolute_errors,
+    mean_relative_error,
 )
 from seisbind.files import write_json_atomic, write_text_atomic
 from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors
@@ -60,7 +64,8 @@ def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
                 return enc(torch.from_numpy(np.array(x, dtype=np.float32)).to(device)).float().cpu().numpy()
         return f
 
-    info = {"kind": "run", "path": portable_path(run), "train_minutes": ckpt["elapsed_s"] / 60, "config": ckpt["config"],
+    info = {"kind": "run", "path": portable_path(run), "train_minutes": ckpt["elapsed_s"] / 60,
+            "config": ckpt["config"],
             "data": ckpt.get("data"), "epochs": ckpt["epoch"], "steps": ckpt["global_step"]}
     return Embedder(wrap(model.seismic), wrap(model.velocity), wrap(model.physics), info)
 
@@ -178,7 +183,7 @@ def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_di
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if figures:
-        from model.figures import retrieval_examples, descriptor_scatter, similarity_histograms
+        from model.figures import descriptor_scatter, retrieval_examples, similarity_histograms
 
         offsets = np.cumsum([0] + [len(g) for d in tests for g in d.data])
         arrays = [g for d in tests for g in d.data]

@@ -16,12 +16,21 @@ import torch
 from torch import nn
 
 from seisbind.acquisition import GATHER_SHAPE, V_MAX, V_MIN, VELOCITY_SHAPE
-from seisbind.bundle import (CPU, INPUT_NAMES, MANIFEST, MODALITIES, ONNX_FILES, OUTPUT_NAME, BundleManifest,
-                             create_session, finish_manifest)
+from seisbind.bundle import (
+    CPU,
+    INPUT_NAMES,
+    MANIFEST,
+    MODALITIES,
+    ONNX_FILES,
+    OUTPUT_NAME,
+    BundleManifest,
+    create_session,
+    finish_manifest,
+)
 from seisbind.cores import usable_cores
+from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 from seisbind.files import replace_folder
 from seisbind.provenance import git_commit, portable_path
-from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 
 from model.config import ModelConfig
 from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, SeisBindModel, create_model

@@ -11,7 +11,13 @@ import numpy as np
 
 from seisbind.files import write_json_atomic
 from seisbind.openfwi import (
-    CHUNK_SIZE, ModelSet, OpenFWIError, chunk_counts, chunk_is_complete, read_models, write_chunk,
+    CHUNK_SIZE,
+    ModelSet,
+    OpenFWIError,
+    chunk_counts,
+    chunk_is_complete,
+    read_models,
+    write_chunk,
 )
 from seisbind.progress import progress
 from seisbind.provenance import portable_path

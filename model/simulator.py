@@ -12,8 +12,19 @@ import numpy as np
 import torch
 
 from seisbind.acquisition import (
-    DT, DX, N_RECEIVERS, N_SHOTS, NT, PEAK_FREQUENCY, RECEIVER_X, RECEIVER_Z, SOURCE_X, SOURCE_Z,
-    V_MAX, WAVELET_LENGTH, WAVELET_PEAK_TIME,
+    DT,
+    DX,
+    N_RECEIVERS,
+    N_SHOTS,
+    NT,
+    PEAK_FREQUENCY,
+    RECEIVER_X,
+    RECEIVER_Z,
+    SOURCE_X,
+    SOURCE_Z,
+    V_MAX,
+    WAVELET_LENGTH,
+    WAVELET_PEAK_TIME,
 )
 from seisbind.openfwi import check_velocity
 

@@ -26,8 +26,7 @@ from seisbind.files import write_json_atomic
 from seisbind.progress import progress
 from seisbind.retrieval_metrics import recall_at_k, true_ranks
 
-from model.checkpoint import (CHECKPOINT, TrainState, load_checkpoint, save_checkpoint,
-                              write_metrics)
+from model.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint, write_metrics
 from model.config import RunError, TrainConfig
 from model.data import TensorPairs, folder_summary, load_pairs, mirror, open_folders, split_indices
 from model.distributed import StopFlag, agree_any, barrier, init_distributed, shutdown

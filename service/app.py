@@ -14,8 +14,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from index.build import build_index
 from seisbind import __version__
+
+from index.build import build_index
 from service.api.body_budget import BodyBudgetMiddleware
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
@@ -45,7 +46,8 @@ SMALL_JSON_PATHS = ("/retrieve-by-descriptors", "/admin/rebuild-index")
 DESCRIPTION = """Search seismic shot gathers by physics. Send gathers (5 shots x 1000 samples x 70 receivers, OpenFWI
 amplitudes) as raw `.npy` bytes (`Content-Type: application/x-npy`, the fast path) or JSON, or a shot-organised SEG-Y
 file of any 2-D geometry (`Content-Type: application/x-segy`; ingested onto the model's geometry, with a report of
-every step and its warnings in the response's `ingest`); get back the velocity models of the bank that explain them, with cosine scores, and descriptors inferred from the nearest neighbours.
+every step and its warnings in the response's `ingest`); get back the velocity models of the bank that explain them,
+with cosine scores, and descriptors inferred from the nearest neighbours.
 Every error is a JSON body `{"detail", "status", "request_id"}`."""
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from urllib.parse import quote
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import numpy as np

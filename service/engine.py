@@ -21,13 +21,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from seisbind.acquisition import GATHER_SHAPE
+from seisbind.bundle import EncoderBundle
+from seisbind.cores import usable_cores
+from seisbind.descriptors import DESCRIPTOR_NAMES
+
 from index.ann import set_search_threads
 from index.searcher import Searcher
 from index.store import IndexStore, IndexStoreError
-from seisbind.acquisition import GATHER_SHAPE
-from seisbind.cores import usable_cores
-from seisbind.descriptors import DESCRIPTOR_NAMES
-from seisbind.bundle import EncoderBundle
 from service.batching import BatchInfo, MicroBatcher
 from service.core.config import Settings
 from service.core.cpus import CpuPlan, pin_thread, unpin_thread

@@ -1,7 +1,8 @@
 """Follow the CURRENT pointer of the index root: when another process (``seisbind build-index``, another replica's
 admin rebuild, a rollback) moves it, load and verify that version off the request path and swap it in.
 
-Replicas serving one shared, read-only index volume (docs/architecture.md#scale) thus converge on the same version without
+Replicas serving one shared, read-only index volume (docs/architecture.md#scale) thus converge on the same version
+without
 restarts. A version that does not verify is logged (ERROR) and refused, the served one keeps serving, and it is
 retried only after a back-off (doubling up to an hour), never in a tight loop; a different CURRENT is tried at once.
 """

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE
+
 from service.inputs import InputError
 
 GATHER_VALUES = math.prod(GATHER_SHAPE)

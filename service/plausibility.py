@@ -25,6 +25,7 @@ import numpy as np
 
 from seisbind.acquisition import DX, FAMILY_DATA_RANGE
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
+
 from service.inputs import InputError
 
 TRAINING_LOW = min(lo for lo, _ in FAMILY_DATA_RANGE.values())

@@ -17,7 +17,8 @@ _NEIGHBOR_EXAMPLE: dict[str, Any] = {
     "descriptors": {"v_mean": 2875.1, "v_std": 612.4, "v_min": 1712.0, "v_max": 4020.5, "v_top": 1790.2,
                     "v_bottom": 3950.7, "grad_z": 3.41, "grad_x": 0.05},
 }
-_DESCRIPTORS_EXAMPLE: dict[str, Any] = {"v_mean": 3000.0, "v_std": 600.0, "v_min": 1800.0, "v_max": 4200.0, "v_top": 1900.0,
+_DESCRIPTORS_EXAMPLE: dict[str, Any] = {"v_mean": 3000.0, "v_std": 600.0, "v_min": 1800.0, "v_max": 4200.0,
+                                        "v_top": 1900.0,
                         "v_bottom": 4100.0, "grad_z": 3.2, "grad_x": 0.1}
 
 
@@ -79,7 +80,8 @@ class Neighbor(BaseModel):
     id: str = Field(description="stable entry id: bank file (relative, without .npy) and row")
     score: float = Field(description="cosine similarity between the query and the entry, -1..1")
     source: Source
-    descriptors: dict[str, float] = Field(description="the entry's physical descriptors by name (m/s; grad_z and grad_x in 1/s)")
+    descriptors: dict[str, float] = Field(
+        description="the entry's physical descriptors by name (m/s; grad_z and grad_x in 1/s)")
     velocity_model: list[list[float]] | None = Field(
         None, description="only with include_models: the velocity model, [depth 70][lateral 70] in m/s")
 

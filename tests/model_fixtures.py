@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seisbind.acquisition import GATHER_SHAPE, NT, N_RECEIVERS
+from seisbind.acquisition import GATHER_SHAPE, N_RECEIVERS, NT
 from seisbind.openfwi import write_chunk
 
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from model_fixtures import write_dataset
 
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.encoders import create_model
 from model.export import synthetic_inputs
 from model.loss import TriModalLoss
-from model.checkpoint import load_checkpoint
 from model.train import train_loss
-from model_fixtures import write_dataset
 
 torch.set_num_threads(1)
 GLOBAL_BATCH = 8
@@ -35,7 +35,8 @@ def _setup(lambda2: float, soft_tau: float = 0.0):
     # the global batch's by construction (SyncBatchNorm needs CUDA); everything else is the training path.
     model.eval()
     pre = model.seismic.preprocess(torch.from_numpy(x["seismic"]))
-    return model, pre, torch.from_numpy(x["velocity"]), torch.from_numpy(x["physics"]), TriModalLoss(1.0, lambda2, soft_tau)
+    loss = TriModalLoss(1.0, lambda2, soft_tau)
+    return model, pre, torch.from_numpy(x["velocity"]), torch.from_numpy(x["physics"]), loss
 
 
 def _worker(rank: int, world: int, init_file: str, out: str, lambda2: float, soft_tau: float) -> None:

@@ -7,15 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_fixtures import layered_models, write_dataset
 from typer.testing import CliRunner
 
-from model.evaluate import p2_report
-from model.export import export_untrained_bundle
+from seisbind.descriptors import compute_descriptors
 from seisbind.neighbours import exact_top_k as top_k
 from seisbind.retrieval_metrics import pos_neg_similarity, recall_at_k, retrieval_report, true_ranks
-from model_fixtures import layered_models, write_dataset
+
 from cli.main import app
-from seisbind.descriptors import compute_descriptors
+from model.evaluate import p2_report
+from model.export import export_untrained_bundle
 
 torch.set_num_threads(1)
 
@@ -92,7 +93,8 @@ def test_evaluate_writes_the_report_keys_markdown_and_figures(tmp_path):
             assert set(r[part][task]) >= {"R@1", "R@5", "R@10", "mean_pos_sim", "mean_neg_sim"}
     assert r["p1"]["gallery_size"] == 12 and r["p1_large"]["gallery_size"] == 42
     assert r["p2"]["k"] == 5 and r["p2"]["bank_size"] == 30 and 0 <= r["p2"]["descriptor_mre"] < 1
-    assert set(r["p2"]["descriptor_mae"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z", "grad_x"}
+    assert set(r["p2"]["descriptor_mae"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z",
+                                              "grad_x"}
     assert {"top1_mae_mps", "top1_ssim"} <= set(r["p2"]) and "train_minutes" in r
     md = (out / "report.md").read_text()
     assert "0.578" in md and "test set differs" in md
@@ -101,5 +103,6 @@ def test_evaluate_writes_the_report_keys_markdown_and_figures(tmp_path):
 
 
 def test_evaluate_refuses_a_folder_that_is_neither_run_nor_bundle(tmp_path):
-    res = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path), "--test", str(tmp_path), "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path), "--test", str(tmp_path),
+                                   "--out", str(tmp_path / "r")])
     assert res.exit_code != 0 and "neither an encoder bundle" in res.output

@@ -7,10 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
+
 import model.export as export
 from model.config import ModelConfig
 from model.encoders import create_model
-from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
 
 torch.set_num_threads(1)
 

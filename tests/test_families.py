@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.families import FAMILY_NAMES, generate
 from seisbind.openfwi import read_models
+
+from model.families import FAMILY_NAMES, generate
 
 N_GENERATED = 1000
 REAL = {"flatvel-a": "flatvel_a", "curvevel-a": "curvevel_a"}

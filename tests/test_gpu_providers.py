@@ -1,5 +1,6 @@
 """The GPU code path without a GPU: ONNX Runtime's CUDA provider is chosen first whenever it is offered, a
-session that cannot get it says so (never a silent CPU fallback, docs/architecture.md#dependencies), and on a GPU machine the
+session that cannot get it says so (never a silent CPU fallback, docs/architecture.md#dependencies), and on a GPU
+machine the
 encoders really run on CUDA. The GPU image's dependency set (onnxruntime-gpu, faiss-gpu-cu12) is resolved for
 linux x86_64, and checked to be built for CUDA 12, by docker/resolve_gpu_deps.py: a network check, run only with
 SEISBIND_NETWORK_TESTS=1."""

@@ -14,15 +14,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from index.build import build_index
-from seisbind.bundle import EncoderBundle, OnnxEncoder, select_providers
-from index.searcher import Searcher
-from index.store import (CURRENT, DESCRIPTORS_FILE, ENTRIES_FILE, INDEX_FILE, VELOCITY_FILE, BundleMismatchError,
-                         IndexStore, IndexStoreError)
-from seisbind.bundle import BundleError
-from cli.main import app
+from seisbind.bundle import BundleError, EncoderBundle, OnnxEncoder, select_providers
 from seisbind.descriptors import compute_descriptors
 from seisbind.openfwi import OpenFWIError
+
+from cli.main import app
+from index.build import build_index
+from index.searcher import Searcher
+from index.store import (
+    CURRENT,
+    DESCRIPTORS_FILE,
+    ENTRIES_FILE,
+    INDEX_FILE,
+    VELOCITY_FILE,
+    BundleMismatchError,
+    IndexStore,
+    IndexStoreError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

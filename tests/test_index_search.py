@@ -13,8 +13,16 @@ import pytest
 
 from seisbind.neighbours import exact_top_k
 
-from index.ann import (EXACT_MAX, build_ann, configure_blas_threshold, ivf_nlist, perturbed_queries,
-                       neighbour_recall, resolve_type, search_params)
+from index.ann import (
+    EXACT_MAX,
+    build_ann,
+    configure_blas_threshold,
+    ivf_nlist,
+    neighbour_recall,
+    perturbed_queries,
+    resolve_type,
+    search_params,
+)
 from index.gpu import GPU_MAX_K, GpuReplicas, gpu_count, want_gpu
 from index.synthetic import clustered_embeddings, random_unit_vectors
 

@@ -10,7 +10,14 @@ import torch
 
 from model.data import mirror
 from model.encoders import (
-    DATA_MAX, DATA_MIN, ModelConfig, SeismicEncoder, VelocityEncoder, create_model, filter_response, log_minmax,
+    DATA_MAX,
+    DATA_MIN,
+    ModelConfig,
+    SeismicEncoder,
+    VelocityEncoder,
+    create_model,
+    filter_response,
+    log_minmax,
 )
 
 torch.set_num_threads(1)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from seisbind.openfwi import (
-    OpenFWIError, check_velocity, chunk_is_complete, find_pairs, open_dataset, read_models, save_npy_atomic, write_chunk,
+    OpenFWIError,
+    check_velocity,
+    chunk_is_complete,
+    find_pairs,
+    open_dataset,
+    read_models,
+    save_npy_atomic,
+    write_chunk,
 )
 
 

@@ -22,13 +22,25 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from service_fixtures import (
+    NPY,
+    G,
+    Server,
+    as_json,
+    assert_error,
+    free_port,
+    gathers,
+    npy,
+    serve,
+    start_server,
+    stop_server,
+)
+
+from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 
 from index.build import build_index
 from index.store import IndexStore
-from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
 from service.client import SeisBindClient, SeisBindError
-from service_fixtures import (G, NPY, Server, as_json, assert_error, free_port, gathers, npy, serve,
-                              start_server, stop_server)
 
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -147,7 +159,8 @@ def _thread_cpus(pid: int) -> dict[int, set[int]]:
             continue
         if name == "libuv-worker":
             continue
-        spec = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+        spec = next(line.split(":", 1)[1].strip() for line in status.splitlines()
+                    if line.startswith("Cpus_allowed_list"))
         cpus: set[int] = set()
         for part in spec.split(","):
             lo, _, hi = part.partition("-")

@@ -30,9 +30,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from service_fixtures import (
+    NPY,
+    G,
+    Server,
+    as_json,
+    assert_error,
+    gathers,
+    npy,
+    serve,
+    small_service_files,
+    stop_server,
+)
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
-from service_fixtures import G, NPY, Server, as_json, assert_error, gathers, npy, stop_server, serve, small_service_files
 
 TOKEN = "catalogue-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -25,13 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from service_fixtures import NPY, REPO, Server, serve, stop_server
 
-from index.build import build_index
-from index.store import (CURRENT, DESCRIPTORS_FILE, EMBEDDINGS_FILE, ENTRIES_FILE, INDEX_FILE, MANIFEST,
-                         VELOCITY_FILE, IndexStore, is_version_id)
 from seisbind.descriptors import DESCRIPTOR_NAMES
 from seisbind.npy import npy_bytes as npy
-from service_fixtures import NPY, REPO, Server, serve, stop_server
+
+from index.build import build_index
+from index.store import (
+    CURRENT,
+    DESCRIPTORS_FILE,
+    EMBEDDINGS_FILE,
+    ENTRIES_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    VELOCITY_FILE,
+    IndexStore,
+    is_version_id,
+)
 
 TOKEN = "faults-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

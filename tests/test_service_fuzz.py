@@ -47,9 +47,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from service_fixtures import NPY, G, Server, serve, small_service_files, stop_server
 
 from service.plausibility import AMPLITUDE_LIMIT, AMPLITUDE_WARN, WEAK_PEAK
-from service_fixtures import G, NPY, Server, stop_server, serve, small_service_files
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"
 MAX_BODY = 5 * 1024 * 1024  # room for three float32 gathers (4.2 MB), not for two float64 ones (5.6 MB)

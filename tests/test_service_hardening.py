@@ -25,11 +25,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from service_fixtures import (
+    NPY,
+    REPO,
+    Server,
+    as_json,
+    assert_error,
+    free_port,
+    gathers,
+    npy,
+    serve,
+    serve_command,
+    small_service_files,
+    stop_server,
+)
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
+
 from service.client import SeisBindClient, SeisBindError
-from service_fixtures import (NPY, REPO, Server, as_json, assert_error, free_port, gathers, npy, serve,
-                              serve_command, small_service_files, stop_server)
 
 TOKEN = "hardening-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,4 +1,5 @@
-"""The serving side never imports torch (docs/architecture.md#dependencies): every module of service/, the app it builds, and the
+"""The serving side never imports torch (docs/architecture.md#dependencies): every module of service/, the app it
+builds, and the
 ``seisbind serve`` command path, checked in a fresh interpreter."""
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import secrets
 import socket
 import threading
 import time
-import tomllib
 import unicodedata
 import urllib.parse
 from collections.abc import Iterator
@@ -34,14 +33,14 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+import tomllib
 from fastapi.security import HTTPAuthorizationCredentials
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException
-
 from service_fixtures import Server, serve, stop_server
+from starlette.exceptions import HTTPException
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "sb-" + secrets.token_urlsafe(24)  # unique: any occurrence in the output is a leak

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from seisbind import cores
+from seisbind.neighbours import infer_descriptors, neighbour_weights
+from seisbind.npy import npy_bytes as npy
+
 from service.api.payload import decode
 from service.banks import BankOutsideRootError, resolve_bank
 from service.batching import MicroBatcher
 from service.core import cpus
 from service.core.config import Settings
 from service.inputs import InputError, check_descriptors, check_gathers, check_k, parse_npy
-from seisbind import cores
-from seisbind.neighbours import infer_descriptors, neighbour_weights
-from seisbind.npy import npy_bytes as npy
 from service.schemas import InferRequest, RetrieveRequest
 
 G = (5, 1000, 70)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from seisbind.openfwi import OpenFWIError, open_dataset
+
 import model.simulate as sim_mod
 from model.simulate import simulate_dataset
-from seisbind.openfwi import OpenFWIError, open_dataset
 
 torch.set_num_threads(2)
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from seisbind.acquisition import DT, DX, NT, PEAK_FREQUENCY, RECEIVER_Z, SOURCE_X, SOURCE_Z
+
 from model import simulator
 from model.families import generate
 from model.simulator import simulate, simulate_torch
-from seisbind.acquisition import DT, DX, NT, PEAK_FREQUENCY, RECEIVER_Z, SOURCE_X, SOURCE_Z
 
 V1, V2 = 2000.0, 3500.0
 """Velocities (m/s) of the homogeneous model and of the two-layer model's upper / lower half-space."""

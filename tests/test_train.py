@@ -10,20 +10,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from model_fixtures import write_dataset
 from typer.testing import CliRunner
 
-from model.config import TrainConfig
-from model.config import ModelConfig
-from model.export import export_run
-from model.checkpoint import load_checkpoint
-from model.config import RunError
-from model.train import train
-from model_fixtures import write_dataset
 from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
-from cli.main import app
 from seisbind.descriptors import compute_descriptors
 from seisbind.files import save_npy_atomic
 from seisbind.openfwi import OpenFWIError, open_dataset
+
+from cli.main import app
+from model.checkpoint import load_checkpoint
+from model.config import ModelConfig, RunError, TrainConfig
+from model.export import export_run
+from model.train import train
 
 torch.set_num_threads(1)
 
@@ -34,7 +33,8 @@ def data(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path | tuple[str, ...], out: Path, **kw) -> TrainConfig:
-    base = dict(data=data if isinstance(data, tuple) else (str(data),), out=str(out), epochs=6, batch_size=8, seed=0, lr=2e-3, amp="off",
+    base = dict(data=data if isinstance(data, tuple) else (str(data),), out=str(out), epochs=6, batch_size=8, seed=0,
+                lr=2e-3, amp="off",
                 val_fraction=0.0, threads=1, progress=False, model=ModelConfig.tiny())
     base.update(kw)
     return TrainConfig(**base)
@@ -65,7 +65,8 @@ def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp
     d = compute_descriptors(m).astype(np.float32)
     from model.checkpoint import model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(out))
-    for modality, enc, x in (("seismic", model.seismic, g), ("velocity", model.velocity, m), ("physics", model.physics, d)):
+    encoders = (("seismic", model.seismic, g), ("velocity", model.velocity, m), ("physics", model.physics, d))
+    for modality, enc, x in encoders:
         sess = ort.InferenceSession(str(tmp_path / "bundle" / ONNX_FILES[modality]), providers=["CPUExecutionProvider"])
         got = sess.run([OUTPUT_NAME], {INPUT_NAMES[modality]: x})[0]
         with torch.no_grad():

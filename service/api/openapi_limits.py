@@ -12,7 +12,6 @@ from pydantic import BaseModel
 
 from service.core.config import Settings
 
-
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 

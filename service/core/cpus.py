@@ -53,5 +53,7 @@ class CpuPlan:
 
     def describe(self) -> dict[str, object]:
         """For logs and /v1/info: the CPU of the event loop and of each worker (None: not pinned)."""
-        one = (lambda s: None if s is None else min(s))
+        def one(s: set[int] | None) -> int | None:
+            return None if s is None else min(s)
+
         return {"event_loop": one(self.loop), "workers": [one(w) for w in self.workers]}
