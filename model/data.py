@@ -28,6 +28,7 @@ import torch
 from seisbind.descriptors import compute_descriptors
 from seisbind.files import save_npy_atomic
 from seisbind.openfwi import OpenFWIError, PairedDataset, find_pairs, open_dataset
+from seisbind.provenance import portable_path
 
 from model.encoders import DATA_MAX, DATA_MIN, SeismicEncoder
 
@@ -152,5 +153,5 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 def folder_summary(folders: Sequence[str | os.PathLike[str]], datasets: Sequence[PairedDataset]) -> list[dict]:
     """Provenance of the training data: folder, pairs and files."""
-    return [{"folder": str(Path(f).resolve()), "pairs": len(d), "files": len(d.files)}
+    return [{"folder": portable_path(f), "pairs": len(d), "files": len(d.files)}
             for f, d in zip(folders, datasets)]

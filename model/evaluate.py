@@ -28,7 +28,7 @@ from seisbind.files import write_json_atomic, write_text_atomic
 from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors
 from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
 from seisbind.progress import progress
-from seisbind.provenance import portable_path
+from seisbind.provenance import REPO, portable_path
 from seisbind.retrieval_metrics import KS, pos_neg_similarity, retrieval_report
 
 LETTER = {
@@ -247,7 +247,8 @@ def report_markdown(r: dict[str, Any]) -> str:
 def default_banks(emb: Embedder) -> list[str]:
     """The training folders recorded with the encoders, if they still exist."""
     data = emb.info.get("data") or []
-    folders = [d["folder"] for d in data if isinstance(d, dict) and Path(d.get("folder", "")).is_dir()]
+    recorded = [REPO / d["folder"] for d in data if isinstance(d, dict) and d.get("folder")]  # relative to the repo
+    folders = [str(f) for f in recorded if f.is_dir()]
     if not folders:
         raise OpenFWIError("no --bank given and the encoders record no existing training folder; give --bank DIR")
     return folders

@@ -41,7 +41,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("ingest_service")
     bundle, _, index = small_service_files(root, 12)
-    env = {"SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_ORT_INTRA_OP_THREADS": "1",
+    env = {"SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_MAX_GATHERS": "2", "SEISBIND_ORT_INTRA_OP_THREADS": "1",
            "SEISBIND_ENCODE_WORKERS": "1"}
     server = serve(bundle, index, root / "server.log", env)
     yield server

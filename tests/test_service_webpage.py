@@ -229,11 +229,18 @@ def test_a_misconfigured_example_gets_a_clear_404(files: dict[str, Path], tmp_pa
     from service.app import create_app
     from service.core.config import Settings
 
+    import numpy as np
+
+    from service.core.config import npy_bytes_of_gathers
+
+    limit = npy_bytes_of_gathers(1)  # one gather fits (the settings refuse a limit that cannot), two do not
+    two = tmp_path / "two.npy"
+    np.save(two, np.zeros((2, 5, 1000, 70), np.float32))
     cases = {tmp_path / "missing.npy": "is not a file", tmp_path: "is not a file",
-             files["example"]: "over the request-body limit of 1024 bytes"}
+             two: f"over the request-body limit of {limit} bytes"}
     for path, fragment in cases.items():
         settings = Settings(encoders=files["bundle"], index_root=files["index"], example_gather=path,
-                            max_body_bytes=1024, index_poll_s=0, encode_workers=1)
+                            max_body_bytes=limit, max_gathers=1, index_poll_s=0, encode_workers=1)
         with TestClient(create_app(settings)) as c:
             r = c.get("/example/query.npy")
         assert r.status_code == 404 and fragment in r.json()["detail"], (path, r.text)
