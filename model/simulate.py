@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from seisbind.acquisition import FAMILIES
 from seisbind.openfwi import (
     CHUNK_SIZE, ModelSet, OpenFWIError, chunk_counts, chunk_is_complete, read_models, write_chunk,
 )
 from seisbind.progress import progress
+
+from model.families import FAMILY_NAMES, generate
 
 DATASET_FILE = "seisbind_dataset.json"
 
@@ -71,8 +72,8 @@ def simulate_dataset(
         total = len(source)
         params: dict[str, Any] = {"models": str(Path(models).resolve()), "count": total, "chunk_size": chunk_size}
     else:
-        if family not in FAMILIES:
-            raise ValueError(f"--family {family!r}: unknown; choose one of {', '.join(FAMILIES)}")
+        if family not in FAMILY_NAMES:
+            raise ValueError(f"--family {family!r}: unknown; choose one of {', '.join(FAMILY_NAMES)}")
         if count is None or count <= 0:
             raise ValueError(f"--count {count}: must be a positive number of models")
         total = count
@@ -91,8 +92,6 @@ def simulate_dataset(
             if all_models is not None:
                 v = all_models[start:start + counts[c - 1]]
             else:
-                from model.families import generate
-
                 v = generate(family, counts[c - 1], chunk_rng(seed, c))
             data = np.empty((len(v), 5, 1000, 70), np.float32)
             for s in range(0, len(v), batch_size):

@@ -36,7 +36,7 @@ def parse_shard(shard: Optional[str]) -> tuple[int, int]:
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="output dataset folder (OpenFWI layout)"),
-    family: Optional[str] = typer.Option(None, "--family", help="synthetic family: flatvel-a, curvevel-a, flatfault-a, curvefault-a"),
+    family: Optional[str] = typer.Option(None, "--family", help="synthetic family, e.g. flatvel-a, curvefault-a, salt-a (all: model.families.FAMILY_NAMES; an unknown name lists them)"),
     count: Optional[int] = typer.Option(None, "--count", help="number of synthetic models"),
     models: Optional[Path] = typer.Option(None, "--models", help="simulate given velocity models (.npy, OpenFWI folder or .zip)"),
     seed: int = typer.Option(0, "--seed"),
