@@ -82,12 +82,12 @@ def _waves(count: int, rng: np.random.Generator, amp: tuple[float, float], cycle
 def inversion(count: int, rng: np.random.Generator) -> np.ndarray:
     """``inversion-a``: layered models with one or two low-velocity layers (velocity inversions).
 
-    The OpenFWI-like stack of 3-7 nominal layers with sorted velocities (1500-4500 m/s), gently dipping (a shared
-    linear tilt of up to ±5 cells across the model). One or two layers (each with probability 1/2), not the top
-    one, with at least one layer below and their top within the model, are slowed to
-    ``U(1500, v_above - 300)`` m/s, limited to a drop of at most 1200 m/s; the layer below jumps back to its
-    sorted value. A layer can take an inversion only if the one above is at least 1800 m/s, so the drop is at
-    least 300 m/s.
+    The OpenFWI-like stack of 3-7 nominal layers with sorted velocities (1500-4500 m/s), gently dipping (one
+    linear dip shared by all interfaces, up to ±5 cells at the edges). One layer, and with probability 1/2 a
+    second one not adjacent to it (where one is eligible: about 30 % of models hold two), is slowed to ``U(1500, v_above - 300)`` m/s, limited to a drop of at most
+    1200 m/s; the layer below jumps back to its sorted value. Eligible layers: not the top one, at least one layer
+    below, top at least 6 cells above the bottom, and the layer above at least 1800 m/s (so the drop is at least
+    300 m/s); a model without one (about 1 %) has no inversion.
     """
     n, depth = _depths(count, rng)
     vel = _velocities(n, rng)
