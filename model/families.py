@@ -21,14 +21,14 @@ Further kinds of geology, each its own family (generators and their parameters i
 laterally), ``fold-a`` (independently folded interfaces), ``multifault-a`` (2-3 normal and reverse faults),
 ``channel-a`` (channels and lenses), ``salt-a`` (a salt-like high-velocity body), ``style-a`` (textured layers).
 
-Everything is vectorised over the batch: 500 models take about 0.1 s on one core.
+Everything is vectorised over the batch: 500 models take about 0.1 s on one core (style-a, smoothed by FFT, 2 s).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Callable
+
+import numpy as np
 
 from seisbind.acquisition import NX, NZ, V_MAX, V_MIN
 
