@@ -38,7 +38,8 @@ def parse_shard(shard: Optional[str]) -> tuple[int, int]:
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="output dataset folder (OpenFWI layout)"),
-    family: Optional[str] = typer.Option(None, "--family", help="synthetic family (see docs/data.md), e.g. flatvel-a"),
+    family: Optional[str] = typer.Option(None, "--family",
+                                         help="synthetic family, e.g. flatvel-a, curvefault-a, salt-a (docs/data.md)"),
     count: Optional[int] = typer.Option(None, "--count", help="number of synthetic models"),
     models: Optional[Path] = typer.Option(None, "--models",
                                           help="simulate given velocity models (.npy, OpenFWI folder or .zip)"),

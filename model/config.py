@@ -190,3 +190,46 @@ class TrainConfig:
         """Names of RESUME_KEYS whose values differ from the stored config ``other``."""
         mine, theirs = self.to_dict(), TrainConfig.from_dict(other).to_dict()  # settings added since: defaults
         return [k for k in RESUME_KEYS if mine.get(k) != theirs.get(k)]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Field-like perturbations of raw shot gathers, applied on the fly by ``model.augment.apply`` (not used by
+    training unless asked for). Each perturbation hits a gather with its probability ``*_p``; its strength is drawn
+    per gather (per shot for time shifts and muting) uniformly from its range."""
+
+    wavelet_p: float = 0.5
+    peak_hz: tuple[float, float] = (10.0, 20.0)
+    """Source peak frequency the gather is converted to (from the simulator's 15 Hz Ricker)."""
+    shift_p: float = 0.3
+    max_shift_ms: int = 4
+    """Each shot of a hit gather moves by a whole number of samples (1 ms) in -max..max, zero-padded."""
+    scale_p: float = 0.5
+    scale: tuple[float, float] = (0.5, 2.0)
+    """Amplitude factor, log-uniform in this range."""
+    polarity_p: float = 0.1
+    """Probability of flipping the sign of a gather."""
+    noise_p: float = 0.5
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    """Additive noise: SNR = 10 log10(mean(x^2) / mean(n^2)) over the gather (all its shots), in dB."""
+    band_p: float = 0.5
+    """Of the noisy gathers, the fraction whose noise is band-limited to ``band_hz`` (the others: white)."""
+    band_hz: tuple[float, float] = (5.0, 30.0)
+    mute_p: float = 0.3
+    mute_traces: tuple[int, int] = (1, 20)
+    """Dead or muted traces per shot of a hit gather (zeroed; the count is drawn per gather, the traces per shot)."""
+
+    def __post_init__(self) -> None:
+        probs = {k: getattr(self, k) for k in ("wavelet_p", "shift_p", "scale_p", "polarity_p", "noise_p", "band_p",
+                                              "mute_p")}
+        checks = [(0 <= p <= 1, f"0 <= {k} <= 1 (got {p})") for k, p in probs.items()] + [
+            (0 < self.peak_hz[0] <= self.peak_hz[1], f"0 < peak_hz low <= high (got {self.peak_hz})"),
+            (self.max_shift_ms >= 0, f"max_shift_ms >= 0 (got {self.max_shift_ms})"),
+            (0 < self.scale[0] <= self.scale[1], f"0 < scale low <= high (got {self.scale})"),
+            (self.snr_db[0] <= self.snr_db[1], f"snr_db low <= high (got {self.snr_db})"),
+            (0 <= self.band_hz[0] < self.band_hz[1], f"0 <= band_hz low < high (got {self.band_hz})"),
+            (0 <= self.mute_traces[0] <= self.mute_traces[1], f"0 <= mute_traces low <= high (got {self.mute_traces})"),
+        ]
+        for ok, want in checks:
+            if not ok:
+                raise ValueError(f"invalid augmentation setting: need {want}")

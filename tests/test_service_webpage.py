@@ -224,14 +224,11 @@ def test_an_installed_wheel_carries_every_page_file(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 def test_a_misconfigured_example_gets_a_clear_404(files: dict[str, Path], tmp_path: Path) -> None:
     """A missing file, a folder, or a file over the body limit: 404 naming the problem, never a 500 (in-process)."""
+    import numpy as np
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.core.config import Settings
-
-    import numpy as np
-
-    from service.core.config import npy_bytes_of_gathers
+    from service.core.config import Settings, npy_bytes_of_gathers
 
     limit = npy_bytes_of_gathers(1)  # one gather fits (the settings refuse a limit that cannot), two do not
     two = tmp_path / "two.npy"

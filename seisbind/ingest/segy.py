@@ -226,6 +226,22 @@ def _shot_keys(field_record: np.ndarray, source_x: np.ndarray) -> tuple[np.ndarr
     return inverse.astype(np.int64), "source position"
 
 
+def _write_traces(f: "segyio.SegyFile", g: np.ndarray, sx: np.ndarray, rx: np.ndarray, ffid: np.ndarray,
+                  order: np.ndarray, dt_us: int, delay_ms: int, coordinate_scalar: int) -> None:
+    """Headers and samples of every trace, in ``order`` (shot * receivers + receiver)."""
+    scale = float(-coordinate_scalar) if coordinate_scalar < 0 else 1.0 / max(coordinate_scalar, 1)
+    n_rec, nt = rx.shape[1], g.shape[1]
+    for out_i, src_i in enumerate(order):
+        s, r = divmod(int(src_i), n_rec)
+        f.header[out_i] = {
+            TF.TRACE_SEQUENCE_LINE: out_i + 1, TF.FieldRecord: int(ffid[s]), TF.TraceNumber: r + 1,
+            TF.SourceX: int(round(sx[s] * scale)), TF.GroupX: int(round(rx[s, r] * scale)),
+            TF.SourceGroupScalar: coordinate_scalar, TF.offset: int(round(rx[s, r] - sx[s])), TF.CoordinateUnits: 1,
+            TF.DelayRecordingTime: int(delay_ms), TF.TRACE_SAMPLE_COUNT: nt, TF.TRACE_SAMPLE_INTERVAL: dt_us,
+        }
+        f.trace[out_i] = np.ascontiguousarray(g[s, :, r])
+
+
 def write_segy(path: str | os.PathLike[str], gathers: np.ndarray, dt_s: float, source_x_m: Sequence[float],
                receiver_x_m: np.ndarray | Sequence[float], *, delay_ms: int = 0,
                sample_format: Literal["ieee", "ibm"] = "ieee", endian: Literal["big", "little"] = "big",
@@ -261,11 +277,6 @@ def write_segy(path: str | os.PathLike[str], gathers: np.ndarray, dt_s: float, s
     if sorted(order.tolist()) != list(range(n_shots * n_rec)):
         raise ValueError("trace_order must be a permutation of range(shots * receivers)")
     dt_us = int(round(dt_s * 1e6))
-    scale = float(-coordinate_scalar) if coordinate_scalar < 0 else 1.0 / max(coordinate_scalar, 1)
-
-    def coord(x: float) -> int:
-        return int(round(x * scale))
-
     spec = segyio.spec()
     spec.format = 5 if sample_format == "ieee" else 1
     spec.samples = list(range(nt))
@@ -278,15 +289,7 @@ def write_segy(path: str | os.PathLike[str], gathers: np.ndarray, dt_s: float, s
             f.text[0] = segyio.tools.create_text_header({1: "SEISBIND SHOT GATHERS", 2: f"{n_shots} SHOTS "
                                                          f"{n_rec} RECEIVERS {nt} SAMPLES DT {dt_us} US"})
             f.bin.update(hdt=dt_us, hns=nt, format=spec.format, mfeet=1)
-            for out_i, src_i in enumerate(order):
-                s, r = divmod(int(src_i), n_rec)
-                f.header[out_i] = {
-                    TF.TRACE_SEQUENCE_LINE: out_i + 1, TF.FieldRecord: int(ffid[s]), TF.TraceNumber: r + 1,
-                    TF.SourceX: coord(sx[s]), TF.GroupX: coord(rx[s, r]), TF.SourceGroupScalar: coordinate_scalar,
-                    TF.offset: int(round(rx[s, r] - sx[s])), TF.CoordinateUnits: 1,
-                    TF.DelayRecordingTime: int(delay_ms), TF.TRACE_SAMPLE_COUNT: nt, TF.TRACE_SAMPLE_INTERVAL: dt_us,
-                }
-                f.trace[out_i] = np.ascontiguousarray(g[s, :, r])
+            _write_traces(f, g, sx, rx, ffid, order, dt_us, delay_ms, coordinate_scalar)
 
     write_with_atomic(path, write)
     return path

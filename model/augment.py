@@ -1,0 +1,152 @@
+"""Field-like augmentations of raw shot gathers, batched in torch on CPU or GPU, applied on the fly.
+
+Gathers are [batch, shots, time, receivers] (OpenFWI: [b, 5, 1000, 70], dt = 1 ms) in any floating dtype; every
+function returns a new tensor of the same shape, dtype and device. Randomness comes only from the given
+``torch.Generator``: numbers are drawn on the generator's device, so the same seed on the same device gives the
+same result. ``apply`` chains them in the order the field imposes: the source wavelet first (it acts on the clean
+signal), then time shifts, amplitude and polarity, additive noise, and dead traces last (a dead channel records
+nothing). Settings: ``model.config.AugmentConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seisbind.acquisition import DT, PEAK_FREQUENCY
+
+from model.config import AugmentConfig
+
+MAX_GAIN_HZ = 50.0
+"""``change_wavelet`` is exact below this frequency; above it the filter's gain is held at its value here, where
+the 15 Hz Ricker has 4.5e-4 of its peak amplitude (a 20 Hz Ricker still 3 %), so numerical noise is not blown up."""
+BAND_TAPER_HZ = 2.0
+"""Width of the cosine tapers outside the band of band-limited noise."""
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"gathers: expected a floating tensor [batch, shots, time, receivers], got {x.dtype} "
+                         f"{tuple(x.shape)}")
+
+
+def _per_gather(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[b] values as [b, 1, 1, 1] float32 on x's device."""
+    return v.to(x.device, torch.float32).reshape(-1, 1, 1, 1)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device)
+
+
+def _power(x: torch.Tensor) -> torch.Tensor:
+    """Mean power of every gather [b] (float32)."""
+    return x.float().pow(2).mean(dim=(1, 2, 3))
+
+
+def band_limit(noise: torch.Tensor, band_hz: tuple[float, float], dt: float = DT) -> torch.Tensor:
+    """Noise [b, s, t, r] filtered along time to ``band_hz`` (flat inside, cosine tapers of BAND_TAPER_HZ outside;
+    circular, as befits stationary noise)."""
+    nt = noise.shape[2]
+    f = torch.fft.rfftfreq(nt, dt, device=noise.device)
+    lo, hi = band_hz
+    dist = torch.clamp(torch.maximum(lo - f, f - hi), min=0) / BAND_TAPER_HZ  # 0 inside, tapers out to 1
+    gain = torch.where(dist < 1, 0.5 * (1 + torch.cos(math.pi * dist.clamp(max=1))), torch.zeros_like(f))
+    spec = torch.fft.rfft(noise.float(), dim=2) * gain[None, None, :, None]
+    return torch.fft.irfft(spec, n=nt, dim=2)
+
+
+def add_noise(x: torch.Tensor, snr_db: torch.Tensor, generator: torch.Generator,
+              band_hz: tuple[float, float] | None = None, band: torch.Tensor | None = None) -> torch.Tensor:
+    """Gathers plus Gaussian noise at exactly ``snr_db`` [b] per gather: 10 log10(mean(x^2) / mean(n^2)) over the
+    gather. White noise, or band-limited to ``band_hz`` for the gathers flagged in ``band`` [b] bool (all, if
+    ``band`` is None and ``band_hz`` is given). A gather of zeros stays zeros (its SNR is undefined)."""
+    _check(x)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32).to(x.device)
+    if band_hz is not None:
+        flag = torch.ones(len(x), dtype=torch.bool) if band is None else band
+        if flag.any():
+            noise = torch.where(_per_gather(flag, x) > 0, band_limit(noise, band_hz), noise)
+    target = _power(x) / 10 ** (_per_gather(snr_db, x).reshape(-1) / 10)
+    k = torch.sqrt(target / _power(noise).clamp(min=1e-30))
+    return (x.float() + noise * _per_gather(k, x)).to(x.dtype)
+
+
+def mute_traces(x: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gathers with exactly ``counts[i]`` traces of every shot of gather i zeroed (a random set per shot)."""
+    _check(x)
+    b, s, _, r = x.shape
+    if counts.numel() and (int(counts.max()) > r or int(counts.min()) < 0):
+        raise ValueError(f"mute counts must lie in 0..{r} (got {counts.tolist()})")
+    rank = _rand((b, s, r), generator).argsort(dim=2).argsort(dim=2).to(x.device)
+    dead = rank < counts.to(x.device).reshape(-1, 1, 1)
+    return x.masked_fill(dead[:, :, None, :], 0)
+
+
+def time_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Gathers with shot j of gather i delayed by ``shifts[i, j]`` samples (negative: earlier), zero-padded."""
+    _check(x)
+    b, s, t, r = x.shape
+    src = torch.arange(t, device=x.device)[None, None, :] - shifts.to(x.device).reshape(b, s, 1)
+    valid = (src >= 0) & (src < t)
+    out = torch.gather(x, 2, src.clamp(0, t - 1)[..., None].expand(b, s, t, r))
+    return out * valid[..., None].to(x.dtype)
+
+
+def ricker_ratio(freq: torch.Tensor, peak_hz: torch.Tensor, source_hz: float = PEAK_FREQUENCY) -> torch.Tensor:
+    """Filter [b, f] turning a ``source_hz`` Ricker into a ``peak_hz`` [b] one of the same peak amplitude and time:
+    the ratio of their amplitude spectra (f/fp)^2 exp(-f^2/fp^2)/fp, real and zero-phase; the gain is held beyond
+    MAX_GAIN_HZ."""
+    fp = peak_hz.reshape(-1, 1).double()
+    f = freq.double().clamp(max=MAX_GAIN_HZ)[None]
+    return ((source_hz / fp) ** 3 * torch.exp(f ** 2 * (1 / source_hz ** 2 - 1 / fp ** 2))).float()
+
+
+def change_wavelet(x: torch.Tensor, peak_hz: torch.Tensor, source_hz: float = PEAK_FREQUENCY,
+                   dt: float = DT) -> torch.Tensor:
+    """Gathers recorded with a ``source_hz`` Ricker source, converted to a ``peak_hz`` [b] Ricker (same peak time):
+    a zero-phase filter, the ratio of the two Ricker spectra, applied in the frequency domain with zero padding
+    (no wrap-around). Exact for noise-free data below MAX_GAIN_HZ, since the data are linear in the source."""
+    _check(x)
+    nt = x.shape[2]
+    n_fft = 1 << (2 * nt - 1).bit_length()
+    h = ricker_ratio(torch.fft.rfftfreq(n_fft, dt, device=x.device), peak_hz.to(x.device), source_hz)
+    spec = torch.fft.rfft(x.float(), n=n_fft, dim=2) * h[:, None, :, None]
+    return torch.fft.irfft(spec, n=n_fft, dim=2)[:, :, :nt].to(x.dtype)
+
+
+def _between(lo: float, hi: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * _rand((n,), generator)
+
+
+def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig | None = None) -> torch.Tensor:
+    """Every augmentation of ``cfg`` (default ``AugmentConfig()``), each hitting a gather with its probability.
+
+    The random draws do not depend on the data: the same seed (generator device), batch size and settings give the
+    same perturbations. Returns a new tensor of the input's shape, dtype and device.
+    """
+    _check(gathers)
+    cfg = cfg or AugmentConfig()
+    b, s, _, r = gathers.shape
+    if cfg.mute_traces[1] > r:
+        raise ValueError(f"mute_traces {cfg.mute_traces}: at most the {r} receivers of a shot")
+    hit = {k: (_rand((b,), generator) < getattr(cfg, k)).cpu() for k in
+           ("wavelet_p", "shift_p", "scale_p", "polarity_p", "noise_p", "band_p", "mute_p")}
+    peak = torch.where(hit["wavelet_p"], _between(*cfg.peak_hz, b, generator).cpu(), torch.tensor(PEAK_FREQUENCY))
+    shifts = torch.randint(-cfg.max_shift_ms, cfg.max_shift_ms + 1, (b, s), generator=generator,
+                           device=generator.device).cpu() * hit["shift_p"][:, None]
+    log_scale = _between(math.log(cfg.scale[0]), math.log(cfg.scale[1]), b, generator).cpu()
+    factor = torch.where(hit["scale_p"], log_scale.exp(), 1.0) * torch.where(hit["polarity_p"], -1.0, 1.0)
+    snr = _between(*cfg.snr_db, b, generator).cpu()
+    mutes = torch.randint(cfg.mute_traces[0], cfg.mute_traces[1] + 1, (b,), generator=generator,
+                          device=generator.device).cpu() * hit["mute_p"]
+    x = gathers
+    if hit["wavelet_p"].any():
+        x = torch.where(_per_gather(hit["wavelet_p"], x) > 0, change_wavelet(x, peak), x)
+    x = time_shift(x, shifts)
+    x = (x.float() * _per_gather(factor, x)).to(gathers.dtype)
+    if hit["noise_p"].any():
+        noisy = add_noise(x, snr, generator, cfg.band_hz, hit["band_p"] & hit["noise_p"])
+        x = torch.where(_per_gather(hit["noise_p"], x) > 0, noisy, x)
+    return mute_traces(x, mutes, generator)
