@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from segy_fixtures import RX10, SEGY, SOURCES, bad_files
-from service_fixtures import NPY, Server, assert_error, npy, serve, small_service_files, stop_server
 
 from seisbind.ingest import write_segy
+
+from tests.segy_fixtures import RX10, SEGY, SOURCES, bad_files
+from tests.service_fixtures import NPY, Server, assert_error, npy, serve, small_service_files, stop_server
 
 MAX_BODY = 4 * 1024 * 1024
 

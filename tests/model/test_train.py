@@ -10,7 +10,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from model_fixtures import write_dataset
 from typer.testing import CliRunner
 
 from seisbind.bundle import INPUT_NAMES, ONNX_FILES, OUTPUT_NAME, read_manifest
@@ -23,6 +22,7 @@ from model.checkpoint import load_checkpoint
 from model.config import ModelConfig, RunError, TrainConfig
 from model.export import export_run
 from model.train import train
+from tests.model_fixtures import write_dataset
 
 torch.set_num_threads(1)
 

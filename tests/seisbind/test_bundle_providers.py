@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 
 from seisbind.bundle import CPU, CUDA, OnnxEncoder, select_providers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Bad input, case by case, against a real ``seisbind serve`` process: each gets its documented 4xx
 (docs/api.md) with a JSON error body whose message says what is wrong.
 
-Already covered in tests/test_service_api.py, and not repeated here: shape (5, 1000, 69), int16 and float16 .npy,
+Already covered in tests/service/test_api.py, and not repeated here: shape (5, 1000, 69), int16 and float16 .npy,
 NaN and Inf in every gather, k = 0, k over SEISBIND_MAX_K when the index is larger, k not a number, too many
 gathers, an empty .npy body, a body that is not .npy (test_bad_npy_bodies_get_422); a JSON gathers shape, JSON
 k = 0, no "gathers", NaN in JSON gathers, a missing descriptor, descriptors not an object
@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from service_fixtures import (
+
+from seisbind.descriptors import DESCRIPTOR_NAMES
+
+from tests.service_fixtures import (
     NPY,
     G,
     Server,
@@ -42,8 +45,6 @@ from service_fixtures import (
     small_service_files,
     stop_server,
 )
-
-from seisbind.descriptors import DESCRIPTOR_NAMES
 
 TOKEN = "catalogue-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROVENANCE = {"command", "git_commit", "machine", "date", "smoke"}
 TIMEOUT_S = 900
 

@@ -7,7 +7,7 @@ real ``seisbind serve`` process (uvicorn) on localhost. Every test here fails on
 3. no server paths in responses, no ``server`` header;
 4. settings consistent with each other, checked at start;
 5. unknown query parameters refused, as JSON bodies refuse unknown fields;
-6. (the OpenAPI ranges: tests/test_service_fuzz.py, and the schema check here);
+6. (the OpenAPI ranges: tests/service/test_fuzz.py, and the schema check here);
 7. the small ones; 8. the Python client.
 """
 
@@ -25,7 +25,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
+
+from seisbind.descriptors import DESCRIPTOR_NAMES
+
+from service.client import SeisBindClient, SeisBindError
+from tests.service_fixtures import (
     NPY,
     REPO,
     Server,
@@ -39,10 +43,6 @@ from service_fixtures import (
     small_service_files,
     stop_server,
 )
-
-from seisbind.descriptors import DESCRIPTOR_NAMES
-
-from service.client import SeisBindClient, SeisBindError
 
 TOKEN = "hardening-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

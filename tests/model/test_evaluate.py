@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from model_fixtures import layered_models, write_dataset
 from typer.testing import CliRunner
 
 from seisbind.descriptors import compute_descriptors
@@ -17,6 +16,7 @@ from seisbind.retrieval_metrics import pos_neg_similarity, recall_at_k, retrieva
 from cli.main import app
 from model.evaluate import p2_report
 from model.export import export_untrained_bundle
+from tests.model_fixtures import layered_models, write_dataset
 
 torch.set_num_threads(1)
 

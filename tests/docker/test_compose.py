@@ -22,7 +22,7 @@ import pytest
 from cli.server_process import free_port
 from service.core.config import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.gpu",
                 REPO / "docker" / "entrypoint.sh"]
 NOT_SERVICE_SETTINGS = {

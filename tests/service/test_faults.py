@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_fixtures import NPY, REPO, Server, serve, stop_server
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
 from seisbind.npy import npy_bytes as npy
@@ -42,6 +41,7 @@ from index.store import (
     IndexStore,
     is_version_id,
 )
+from tests.service_fixtures import NPY, REPO, Server, serve, stop_server
 
 TOKEN = "faults-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

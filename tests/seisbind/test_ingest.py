@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import segyio
 from scipy.interpolate import CubicSpline
-from segy_fixtures import RX10, SOURCES, bad_files
 
 from seisbind.ingest import IngestError, ingest_array, ingest_segy, write_segy
 
 from model.families import generate
 from model.line_simulator import refine_model, simulate_line, widen_model
 from model.simulator import simulate
+from tests.segy_fixtures import RX10, SOURCES, bad_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(600)
 

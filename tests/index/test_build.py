@@ -32,7 +32,7 @@ from index.store import (
     IndexStoreError,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def layered_models(n: int, seed: int) -> np.ndarray:

@@ -22,7 +22,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import (
+
+from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
+
+from index.build import build_index
+from index.store import IndexStore
+from service.client import SeisBindClient, SeisBindError
+from tests.service_fixtures import (
     NPY,
     G,
     Server,
@@ -35,12 +41,6 @@ from service_fixtures import (
     start_server,
     stop_server,
 )
-
-from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
-
-from index.build import build_index
-from index.store import IndexStore
-from service.client import SeisBindClient, SeisBindError
 
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -9,7 +9,7 @@
   bank that exists), which a static schema cannot say. The two body media types of /retrieve and
   /infer-descriptors are fuzzed separately (the schema restricted to one of them), and JSON there only with
   schema-violating cases: a schema-valid JSON body is 350,000 numbers, seconds per case to generate (valid JSON
-  gathers are covered by tests/test_service_api.py).
+  gathers are covered by tests/service/test_api.py).
 * ``test_coverage_phase_with_the_schemathesis_cli``: schemathesis' deterministic coverage phase, by its CLI.
 * ``test_undocumented_methods_get_405``: every method a path does not document.
 * ``test_fuzz_npy_bodies``: the fast path, raw ``.npy`` bodies built by hypothesis (valid gathers in any float
@@ -47,9 +47,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from service_fixtures import NPY, G, Server, serve, small_service_files, stop_server
 
 from service.plausibility import AMPLITUDE_LIMIT, AMPLITUDE_WARN, WEAK_PEAK
+from tests.service_fixtures import NPY, G, Server, serve, small_service_files, stop_server
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"
 MAX_BODY = 5 * 1024 * 1024  # room for three float32 gathers (4.2 MB), not for two float64 ones (5.6 MB)

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from model_fixtures import write_dataset
 
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
@@ -22,6 +21,7 @@ from model.encoders import create_model
 from model.export import synthetic_inputs
 from model.loss import TriModalLoss
 from model.train import train_loss
+from tests.model_fixtures import write_dataset
 
 torch.set_num_threads(1)
 GLOBAL_BATCH = 8
@@ -90,7 +90,7 @@ def test_seisbind_train_runs_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cli.main", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
            "--batch-size", "8", "--amp", "off", "--threads", "1", "--model-config", str(cfg), "--val-fraction", "0.25"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(out)
     assert ckpt["world_size"] == 2 and ckpt["finished"] and ckpt["global_step"] == 2 * (24 // 8)

@@ -27,9 +27,10 @@ import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from service_fixtures import NPY, REPO, Server, npy, serve, small_service_files, stop_server
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
+
+from tests.service_fixtures import NPY, REPO, Server, npy, serve, small_service_files, stop_server
 
 CHROMIUM = Path(os.environ.get("SEISBIND_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("SEISBIND_TEST_ARTIFACTS", REPO / "tests" / "artifacts")) / "webpage"
@@ -83,7 +84,7 @@ def empty(files: dict[str, Path]) -> Iterator[Server]:
 
 # -- the browser -----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: scripts/test.sh installs Debian's chromium (apt-get install chromium)")

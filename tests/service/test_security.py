@@ -39,10 +39,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 from pydantic import ValidationError
-from service_fixtures import Server, serve, stop_server
 from starlette.exceptions import HTTPException
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.service_fixtures import Server, serve, stop_server
+
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "sb-" + secrets.token_urlsafe(24)  # unique: any occurrence in the output is a leak
 FILE_TOKEN = "schlüssel-ÄÖÜ-ß-" + secrets.token_hex(12)  # non-ASCII, read from a file
 ORIGIN = "https://app.example.org"
