@@ -3,8 +3,8 @@
 Every family's defining property is measured on the generated velocities alone, and each measure is checked to
 discriminate: it must also fail (or read zero) on an OpenFWI-like family that lacks the property (e.g. the fold
 measure on curvevel-a, whose interfaces share one curve; the fault count on flatfault-a, which has one fault).
-Range, dtype, whole m/s and determinism of every family are also covered by tests/model/test_families.py, which runs over
-all of FAMILY_NAMES.
+Range, dtype, whole m/s and determinism of every family are also covered by tests/model/test_families.py, which
+runs over all of FAMILY_NAMES.
 """
 
 from __future__ import annotations
