@@ -7,9 +7,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional, cast
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from service.core.config import Settings
 
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
@@ -20,6 +25,24 @@ def fail(message: str) -> NoReturn:
     """Print an error and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def invalid_settings(e: "ValidationError") -> NoReturn:
+    """Exit naming every invalid service setting."""
+    fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
+                                           for x in e.errors()))
+
+
+def serve_until_stopped(settings: "Settings") -> None:
+    """Run the HTTP service until it is stopped; a bad encoder bundle exits with its message."""
+    from seisbind.bundle import BundleError
+
+    from service.app import run
+
+    try:
+        run(settings)
+    except BundleError as e:
+        fail(str(e))
 
 
 def parse_shard(shard: Optional[str]) -> tuple[int, int]:
@@ -133,21 +156,14 @@ def serve(
     """Serve the HTTP API (docs/api.md); other settings come from SEISBIND_* environment variables."""
     from pydantic import ValidationError
 
-    from seisbind.bundle import BundleError
-
-    from service.app import run
     from service.core.config import Settings
 
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     try:
         settings = Settings(encoders=encoders, index_root=index, **overrides)
     except ValidationError as e:
-        fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
-                                               for x in e.errors()))
-    try:
-        run(settings)
-    except BundleError as e:
-        fail(str(e))
+        invalid_settings(e)
+    serve_until_stopped(settings)
 
 
 @app.command()
@@ -271,8 +287,7 @@ def quickstart(
                     err=True)
         raise typer.Exit(130)
     except ValidationError as e:
-        fail("invalid settings: " + "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}"
-                                               for x in e.errors()))
+        invalid_settings(e)
     except (PipelineError, OpenFWIError, BundleError, ValueError, OSError, RuntimeError) as e:
         fail(str(e))
     typer.echo(qs.instructions(done["layout"], done["results"], settings.host, settings.port))
@@ -282,12 +297,7 @@ def quickstart(
         typer.echo(f"Serve it with: {again}   (or: seisbind serve --encoders {done['layout'].bundle} "
                    f"--index {done['layout'].indexes})")
         return
-    from service.app import run
-
-    try:
-        run(settings)
-    except BundleError as e:
-        fail(str(e))
+    serve_until_stopped(settings)
 
 
 @app.command()

@@ -58,6 +58,7 @@ MAX_K = 16
 BANK_SIZE = 24
 NPY_MEDIA = "application/x-npy"
 JSON_MEDIA = "application/json"
+SEGY_MEDIA = "application/x-segy"
 GATHER_PATHS = {"/retrieve", "/infer-descriptors"}
 
 # (method, path, body media type fuzzed (None: the operation's only one, if any), with the admin token)
@@ -69,6 +70,8 @@ FUZZ_PLAN: dict[FuzzKey, int] = {
     ("POST", "/retrieve", JSON_MEDIA, False): 20,
     ("POST", "/infer-descriptors", NPY_MEDIA, False): 160,
     ("POST", "/infer-descriptors", JSON_MEDIA, False): 20,
+    ("POST", "/retrieve", SEGY_MEDIA, False): 40,
+    ("POST", "/infer-descriptors", SEGY_MEDIA, False): 40,
     ("POST", "/retrieve-by-descriptors", None, False): 250,
     ("POST", "/admin/rebuild-index", None, False): 80,
     ("POST", "/admin/rebuild-index", None, True): 220,
@@ -92,6 +95,7 @@ pytestmark = pytest.mark.timeout(600)
 
 # Raw .npy bodies are bytes, like application/octet-stream.
 schemathesis.serializer.alias(NPY_MEDIA, "application/octet-stream")
+schemathesis.serializer.alias(SEGY_MEDIA, "application/octet-stream")
 
 
 # -- the server ------------------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def api_schema(spec: dict) -> schemathesis.BaseSchema:
 @pytest.fixture(scope="module")
 def media_schemas(spec: dict) -> dict[str, schemathesis.BaseSchema]:
     return {media: schemathesis.openapi.from_dict(_only_media(spec, media), config=CONFIG)
-            for media in (NPY_MEDIA, JSON_MEDIA)}
+            for media in (NPY_MEDIA, JSON_MEDIA, SEGY_MEDIA)}
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +149,11 @@ def session() -> Iterator[requests.Session]:
 # -- schemathesis ----------------------------------------------------------------------------------------------
 
 def test_schema_lists_every_operation(api_schema: schemathesis.BaseSchema) -> None:
-    """The fuzz plan covers every operation of the schema, and each gathers operation takes .npy bytes."""
+    """The fuzz plan covers every operation of the schema, and each gathers operation takes .npy, JSON and SEG-Y."""
     ops = {(op.method.upper(), op.path): op for op in (r.ok() for r in api_schema.get_all_operations())}
     assert set(ops) == {(m, p) for m, p, _, _ in FUZZ_PLAN}
     for path in GATHER_PATHS:
-        assert set(ops[("POST", path)].get_request_payload_content_types()) == {JSON_MEDIA, NPY_MEDIA}
+        assert set(ops[("POST", path)].get_request_payload_content_types()) == {JSON_MEDIA, NPY_MEDIA, SEGY_MEDIA}
 
 
 def _strategy(op: schemathesis.APIOperation) -> st.SearchStrategy[schemathesis.Case]:
