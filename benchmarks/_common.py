@@ -30,6 +30,12 @@ SMOKE_DIR = Path(tempfile.gettempdir()) / "seisbind-benchmark-smoke"
 """Where ``--smoke`` runs write their result files unless ``--out`` is given (never ``RESULTS_DIR``)."""
 
 
+def default_openfwi_dir() -> Path:
+    """The real OpenFWI models: ``SEISBIND_OPENFWI_DIR``, else ``../shared/data/openfwi`` beside the repository."""
+    env = os.environ.get("SEISBIND_OPENFWI_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "openfwi"
+
+
 def timing_summary(seconds: Sequence[float]) -> dict[str, float]:
     """Median, min and max of repeated timings (s)."""
     if not seconds:

@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from benchmarks._common import REPO, add_output_args
+from benchmarks._common import add_output_args, default_openfwi_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,8 +156,7 @@ def measure_size(xb: np.ndarray, nq: int, args: argparse.Namespace) -> dict[str,
 
 
 def default_bank() -> Path:
-    env = os.environ.get("SEISBIND_OPENFWI_DIR")
-    return (Path(env) if env else REPO.parent / "shared" / "data" / "openfwi") / "flatvel_a" / "test_vmodel.zip"
+    return default_openfwi_dir() / "flatvel_a" / "test_vmodel.zip"
 
 
 def measure_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from seisbind.ingest import ingest_segy, write_segy  # noqa: E402
 from seisbind.openfwi import read_models  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
-from benchmarks._common import REPO, add_output_args, write_result  # noqa: E402
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, write_result  # noqa: E402
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SOURCES = [0.0, 170.0, 340.0, 520.0, 690.0]
@@ -64,11 +64,6 @@ CONTROL = "fine_dt1_dx10"
 """The geometry the mapping's cost is measured against (same physics, no mapping); every run includes it."""
 SMOKE = {"models": 4, "chunk": 4, "bank_per_family": 8, "workers": 1, "geometries": (CONTROL, "dt2_dx12.5")}
 """``--smoke``: 2 test models per family, one chunk, the control and one geometry needing interpolation."""
-
-
-def default_openfwi_dir() -> Path:
-    env = os.environ.get("SEISBIND_OPENFWI_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "openfwi"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -128,36 +123,66 @@ def models_digest(v: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(v, np.float32).tobytes()).hexdigest()[:16]
 
 
+def ingest_code_digest() -> str:
+    """Digest of the ingest package's source: cached ingest results are only reused when the mapping is unchanged."""
+    h = hashlib.sha256()
+    for f in sorted((REPO / "seisbind" / "ingest").glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+INGEST_CODE = ingest_code_digest()
+"""The ingest code this process runs (read at import, as the code itself is)."""
+
+
 def cached_chunk_fits(path: Path, v: np.ndarray, geometries: Sequence[str]) -> bool:
-    """Whether the cached chunk ``path`` holds these very models, ingested in every one of ``geometries``."""
+    """Whether the cached chunk ``path`` holds these very models, ingested by today's code in every one of
+    ``geometries``."""
     if not path.is_file():
         return False
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         names = set(z.files)
-    return (meta.get("models_sha256") == models_digest(v) and {"native", *geometries} <= names
-            and all(len(meta["timings"].get(g, ())) == len(v) for g in geometries))
+    return (meta.get("models_sha256") == models_digest(v) and meta.get("ingest_code") == INGEST_CODE
+            and {"native", *geometries} <= names and all(len(meta["timings"].get(g, ())) == len(v) for g in geometries))
 
 
-def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
-    """Simulate chunk ``c`` (fine and native), write every geometry as SEG-Y, ingest it; cache the results (reused
-    when they hold the same models and every geometry)."""
-    out = args.cache / "chunks" / f"chunk{c:03d}.npz"
-    if cached_chunk_fits(out, v, args.geometries):
-        return out
+def simulated_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Chunk ``c``'s fine-grid and native simulations (cached separately from the ingest results, so a change of the
+    mapping re-ingests without re-simulating) and the seconds per model each took."""
+    path = args.cache / "chunks" / f"simulated{c:03d}.npz"
+    digest = models_digest(v)
+    if path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("models_sha256") == digest:
+                return z["fine"], z["native"], meta["seconds_per_model"]
     import torch
 
     from model.line_simulator import refine_model, simulate_line
     from model.simulator import simulate
 
     torch.set_num_threads(1)
-    args.cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     fine = simulate_line(refine_model(v[:, 0], 2), dx=FINE_DX, dt=FINE_DT, nt=FINE_NT, source_x_m=SOURCES,
                          receiver_x_m=FINE_RX, batch_size=2)
     t1 = time.perf_counter()
     native = simulate(v)
-    t2 = time.perf_counter()
+    seconds = {"fine": (t1 - t0) / len(v), "native": (time.perf_counter() - t1) / len(v)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps({"models_sha256": digest, "seconds_per_model": seconds})),
+                 fine=fine, native=native)
+    return fine, native, seconds
+
+
+def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
+    """Chunk ``c`` simulated (fine and native), written as SEG-Y in every geometry and ingested; the results are
+    cached (reused when they hold the same models and every geometry, ingested by the same code)."""
+    out = args.cache / "chunks" / f"chunk{c:03d}.npz"
+    if cached_chunk_fits(out, v, args.geometries):
+        return out
+    fine, native, seconds = simulated_chunk(args, v, c)
     arrays: dict[str, np.ndarray] = {"native": native}
     timings: dict[str, list[float]] = {}
     warnings: dict[str, list[str]] = {}
@@ -175,8 +200,9 @@ def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
                 warnings.setdefault(name, []).extend(w["code"] for w in rep["warnings"])
                 path.unlink()
             arrays[name] = res
-    meta = {"timings": timings, "warnings": warnings, "fine_seconds_per_model": (t1 - t0) / len(v),
-            "native_seconds_per_model": (t2 - t1) / len(v), "models_sha256": models_digest(v)}
+    meta = {"timings": timings, "warnings": warnings, "fine_seconds_per_model": seconds["fine"],
+            "native_seconds_per_model": seconds["native"], "models_sha256": models_digest(v),
+            "ingest_code": INGEST_CODE}
     with atomic_write(out, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
     return out

@@ -25,7 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import REPO, RESULTS_DIR, add_output_args, simulate_first_models, write_result
+from benchmarks._common import (
+    REPO,
+    RESULTS_DIR,
+    add_output_args,
+    default_openfwi_dir,
+    simulate_first_models,
+    write_result,
+)
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SMOKE_MODELS = {"train": 24, "test": 8}
@@ -35,7 +42,7 @@ SMOKE_MODELS = {"train": 24, "test": 8}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--openfwi-dir", type=Path,
-                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")),
+                   default=default_openfwi_dir(),
                    help="folder with <family>/{train,test}_vmodel.zip (real OpenFWI velocity models)")
     p.add_argument("--cache", type=Path, default=None,
                    help="simulated data: <cache>/<family>/<split> (OpenFWI layout; default .cache/openfwi_vel, with "

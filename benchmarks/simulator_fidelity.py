@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import numpy as np
 from seisbind.acquisition import FAMILY_DATA_RANGE
 from seisbind.openfwi import CHUNK_SIZE, chunk_counts, chunk_is_complete, open_dataset, read_models
 
-from benchmarks._common import REPO, add_output_args, simulate_first_models, write_result
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, simulate_first_models, write_result
 
 FAMILIES = {"flatvel-a": "flatvel_a", "curvevel-a": "curvevel_a"}
 """Benchmark family name -> folder name of the real models and of the cache."""
@@ -35,11 +34,6 @@ TOLERANCE = 0.15
 MODELS_PER_FAMILY = 5000
 ROWS_PER_READ = 50
 SMOKE_MODELS = 4
-
-
-def default_openfwi_dir() -> Path:
-    env = os.environ.get("SEISBIND_OPENFWI_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "openfwi"
 
 
 def cache_is_complete(folder: Path, total: int) -> bool:

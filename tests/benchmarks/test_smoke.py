@@ -103,6 +103,13 @@ def test_ingest_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_amplitude_law_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("amplitude_law", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    assert doc["train_models"] == 4 and doc["test_models"] == 4
+    assert doc["fit"]["C"] > 0 and 0 < doc["fit"]["exponent"] < 1
+    assert doc["test_log_error"]["law_in_code"]["n"] == 4
+
+
 def test_openfwi_vel_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     doc = run_smoke("openfwi_vel", tmp_path, "--openfwi-dir", str(openfwi_dir))
     assert {"p1", "p1_large", "p2", "training", "bundle", "ablation_lambda2_0", "omp"} <= set(doc)
