@@ -56,13 +56,12 @@ def _geometry(n_models: int, device: torch.device) -> tuple[torch.Tensor, torch.
     return src, rec
 
 
-def simulate_torch(velocity: torch.Tensor, nt: int = NT, wavelet: torch.Tensor | None = None) -> torch.Tensor:
+def simulate_torch(velocity: torch.Tensor, nt: int = NT) -> torch.Tensor:
     """Shot gathers of velocity models, batched over models and shots.
 
     Args:
         velocity: [n, 1, 70, 70] (or [n, 70, 70]) float32, m/s, on CPU or CUDA; already validated.
         nt: time samples (dt = 1 ms).
-        wavelet: [nt] source time function; default :func:`ricker_wavelet` (e.g. a low-passed one for FWI).
 
     Returns:
         [n, 5, nt, 70] float32 on the same device, OpenFWI amplitude convention. Differentiable in velocity.
@@ -71,7 +70,7 @@ def simulate_torch(velocity: torch.Tensor, nt: int = NT, wavelet: torch.Tensor |
     n = v.shape[0]
     device = v.device
     src, rec = _geometry(n, device)
-    amp = (ricker_wavelet(nt) if wavelet is None else wavelet).to(device).expand(n * N_SHOTS, 1, nt).contiguous()
+    amp = ricker_wavelet(nt).to(device).expand(n * N_SHOTS, 1, nt).contiguous()
     v_shots = v[:, None].expand(n, N_SHOTS, *v.shape[1:]).reshape(n * N_SHOTS, *v.shape[1:])
     out = deepwave.scalar(
         v_shots, DX, DT, source_amplitudes=amp, source_locations=src, receiver_locations=rec,
