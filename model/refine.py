@@ -51,6 +51,8 @@ class FwiConfig:
     """Gradient magnitudes clipped at this percentile (removes the source and receiver imprint)."""
     tv_weight: float = 0.0
     """Weight of the total-variation term (on velocity normalised to [-1, 1]) relative to the misfit."""
+    time_gain_power: float = 0.0
+    """Residuals weighted by (t / 1 s) ** time_gain_power in the objective (the reported misfit stays plain)."""
     plateau_patience: int = 8
     """Steps without a relative improvement of ``plateau_tolerance`` that end a stage (the last: the run)."""
     plateau_tolerance: float = 2e-3
@@ -67,8 +69,8 @@ class FwiConfig:
                              "(0 = full band)")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
-        if self.smooth_cells < 0 or self.tv_weight < 0 or self.plateau_patience < 1:
-            raise ValueError("smooth_cells and tv_weight must be >= 0 and plateau_patience >= 1")
+        if min(self.smooth_cells, self.tv_weight, self.time_gain_power) < 0 or self.plateau_patience < 1:
+            raise ValueError("smooth_cells, tv_weight and time_gain_power must be >= 0, plateau_patience >= 1")
         if not 0 < self.clip_percentile <= 100:
             raise ValueError(f"clip_percentile={self.clip_percentile}: must be in (0, 100]")
 
@@ -169,10 +171,17 @@ def total_variation(u: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt(dz ** 2 + dx ** 2 + eps ** 2).mean(dim=(1, 2))
 
 
-def misfit(u: torch.Tensor, observed: torch.Tensor, cutoff_hz: float, order: int) -> torch.Tensor:
-    """Relative L2 misfit [n] of normalised models ``u`` [n,70,70] against low-passed ``observed``."""
-    syn = lowpass(simulate_torch(V_MID + V_HALF * u, nt=observed.shape[-2]), cutoff_hz, order)
-    return ((syn - observed) ** 2).sum(dim=(1, 2, 3)) / (observed ** 2).sum(dim=(1, 2, 3))
+def misfit(u: torch.Tensor, observed: torch.Tensor, cutoff_hz: float, order: int,
+           time_gain_power: float = 0.0) -> torch.Tensor:
+    """Relative L2 misfit [n] of normalised models ``u`` [n,70,70] against low-passed ``observed``; with
+    ``time_gain_power`` p > 0, both are weighted by (t / 1 s)^p first (late, deep arrivals count more)."""
+    nt = observed.shape[-2]
+    syn = lowpass(simulate_torch(V_MID + V_HALF * u, nt=nt), cutoff_hz, order)
+    residual, reference = syn - observed, observed
+    if time_gain_power:
+        gain = ((torch.arange(nt, dtype=syn.dtype) + 1) * DT)[:, None] ** time_gain_power
+        residual, reference = residual * gain, reference * gain
+    return (residual ** 2).sum(dim=(1, 2, 3)) / (reference ** 2).sum(dim=(1, 2, 3))
 
 
 @dataclass
@@ -207,7 +216,7 @@ def _step(u: torch.Tensor, opt: torch.optim.Optimizer, observed: torch.Tensor, c
           config: FwiConfig) -> torch.Tensor:
     """One preconditioned, projected Adam step; returns the misfit [n] of the model before the step."""
     opt.zero_grad()
-    m = misfit(u, observed, cutoff, config.filter_order)
+    m = misfit(u, observed, cutoff, config.filter_order, config.time_gain_power)
     loss = m.sum()
     if config.tv_weight > 0:
         loss = loss + config.tv_weight * total_variation(u).sum()
@@ -234,7 +243,7 @@ def _run_stage(u: torch.Tensor, observed: torch.Tensor, cutoff: float, budget: i
         started = time.perf_counter()
         before = u.detach().clone()
         m = _step(u, opt, observed, cutoff, config)
-        if cutoff <= 0:
+        if cutoff <= 0 and not config.time_gain_power:  # m is then the full-band misfit itself
             state.offer(before, m)
         for row, value in zip(state.history, m.tolist()):
             row.append(value)
