@@ -26,6 +26,7 @@ from seisbind.acquisition import DT, GATHER_SHAPE, NX, NZ, V_MAX, V_MIN
 from model.simulator import simulate_torch
 
 STOP_REASONS = ("iterations", "time", "plateau", "cancelled")
+OPTIMIZERS = ("adam", "sgd")
 V_MID = 0.5 * (V_MIN + V_MAX)
 V_HALF = 0.5 * (V_MAX - V_MIN)
 
@@ -41,7 +42,11 @@ class FwiConfig:
     frequencies_hz: tuple[float, ...] = (5.0, 8.0, 12.0, 0.0)
     """Low-pass cut-offs of the continuation stages, in order; 0 means the full band."""
     learning_rate: float = 15.0
-    """Adam step size in m/s."""
+    """Step size in m/s: Adam's, or for ``sgd`` the step of the cell with the largest preconditioned gradient."""
+    optimizer: str = "adam"
+    """``adam`` (every cell moves about ``learning_rate`` per step) or ``sgd`` (steepest descent on the gradient
+    normalised by its largest value, momentum ``momentum``: weakly constrained cells move little)."""
+    momentum: float = 0.5
     seed: int = 0
     smooth_cells: float = 1.5
     """Standard deviation (cells) of the Gaussian that smooths the gradient; 0 turns it off."""
@@ -71,6 +76,10 @@ class FwiConfig:
             raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
         if min(self.smooth_cells, self.tv_weight, self.time_gain_power) < 0 or self.plateau_patience < 1:
             raise ValueError("smooth_cells, tv_weight and time_gain_power must be >= 0, plateau_patience >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum}: must be in [0, 1)")
         if not 0 < self.clip_percentile <= 100:
             raise ValueError(f"clip_percentile={self.clip_percentile}: must be in (0, 100]")
 
@@ -222,7 +231,10 @@ def _step(u: torch.Tensor, opt: torch.optim.Optimizer, observed: torch.Tensor, c
         loss = loss + config.tv_weight * total_variation(u).sum()
     loss.backward()
     assert u.grad is not None
-    u.grad = precondition(u.grad, config)
+    g = precondition(u.grad, config)
+    if config.optimizer == "sgd":
+        g = g / g.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-30)
+    u.grad = g
     opt.step()
     with torch.no_grad():
         u.clamp_(-1.0, 1.0)
@@ -233,7 +245,9 @@ def _run_stage(u: torch.Tensor, observed: torch.Tensor, cutoff: float, budget: i
                state: _State, progress: Callable[[int, float], None] | None,
                should_stop: Callable[[], bool] | None) -> str | None:
     """Up to ``budget`` steps in one band; returns a stop reason, or None when the stage's budget is spent."""
-    opt = torch.optim.Adam([u], lr=config.learning_rate / V_HALF)
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam([u], lr=config.learning_rate / V_HALF) if config.optimizer == "adam"
+        else torch.optim.SGD([u], lr=config.learning_rate / V_HALF, momentum=config.momentum))
     losses: list[float] = []
     for _ in range(budget):
         if should_stop is not None and should_stop():
