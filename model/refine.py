@@ -5,7 +5,8 @@
 Frequency continuation: stages fit the data low-passed at increasing cut-offs (synthetic and observed data go
 through the same zero-phase filter, which is the same as low-passing the wavelet), ending with the full band.
 The misfit of a model is the relative L2 data misfit ``|d - d_obs|^2 / |d_obs|^2`` of its (filtered) gathers.
-The velocity is optimised in normalised units with Adam and projected back into 1500-4500 m/s after every step;
+The velocity is optimised in normalised units (steepest descent on the max-normalised gradient with momentum, or
+Adam) and projected back into 1500-4500 m/s after every step;
 the gradient is preconditioned (clipped at a percentile, scaled with depth, smoothed) and an optional total-
 variation term favours blocky layered models. The best iterate on the full-band misfit is kept, so the result
 never fits the data worse than the start.
@@ -41,9 +42,9 @@ class FwiConfig:
     """Wall-clock budget; no step starts that would end after it."""
     frequencies_hz: tuple[float, ...] = (5.0, 8.0, 12.0, 0.0)
     """Low-pass cut-offs of the continuation stages, in order; 0 means the full band."""
-    learning_rate: float = 15.0
+    learning_rate: float = 80.0
     """Step size in m/s: Adam's, or for ``sgd`` the step of the cell with the largest preconditioned gradient."""
-    optimizer: str = "adam"
+    optimizer: str = "sgd"
     """``adam`` (every cell moves about ``learning_rate`` per step) or ``sgd`` (steepest descent on the gradient
     normalised by its largest value, momentum ``momentum``: weakly constrained cells move little)."""
     momentum: float = 0.5
@@ -54,7 +55,7 @@ class FwiConfig:
     """Gradient scaled by ((z + 1) / 70) ** depth_power before smoothing (0: off)."""
     clip_percentile: float = 99.0
     """Gradient magnitudes clipped at this percentile (removes the source and receiver imprint)."""
-    tv_weight: float = 0.0
+    tv_weight: float = 0.3
     """Weight of the total-variation term (on velocity normalised to [-1, 1]) relative to the misfit."""
     time_gain_power: float = 0.0
     """Residuals weighted by (t / 1 s) ** time_gain_power in the objective (the reported misfit stays plain)."""
@@ -223,7 +224,7 @@ def _plateaued(losses: Sequence[float], patience: int, tolerance: float) -> bool
 
 def _step(u: torch.Tensor, opt: torch.optim.Optimizer, observed: torch.Tensor, cutoff: float,
           config: FwiConfig) -> torch.Tensor:
-    """One preconditioned, projected Adam step; returns the misfit [n] of the model before the step."""
+    """One preconditioned, projected step; returns the misfit [n] of the model before the step."""
     opt.zero_grad()
     m = misfit(u, observed, cutoff, config.filter_order, config.time_gain_power)
     loss = m.sum()

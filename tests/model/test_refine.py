@@ -56,7 +56,8 @@ def test_fwi_lowers_the_misfit_stays_in_bounds_and_is_deterministic() -> None:
 
 def test_fwi_never_returns_a_model_worse_than_the_start() -> None:
     # from the truth itself every step can only fit worse: the start must come back unchanged
-    r = refine_fwi(_data(TRUTH), TRUTH, FwiConfig(iterations=2, frequencies_hz=(0.0,), learning_rate=50.0))
+    r = refine_fwi(_data(TRUTH), TRUTH, FwiConfig(iterations=2, frequencies_hz=(0.0,), learning_rate=50.0,
+                                                  optimizer="adam"))
     np.testing.assert_array_equal(r.model, TRUTH)
     assert r.final_misfit == r.start_misfit < 1e-6
     assert r.iterations == 2
@@ -106,6 +107,8 @@ def test_bad_input_is_refused_naming_the_problem() -> None:
     np.testing.assert_array_equal(check_start(np.full((70, 70), 9000.0), 1), np.full((1, 70, 70), 4500.0))
     with pytest.raises(ValueError, match="frequencies_hz"):
         FwiConfig(frequencies_hz=(600.0,))
+    with pytest.raises(ValueError, match="optimizer='lbfgs': expected one of adam, sgd"):
+        FwiConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="iterations=-1"):
         FwiConfig(iterations=-1)
     with pytest.raises(ValueError, match="use refine_fwi_batch"):
