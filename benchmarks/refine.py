@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise-db", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
     add_output_args(p)
     args = p.parse_args(argv)
     if args.smoke:
@@ -250,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures["fwi_seconds_per_gather"] = statistics.median(seconds)
     figures["fwi_seconds_per_gather_min_max"] = [min(seconds), max(seconds)]
     figures["learned_ms_per_gather"] = statistics.median(learned_ms) if learned_ms else None
-    path = write_result("refine", figures, args.out, smoke=args.smoke)
-    print(f"wrote {path}")
+    if args.no_write:
+        print(json.dumps(figures, indent=1))
+    else:
+        print(f"wrote {write_result('refine', figures, args.out, smoke=args.smoke)}")
     return figures
 
 
