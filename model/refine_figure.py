@@ -30,7 +30,7 @@ def refine_figure(path: Path, gathers: np.ndarray, start: np.ndarray, refined: n
         misfit_history: misfit per FWI step (may be empty).
         title: figure title.
     """
-    fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8), layout="constrained")
     lim = float(np.percentile(np.abs(gathers[SHOT]), 99)) or 1.0
     t_ext = (0, gathers.shape[-1], gathers.shape[-2] * DT, 0)
     for ax, data, name in ((axes[0], gathers[SHOT], "observed gather"), (axes[3], residual[SHOT], "data residual")):
@@ -44,7 +44,7 @@ def refine_figure(path: Path, gathers: np.ndarray, start: np.ndarray, refined: n
         ax.set_title(f"{name} model")
         ax.set_xlabel("x (m)")
         ax.set_ylabel("depth (m)")
-    fig.colorbar(im, ax=axes[1:3].tolist(), label="m/s", shrink=0.8)
+    fig.colorbar(im, ax=axes[2], label="m/s", fraction=0.046, pad=0.03)
     ax = axes[4]
     if misfit_history:
         ax.semilogy(np.arange(1, len(misfit_history) + 1), misfit_history)
@@ -53,6 +53,6 @@ def refine_figure(path: Path, gathers: np.ndarray, start: np.ndarray, refined: n
     if title:
         fig.suptitle(title)
     try:
-        write_with_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
+        write_with_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
