@@ -18,6 +18,7 @@ from service.core.logging import REQUEST_ID
 from service.engine import NotReadyError
 from service.inputs import InputError
 from service.jobs import JobRunningError
+from service.refine_queue import JobFinished, QueueFull, QueueUnavailable, UnknownJob
 
 log = logging.getLogger("service.api")
 
@@ -82,6 +83,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JobRunningError)
     async def job_running(request: Request, exc: JobRunningError) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(QueueUnavailable)
+    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        log.error("%s", exc)
+        return error_response(503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        retry_after = request.app.state.seisbind.settings.refine_retry_after_s
+        return error_response(503, str(exc), headers={"Retry-After": str(retry_after)})
+
+    @app.exception_handler(UnknownJob)
+    async def unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
+        return error_response(404, str(exc))
+
+    @app.exception_handler(JobFinished)
+    async def job_finished(request: Request, exc: JobFinished) -> JSONResponse:
         return error_response(409, str(exc))
 
     @app.exception_handler(ClientDisconnect)
