@@ -150,6 +150,16 @@ def failure_reason(job: Job) -> str:
     return lines[-1][:500] if lines else "failed (no reason recorded)"
 
 
+def _state(job: Job) -> tuple[State, Any]:
+    """A job's state and, once it has finished, what its function returned (a job stopped on a cancel request
+    finishes with ``cancelled`` set)."""
+    status = job.get_status(refresh=False)
+    result = job.return_value() if status == JobStatus.FINISHED else None
+    if isinstance(result, dict) and result.get("cancelled"):
+        return "cancelled", result
+    return _STATES.get(status, "queued"), result
+
+
 class RefineQueue:
     """The refinement queue of one Redis server, as the API uses it.
 
@@ -213,14 +223,10 @@ class RefineQueue:
         try:
             self.cleanup()
             job = self._fetch(job_id)
-            status = job.get_status(refresh=False)
-            state = _STATES.get(status, "queued")
-            result = job.return_value() if status == JobStatus.FINISHED else None
+            state, result = _state(job)
             cancel_asked = bool(self.connection.exists(cancel_key(job_id)))
         except RedisError as e:
             raise self._unavailable(e) from e
-        if isinstance(result, dict) and result.get("cancelled"):
-            state = "cancelled"
         return {"job_id": job_id, "state": state, "meta": dict(job.meta), "result": result,
                 "error": failure_reason(job) if state == "failed" else None, "cancel_requested": cancel_asked,
                 "created_at": job.created_at, "started_at": job.started_at, "ended_at": job.ended_at}
@@ -230,7 +236,7 @@ class RefineQueue:
         stop, which its worker does at the next iteration ("running" until then). JobFinished when it has ended."""
         try:
             job = self._fetch(job_id)
-            state = _STATES.get(job.get_status(refresh=False), "queued")
+            state, _ = _state(job)
             if state == "cancelled":
                 return state
             if state in ("succeeded", "failed"):

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
                 f"SEISBIND_MAX_GATHERS={self.max_gathers} gathers take {need} bytes as float32 .npy, more than "
                 f"SEISBIND_MAX_BODY_BYTES={self.max_body_bytes}: such a request could never be sent. Raise the body "
                 f"limit to at least {need}, or lower SEISBIND_MAX_GATHERS to at most {fits}")
+        if self.refine_default_iterations > self.refine_max_iterations:
+            raise ValueError(f"SEISBIND_REFINE_DEFAULT_ITERATIONS={self.refine_default_iterations} is above "
+                             f"SEISBIND_REFINE_MAX_ITERATIONS={self.refine_max_iterations}")
         if self.body_budget_bytes is not None and self.body_budget_bytes < self.max_body_bytes:
             raise ValueError(f"SEISBIND_BODY_BUDGET_BYTES={self.body_budget_bytes} is below SEISBIND_MAX_BODY_BYTES="
                              f"{self.max_body_bytes}: a body at the limit could never be read")

@@ -53,9 +53,14 @@ def require_queue(state: ServiceState) -> RefineQueue:
     return queue
 
 
-def _json(model: type[Any], doc: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(model.model_validate(doc).model_dump_json(exclude_none=True), status_code=status,
-                    media_type="application/json", headers=headers)
+def _json(model: type[Any], doc: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None,
+          keep_none: bool = False) -> Response:
+    """Validate and serialise a response; absent fields left out, except with ``keep_none`` (then only an absent
+    ``results`` is left out: a job reports "error": null, "result": null)."""
+    body = model.model_validate(doc)
+    text = (body.model_dump_json(exclude={"results"} if doc.get("results") is None else None) if keep_none
+            else body.model_dump_json(exclude_none=True))
+    return Response(text, status_code=status, media_type="application/json", headers=headers)
 
 
 def _neighbours(hits: Any, k: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
@@ -129,7 +134,7 @@ async def refine_job(job_id: JobIdPath, state: StateDep) -> Response:
     when failed."""
     queue = require_queue(state)
     record = await state.engine.run_blocking(queue.status, _job_id(job_id))
-    return _json(RefineJob, await state.engine.run_blocking(job_document, record))
+    return _json(RefineJob, await state.engine.run_blocking(job_document, record), keep_none=True)
 
 
 @router.delete("/refine/{job_id}", response_model=RefineCancelled, responses={

@@ -1,0 +1,268 @@
+"""Refinement jobs end to end: a real ``redis-server`` on a free port, real ``seisbind serve`` processes (uvicorn) and
+real ``seisbind refine-worker`` processes running full-waveform inversion (model.refine.refine_fwi) on tiny
+iteration counts.
+
+* submit .npy gathers, poll to done: the refined model, its descriptors, a misfit history that ends no higher than
+  the start, the outcome and run time in /metrics;
+* bad input is answered 422 (and an unknown job 404) with nothing queued; the queue full is answered 503 with
+  Retry-After; waiting jobs are cancelled at once;
+* a running job is cancelled at its next iteration;
+* a worker killed mid-job (SIGKILL; its work horse dies with it) leaves the job run again by another worker, and,
+  killed again, failed with the reason, never lost;
+* a job outlives the API process that accepted it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.refine_queue import QUEUE_NAME
+from tests.redis_fixtures import RedisServer, WorkerProcess, pid_alive
+from tests.service_fixtures import NPY, Server, assert_error, npy, serve, small_service_files, stop_server
+
+pytestmark = pytest.mark.timeout(600)
+MAX_QUEUED = 2
+RETRY_AFTER = 17
+QUEUE_ENV = {"SEISBIND_REFINE_MAX_QUEUED": str(MAX_QUEUED), "SEISBIND_REFINE_RETRIES": "1",
+             "SEISBIND_REFINE_RETRY_AFTER_S": str(RETRY_AFTER), "SEISBIND_REFINE_MAX_ITERATIONS": "60",
+             "SEISBIND_REFINE_DEFAULT_ITERATIONS": "2",
+             "SEISBIND_REFINE_MAX_GATHERS": "2", "SEISBIND_INDEX_POLL_S": "0", "SEISBIND_ORT_INTRA_OP_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An untrained bundle, a 40-model flatvel-a bank and its index, and a query gather simulated from a model that
+    is not in the bank (with the model, the truth)."""
+    import torch
+
+    from model.families import generate
+    from model.simulator import simulate
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("refine")
+    bundle, _, index = small_service_files(root, 40)
+    truth = generate("flatvel-a", 1, np.random.default_rng(123))
+    np.save(root / "truth.npy", truth)
+    np.save(root / "query.npy", simulate(truth)[0])
+    (root / "logs").mkdir()
+    return {"bundle": bundle, "index": index, "root": root, "logs": root / "logs"}
+
+
+@pytest.fixture(scope="module")
+def redis_server(files: dict[str, Path]) -> Iterator[RedisServer]:
+    server = RedisServer(files["root"] / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(files: dict[str, Path], redis_server: RedisServer) -> Iterator[Server]:
+    server = serve(files["bundle"], files["index"], files["logs"] / "api.log",
+                   {"SEISBIND_REDIS_URL": redis_server.url, **QUEUE_ENV})
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture()
+def fresh(redis_server: RedisServer) -> RedisServer:
+    """An empty database for each test (no worker of an earlier test is left running)."""
+    redis_server.client.flushdb()
+    return redis_server
+
+
+@pytest.fixture()
+def workers(files: dict[str, Path], fresh: RedisServer, request: pytest.FixtureRequest) -> Iterator[list]:
+    """Starts ``seisbind refine-worker`` processes on demand (``start(name)``); stops what is left afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str) -> WorkerProcess:
+        w = WorkerProcess(fresh.url, files["logs"] / f"{request.node.name}-{name}.log", f"{request.node.name}-{name}")
+        started.append(w)
+        return w
+
+    yield [start, started]
+    for w in started:
+        w.stop()
+
+
+def submit(client: httpx.Client, body: bytes, **params: object) -> httpx.Response:
+    return client.post("/refine", content=body, headers=NPY, params={k: v for k, v in params.items()})
+
+
+def poll(client: httpx.Client, job_id: str, until: set[str], timeout: float = 240.0,
+         check: object = None) -> dict:
+    """GET /refine/{id} until its state is in ``until`` (or ``check(doc)`` holds); fails on timeout."""
+    deadline = time.monotonic() + timeout
+    doc: dict = {}
+    while time.monotonic() < deadline:
+        r = client.get(f"/refine/{job_id}")
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        if doc["state"] in until or (callable(check) and check(doc)):
+            return doc
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not reach {until} in {timeout} s: {doc}")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert m, f"{name}{labels} not in /metrics"
+    return float(m.group(1))
+
+
+def queued(redis_server: RedisServer) -> int:
+    return int(redis_server.client.llen(f"rq:queue:{QUEUE_NAME}"))
+
+
+def test_submit_poll_done(api: Server, files: dict[str, Path], workers: list) -> None:
+    start, _ = workers
+    start("a")
+    body = (files["root"] / "query.npy").read_bytes()
+    with api.client() as c:
+        r = submit(c, body, method="fwi", start="topk", k=3, iterations=3)
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["state"] == "queued" and (job["method"], job["start"], job["iterations"]) == ("fwi", "topk", 3)
+        assert r.headers["Location"] == f"/refine/{job['job_id']}"
+        doc = poll(c, job["job_id"], {"succeeded", "failed", "cancelled"})
+        assert doc["state"] == "succeeded", doc
+        assert doc["progress"] == 1.0 and doc["attempt"] == 1 and doc["error"] is None
+        res = doc["result"]
+        model = np.asarray(res["velocity_model"])
+        assert model.shape == (70, 70) and 1500 <= model.min() and model.max() <= 4500
+        assert set(res["descriptors"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z",
+                                           "grad_x"}
+        assert abs(res["descriptors"]["v_mean"] - model.mean()) < 0.5
+        assert len(res["start_ids"]) == 3 and 1 <= res["iterations"] == len(res["misfit"]) <= 3
+        assert res["final_misfit"] <= res["start_misfit"]
+        text = c.get("/metrics").text
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="succeeded"}') == 1
+    assert metric(text, "seisbind_refine_job_seconds_count") == 1
+    assert metric(text, "seisbind_refine_queue_length") == 0 and metric(text, "seisbind_refine_queue_up") == 1
+
+
+def test_bad_input_is_refused_before_anything_is_queued(api: Server, files: dict[str, Path],
+                                                        fresh: RedisServer) -> None:
+    good = np.load(files["root"] / "query.npy")
+    nan = good.copy()
+    nan[1, 500, 3] = np.nan
+    with api.client() as c:
+        cases = [
+            (submit(c, npy(good), iterations=0), "iterations=0 is out of range: need 1 <= iterations <= 60"),
+            (submit(c, npy(good), iterations=61), "SEISBIND_REFINE_MAX_ITERATIONS"),
+            (submit(c, npy(good), method="both"), "no learned refiner"),
+            (submit(c, npy(good), start="learned"), "no learned refiner"),
+            (submit(c, npy(good), method="fwi", start="nearest"), "start"),
+            (submit(c, npy(good), method="magic"), "method"),
+            (submit(c, npy(good), k=0), "k=0 is out of range"),
+            (submit(c, npy(good), k=41), "the index holds 40 entries"),
+            (submit(c, npy(nan)), "gather 0 holds NaN or Inf"),
+            (submit(c, npy(good[:, :999])), "expected (5, 1000, 70)"),
+            (submit(c, npy(np.stack([good] * 3))), "at most 2 are accepted (SEISBIND_REFINE_MAX_GATHERS)"),
+            (submit(c, npy(good), bogus=1), "unknown query parameter 'bogus'"),
+            (c.post("/refine", json={"gathers": good.tolist(), "iterations": 1.5}), "iterations"),
+            (c.post("/refine", json={"gathers": good.tolist(), "steps": 3}), "steps"),
+        ]
+        for r, fragment in cases:
+            assert_error(r, 422, fragment)
+        assert_error(c.get("/refine/" + "0" * 32), 404, "no refinement job")
+        assert_error(c.get("/refine/not-a-job"), 404, "32 hexadecimal digits")
+        assert_error(c.delete("/refine/" + "f" * 32), 404, "no refinement job")
+        text = c.get("/metrics").text
+    assert queued(fresh) == 0 and not fresh.client.keys("rq:job:*")
+    assert metric(text, "seisbind_refine_queue_length") == 0
+
+
+def test_queue_full_answers_503_and_waiting_jobs_cancel_at_once(api: Server, files: dict[str, Path],
+                                                                 fresh: RedisServer) -> None:
+    body = (files["root"] / "query.npy").read_bytes()
+    with api.client() as c:  # no worker runs: jobs wait
+        ids = [submit(c, body, method="fwi", start="smooth", iterations=2).json()["job_id"] for _ in range(MAX_QUEUED)]
+        r = submit(c, body, method="fwi", start="smooth", iterations=2)
+        assert_error(r, 503, f"the refinement queue is full ({MAX_QUEUED} jobs waiting)")
+        assert r.headers["Retry-After"] == str(RETRY_AFTER)
+        assert queued(fresh) == MAX_QUEUED
+        for job_id in ids:
+            assert c.get(f"/refine/{job_id}").json()["state"] == "queued"
+            r = c.delete(f"/refine/{job_id}")
+            assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+            doc = c.get(f"/refine/{job_id}").json()
+            assert doc["state"] == "cancelled" and doc["cancel_requested"] and doc["result"] is None
+            assert c.delete(f"/refine/{job_id}").json()["state"] == "cancelled"  # idempotent
+        assert queued(fresh) == 0
+        assert submit(c, body, method="fwi", start="top1", iterations=1).status_code == 202  # room again
+        text = c.get("/metrics").text
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="cancelled"}') == MAX_QUEUED
+    assert metric(text, "seisbind_refine_queue_length") == 1
+
+
+def test_running_job_stops_at_the_next_iteration_when_cancelled(api: Server, files: dict[str, Path],
+                                                                workers: list) -> None:
+    start, _ = workers
+    start("a")
+    with api.client() as c:
+        job_id = submit(c, (files["root"] / "query.npy").read_bytes(), method="fwi", start="topk",
+                        iterations=60).json()["job_id"]
+        poll(c, job_id, set(), check=lambda d: d["state"] == "running" and d["iteration"] >= 1)
+        r = c.delete(f"/refine/{job_id}")
+        assert r.status_code == 202 and r.json() == {"job_id": job_id, "state": "running", "cancel_requested": True}
+        doc = poll(c, job_id, {"cancelled", "succeeded", "failed"}, timeout=120)
+        assert doc["state"] == "cancelled", doc
+        assert doc["iteration"] < 60 and doc["result"]["stopped"] == "cancelled"
+        assert c.delete(f"/refine/{job_id}").json()["state"] == "cancelled"
+        text = c.get("/metrics").text
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="cancelled"}') == 1
+
+
+def test_killed_worker_job_is_run_again_then_failed_with_the_reason(api: Server, files: dict[str, Path],
+                                                                    workers: list) -> None:
+    start, _ = workers
+    body = (files["root"] / "query.npy").read_bytes()
+    with api.client() as c:
+        job_id = submit(c, body, method="fwi", start="topk", iterations=60).json()["job_id"]
+        for attempt, name in ((1, "a"), (2, "b")):
+            w = start(name)
+            doc = poll(c, job_id, set(), check=lambda d, n=attempt: d["attempt"] == n and d["iteration"] >= 1)
+            assert doc["state"] == "running"
+            horses = w.children()
+            assert horses, "the worker runs its job in a work horse"
+            w.kill()
+            deadline = time.monotonic() + 10
+            while any(pid_alive(p) for p in horses) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(pid_alive(p) for p in horses), "the work horse outlived its worker"
+            # heartbeats stop; 1 + 2 s later the job counts as abandoned: queued again, then failed
+            doc = poll(c, job_id, {"queued", "failed"} if attempt == 1 else {"failed"}, timeout=60)
+        assert doc["state"] == "failed" and doc["attempt"] == 2, doc
+        assert "stopped sending heartbeats (killed or lost)" in doc["error"] and "attempt 2" in doc["error"]
+        text = c.get("/metrics").text
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="retried"}') == 1
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="failed"}') == 1
+    assert metric(text, "seisbind_refine_jobs_running") == 0
+
+
+def test_a_job_outlives_the_api_that_accepted_it(files: dict[str, Path], fresh: RedisServer, workers: list) -> None:
+    start, _ = workers
+    env = {"SEISBIND_REDIS_URL": fresh.url, **QUEUE_ENV}
+    first = serve(files["bundle"], files["index"], files["logs"] / "api-first.log", env)
+    try:
+        with first.client() as c:
+            job_id = submit(c, (files["root"] / "query.npy").read_bytes(), method="fwi", start="top1",
+                            iterations=2).json()["job_id"]
+    finally:
+        stop_server(first)
+    start("a")
+    second = serve(files["bundle"], files["index"], files["logs"] / "api-second.log", env)
+    try:
+        with second.client() as c:
+            doc = poll(c, job_id, {"succeeded", "failed", "cancelled"})
+    finally:
+        stop_server(second)
+    assert doc["state"] == "succeeded" and np.asarray(doc["result"]["velocity_model"]).shape == (70, 70), doc
