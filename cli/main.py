@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from service.core.config import Settings
 
+from cli.refine import refine_command  # torch-free at import
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
@@ -379,6 +380,9 @@ def refine_worker(
                    name=name)
     except RedisError as e:
         fail(f"the refinement job queue cannot be reached: {type(e).__name__}: {e}")
+
+
+app.command("refine")(refine_command)
 
 
 def main() -> None:  # pragma: no cover

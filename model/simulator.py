@@ -75,7 +75,7 @@ def simulate_torch(velocity: torch.Tensor, nt: int = NT) -> torch.Tensor:
     out = deepwave.scalar(
         v_shots, DX, DT, source_amplitudes=amp, source_locations=src, receiver_locations=rec,
         accuracy=4, pml_width=PML_WIDTH, pml_freq=PEAK_FREQUENCY, courant_number=COURANT_NUMBER,
-        max_vel=max(V_MAX, float(v.max())),  # PML tuning and time stepping independent of the batch's contents
+        max_vel=max(V_MAX, float(v.detach().max())),  # PML tuning and time stepping independent of the batch's contents
     )[-1]  # [shots, receivers, nt]
     return (AMPLITUDE_SCALE * out).reshape(n, N_SHOTS, N_RECEIVERS, nt).transpose(2, 3)
 

@@ -110,6 +110,16 @@ def test_openfwi_vel_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     assert "matched_lambda2_0.1" in doc["ablation_lambda2_0"]
 
 
+def test_refine_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("refine", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    for dataset in ("openfwi_vel", "flatfault_a", "curvefault_a"):
+        res = doc[dataset]
+        assert res["n"] >= 1 and res["retrieved_top1_mae_mps"] > 0 and res["fwi_never_worse_than_start"] is True
+        assert res["fwi_given_start"] == "topk_mean"  # the untrained smoke bundle has no learned refiner
+        assert res["misfit_fwi_from_topk"] <= res["misfit_topk_mean"] * (1 + 1e-6)
+    assert doc["noise_db"] == 10 and doc["fwi_seconds_per_gather"] > 0
+
+
 def test_smoke_results_never_go_to_benchmarks_results() -> None:
     code = ("from benchmarks._common import RESULTS_DIR, write_result\n"
             "write_result('index', {}, RESULTS_DIR, smoke=True)")

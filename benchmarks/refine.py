@@ -1,0 +1,259 @@
+"""Retrieve, then refine: MAE, SSIM and data misfit of the retrieved top-1, the similarity-weighted top-k mean,
+FWI from a given start (the learned refiner's model when the bundle has one, else the top-k mean) and FWI from the
+smooth 1-D start with the same budget, on openfwi-vel test gathers (the bank holds training models only) and on
+two families the bank lacks (docs/refine.md, docs/benchmarks.md).
+
+No inverse crime: the query gathers are simulated on a 5 m grid at 0.5 ms (``model.line_simulator``), sampled at
+the 10 m / 1 ms geometry, and get white Gaussian noise at 10 dB; FWI uses the 10 m / 1 ms simulator.
+
+    flock /tmp/seisbind-cpu.lock python -m benchmarks.refine --bundle BUNDLE [--n-vel 40] [--n-heldout 15]
+
+Per-gather results are cached (``--cache``), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from seisbind.files import save_npy_atomic, write_json_atomic  # noqa: E402
+from seisbind.openfwi import read_models  # noqa: E402
+
+from benchmarks._common import REPO, add_output_args, write_result  # noqa: E402
+
+VEL_FAMILIES = ("flatvel_a", "curvevel_a")
+HELDOUT = ("flatfault-a", "curvefault-a")
+SOURCES_M = [0.0, 170.0, 340.0, 520.0, 690.0]
+FINE_DX, FINE_DT, FINE_NT = 5.0, 0.0005, 2000
+FORWARD_MODEL = "deepwave on a 5 m grid at 0.5 ms (model.line_simulator), sampled to 10 m / 1 ms"
+METHODS = ("retrieved_top1", "topk_mean", "learned", "fwi_from_given", "fwi_from_smooth")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--openfwi-dir", type=Path, default=Path(os.environ.get(
+        "SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")))
+    p.add_argument("--bundle", type=Path, default=REPO / "runs" / "ofv" / "bundle", help="trained encoder bundle")
+    p.add_argument("--cache", type=Path, default=REPO / ".cache" / "refine", help="bank, index, queries, results")
+    p.add_argument("--bank-per-family", type=int, default=6000, help="first N training models per family")
+    p.add_argument("--n-vel", type=int, default=40, help="openfwi-vel test gathers (half per family)")
+    p.add_argument("--n-heldout", type=int, default=15, help="gathers per held-out family")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--noise-db", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.n_vel, args.n_heldout, args.bank_per_family, args.iterations = 2, 1, 8, 1
+        args.cache = Path(tempfile.mkdtemp(prefix="seisbind-refine-smoke-"))
+    if args.n_vel < 2 or args.n_heldout < 1 or args.bank_per_family < args.k:
+        p.error("--n-vel >= 2, --n-heldout >= 1 and --bank-per-family >= --k are needed")
+    return args
+
+
+def prepare_index(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(bundle, index root): the bank of the first training models of each openfwi-vel family, indexed with the
+    bundle's velocity encoder (rebuilt when the bundle or bank size changes). ``--smoke``: an untrained bundle."""
+    from index.build import build_index
+
+    bundle = args.bundle
+    if args.smoke:
+        from model.export import export_untrained_bundle
+
+        bundle = args.cache / "bundle"
+        export_untrained_bundle(bundle, seed=0)
+    bundle_id = json.loads((bundle / "manifest.json").read_text())["bundle_id"]
+    key = f"{bundle_id}-{args.bank_per_family}"
+    root = args.cache / f"index-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if not (root / "CURRENT").exists():
+        bank = args.cache / f"bank-{args.bank_per_family}.npy"
+        if not bank.exists():
+            parts = [read_models(args.openfwi_dir / f / "train_vmodel.zip").array()[:args.bank_per_family]
+                     for f in VEL_FAMILIES]
+            save_npy_atomic(bank, np.concatenate(parts).astype(np.float32))
+        build_index(bundle, bank, root, index_type="flat")
+    return bundle, root
+
+
+def fine_gathers(models: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
+    """Query gathers [n,5,1000,70] of models [n,70,70]: the 5 m / 0.5 ms simulation sampled at 10 m / 1 ms, plus
+    white Gaussian noise at ``noise_db`` per gather."""
+    import torch
+
+    from model.augment import add_noise
+    from model.line_simulator import refine_model, simulate_line
+
+    fine = simulate_line(refine_model(models, 2), dx=FINE_DX, dt=FINE_DT, nt=FINE_NT, source_x_m=SOURCES_M,
+                         receiver_x_m=np.arange(140) * FINE_DX, batch_size=2)[:, :, ::2, ::2]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.ascontiguousarray(fine))
+    return add_noise(x, torch.full((len(x),), noise_db), g).numpy()
+
+
+def queries(args: argparse.Namespace, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(true models [n,70,70], query gathers [n,5,1000,70]) of a dataset, cached."""
+    from model.families import generate
+
+    n = args.n_vel if dataset == "openfwi_vel" else args.n_heldout
+    path = args.cache / f"queries-{dataset}-{n}-{args.noise_db:g}db-{args.seed}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["models"], z["gathers"]
+    if dataset == "openfwi_vel":
+        parts = []
+        for fam in VEL_FAMILIES:
+            test = read_models(args.openfwi_dir / fam / "test_vmodel.zip").array()
+            pick = np.linspace(0, len(test) - 1, n // 2 + (fam == VEL_FAMILIES[0]) * (n % 2)).astype(int)
+            parts.append(test[pick, 0])
+        models = np.concatenate(parts)
+    else:
+        models = generate(dataset, n, np.random.default_rng(1000 + args.seed))[:, 0]
+    models = models.astype(np.float32)
+    gathers = fine_gathers(models, args.noise_db, args.seed)
+    tmp = path.with_suffix(".partial.npz")
+    np.savez(tmp, models=models, gathers=gathers)
+    os.replace(tmp, path)
+    return models, gathers
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=3000.0))
+
+
+def data_misfit(gathers: np.ndarray, model: np.ndarray) -> float:
+    """Full-band relative misfit of a model against the query gathers (FWI's own measure)."""
+    import torch
+
+    from model.refine import V_HALF, V_MID, misfit
+
+    with torch.no_grad():
+        u = torch.from_numpy((model.astype(np.float32)[None] - V_MID) / V_HALF)
+        return float(misfit(u, torch.from_numpy(gathers[None]), 0.0, 4)[0])
+
+
+def one_gather(gathers: np.ndarray, truth: np.ndarray, models: np.ndarray, scores: np.ndarray,
+               learned: np.ndarray | None, config: Any) -> dict[str, Any]:
+    """Every method on one query: {method: {mae_mps, ssim, misfit}} plus FWI seconds and stop reasons."""
+    from seisbind.start_models import smooth_start, topk_mean
+
+    from model.refine import refine_fwi
+
+    given = learned if learned is not None else topk_mean(models, scores)
+    fwi_given = refine_fwi(gathers, given, config)
+    fwi_smooth = refine_fwi(gathers, smooth_start(models), config)
+    out: dict[str, Any] = {}
+    candidates = {"retrieved_top1": models[0], "topk_mean": topk_mean(models, scores), "learned": learned,
+                  "fwi_from_given": fwi_given.model, "fwi_from_smooth": fwi_smooth.model}
+    for name, model in candidates.items():
+        if model is None:
+            continue
+        misfit = {"fwi_from_given": fwi_given.final_misfit, "fwi_from_smooth": fwi_smooth.final_misfit}.get(name)
+        out[name] = {"mae_mps": float(np.abs(model - truth).mean()), "ssim": ssim(model, truth),
+                     "misfit": misfit if misfit is not None else data_misfit(gathers, model)}
+    out["fwi_seconds"] = [fwi_given.seconds, fwi_smooth.seconds]
+    out["fwi_stopped"] = [fwi_given.stopped, fwi_smooth.stopped]
+    out["fwi_iterations"] = [fwi_given.iterations, fwi_smooth.iterations]
+    return out
+
+
+def run_dataset(args: argparse.Namespace, dataset: str, bundle_dir: Path, index: Path, config: Any) -> dict[str, Any]:
+    """Per-gather results of one dataset (resumed from the cache) and the learned refiner's time per gather."""
+    from seisbind.bundle import EncoderBundle
+
+    from index.searcher import Searcher
+
+    truth, gathers = queries(args, dataset)
+    bundle = EncoderBundle(bundle_dir)
+    searcher = Searcher.load(index, expected_bundle_id=bundle.bundle_id)
+    D, I = searcher.search(bundle.seismic.encode(gathers), args.k)
+    models = searcher.velocity_models(I)[:, :, 0]
+    refiner = getattr(bundle, "refiner", None)
+    learned, learned_ms = None, None
+    if refiner is not None:
+        t0 = time.perf_counter()
+        learned = np.asarray(refiner.refine(gathers, models, D), np.float32).reshape(len(gathers), 70, 70)
+        learned_ms = 1000 * (time.perf_counter() - t0) / len(gathers)
+    key = hashlib.sha256(json.dumps([asdict(config), bundle.bundle_id, args.k, args.bank_per_family, dataset,
+                                     len(truth), args.noise_db, args.seed]).encode()).hexdigest()[:12]
+    path = args.cache / f"results-{dataset}-{key}.json"
+    rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+    for j in range(len(rows), len(truth)):
+        rows.append(one_gather(gathers[j], truth[j], models[j], D[j], None if learned is None else learned[j],
+                               config))
+        write_json_atomic(path, rows)
+        best = {m: round(v["mae_mps"], 1) for m, v in rows[-1].items() if isinstance(v, dict)}
+        print(f"{dataset} {j + 1}/{len(truth)}: MAE {best}", flush=True)
+    return {"rows": rows, "learned_ms": learned_ms, "fwi_start": "learned" if refiner is not None else "topk_mean"}
+
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    """The medians of refine.json for one dataset."""
+    rows = res["rows"]
+    names = {"retrieved_top1": "retrieved_top1", "topk_mean": "topk_mean", "learned": "learned",
+             "fwi_from_given": "fwi_from_learned" if res["fwi_start"] == "learned" else "fwi_from_topk",
+             "fwi_from_smooth": "fwi_from_smooth"}
+    out: dict[str, Any] = {"n": len(rows), "fwi_given_start": res["fwi_start"]}
+    for method, name in names.items():
+        vals = [r[method] for r in rows if method in r]
+        for metric, prefix, suffix in (("mae_mps", "", "_mae_mps"), ("ssim", "ssim_", ""), ("misfit", "misfit_", "")):
+            out[f"{prefix}{name}{suffix}"] = statistics.median(v[metric] for v in vals) if vals else None
+    for metric, prefix, suffix in (("mae_mps", "", "_mae_mps"), ("ssim", "ssim_", ""), ("misfit", "misfit_", "")):
+        out[f"{prefix}refined{suffix}"] = out[f"{prefix}{names['fwi_from_given']}{suffix}"]
+        out.setdefault(f"{prefix}fwi_from_learned{suffix}", None)  # no learned refiner in the bundle
+    out["fwi_never_worse_than_start"] = all(r["fwi_from_given"]["misfit"] <= r["topk_mean" if res["fwi_start"] ==
+                                            "topk_mean" else "learned"]["misfit"] * (1 + 1e-6) for r in rows)
+    out["fwi_stopped"] = sorted({s for r in rows for s in r["fwi_stopped"]})
+    out["per_gather_mae_mps"] = {m: [round(r[m]["mae_mps"], 1) for r in rows if m in r] for m in names}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    from model.refine import FwiConfig
+
+    torch.set_num_threads(args.threads)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    bundle, index = prepare_index(args)
+    config = FwiConfig(iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed)
+    figures: dict[str, Any] = {"noise_db": args.noise_db, "forward_model": FORWARD_MODEL, "k": args.k,
+                               "bank_size": 2 * args.bank_per_family, "fwi_config": asdict(config),
+                               "threads": args.threads}
+    seconds: list[float] = []
+    learned_ms: list[float] = []
+    for dataset in ("openfwi_vel", *HELDOUT):
+        res = run_dataset(args, dataset, bundle, index, config)
+        figures[dataset.replace("-", "_")] = summarise(res)
+        seconds += [s for r in res["rows"] for s in r["fwi_seconds"]]
+        if res["learned_ms"] is not None:
+            learned_ms.append(res["learned_ms"])
+    figures["fwi_seconds_per_gather"] = statistics.median(seconds)
+    figures["fwi_seconds_per_gather_min_max"] = [min(seconds), max(seconds)]
+    figures["learned_ms_per_gather"] = statistics.median(learned_ms) if learned_ms else None
+    path = write_result("refine", figures, args.out, smoke=args.smoke)
+    print(f"wrote {path}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
