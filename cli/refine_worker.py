@@ -78,8 +78,8 @@ def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: 
     out: dict[str, Any] = {k: [] for k in ("misfit", "start_misfit", "final_misfit", "iterations", "seconds",
                                            "stopped")}
     models: list[np.ndarray] = []
-    cancelled = bool(conn.exists(flag))
-    for b in range(len(g) if not cancelled else 0):
+    cancelled = False  # refine_fwi polls the flag before every step: a job cancelled before it ran stops at once
+    for b in range(len(g)):
         history: list[float] = []
 
         def progress(iteration: int, misfit: float, b: int = b, history: list[float] = history) -> None:
@@ -115,5 +115,6 @@ def run_worker(redis_url: str, *, heartbeat_s: int = 10, grace_s: int = 60, main
     connection = Redis.from_url(redis_url, socket_connect_timeout=5.0, health_check_interval=30)
     RefineWorker.grace_s = grace_s
     worker = RefineWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name,
-                          job_monitoring_interval=heartbeat_s, maintenance_interval=maintenance_s)
+                          job_monitoring_interval=heartbeat_s, maintenance_interval=maintenance_s,
+                          log_job_description=False)
     return bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO"))

@@ -191,7 +191,9 @@ class RefineQueue:
                 if self.queue.count >= self.max_queued:
                     raise QueueFull(f"the refinement queue is full ({self.max_queued} jobs waiting); try again later")
                 self.queue.enqueue(
-                    JOB_FUNCTION, job_id=job_id, job_timeout=budget, result_ttl=self.keep_s, failure_ttl=self.keep_s,
+                    JOB_FUNCTION, job_id=job_id, job_timeout=budget,
+                    description=f"refine {len(spec.gathers)} gather(s): {spec.method} from {spec.start}, "
+                                f"{spec.iterations} iterations", result_ttl=self.keep_s, failure_ttl=self.keep_s,
                     retry=Retry(max=self.retries) if self.retries else None,
                     on_success=Callback(f"{__name__}.on_success"), on_failure=Callback(f"{__name__}.on_failure"),
                     meta={"method": spec.method, "start": spec.start, "iterations": spec.iterations,

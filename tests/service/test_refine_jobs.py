@@ -2,14 +2,14 @@
 real ``seisbind refine-worker`` processes running full-waveform inversion (model.refine.refine_fwi) on tiny
 iteration counts.
 
-* submit .npy gathers, poll to done: the refined model, its descriptors, a misfit history that ends no higher than
-  the start, the outcome and run time in /metrics;
+* submit .npy gathers to one API process, stop it, poll another to done (a job outlives the API that took it):
+  the refined model, its descriptors, a misfit history that ends no higher than the start, the outcome and run
+  time in /metrics;
 * bad input is answered 422 (and an unknown job 404) with nothing queued; the queue full is answered 503 with
   Retry-After; waiting jobs are cancelled at once;
 * a running job is cancelled at its next iteration;
 * a worker killed mid-job (SIGKILL; its work horse dies with it) leaves the job run again by another worker, and,
-  killed again, failed with the reason, never lost;
-* a job outlives the API process that accepted it.
+  killed again, failed with the reason, never lost.
 """
 
 from __future__ import annotations
@@ -121,28 +121,38 @@ def queued(redis_server: RedisServer) -> int:
     return int(redis_server.client.llen(f"rq:queue:{QUEUE_NAME}"))
 
 
-def test_submit_poll_done(api: Server, files: dict[str, Path], workers: list) -> None:
+def test_submit_poll_done_across_an_api_restart(files: dict[str, Path], fresh: RedisServer, workers: list) -> None:
+    """The job is accepted by one API process, which then stops; a worker runs it; another API process reports it."""
     start, _ = workers
-    start("a")
+    env = {"SEISBIND_REDIS_URL": fresh.url, **QUEUE_ENV}
     body = (files["root"] / "query.npy").read_bytes()
-    with api.client() as c:
-        r = submit(c, body, method="fwi", start="topk", k=3, iterations=3)
-        assert r.status_code == 202, r.text
-        job = r.json()
-        assert job["state"] == "queued" and (job["method"], job["start"], job["iterations"]) == ("fwi", "topk", 3)
-        assert r.headers["Location"] == f"/refine/{job['job_id']}"
-        doc = poll(c, job["job_id"], {"succeeded", "failed", "cancelled"})
-        assert doc["state"] == "succeeded", doc
-        assert doc["progress"] == 1.0 and doc["attempt"] == 1 and doc["error"] is None
-        res = doc["result"]
-        model = np.asarray(res["velocity_model"])
-        assert model.shape == (70, 70) and 1500 <= model.min() and model.max() <= 4500
-        assert set(res["descriptors"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z",
-                                           "grad_x"}
-        assert abs(res["descriptors"]["v_mean"] - model.mean()) < 0.5
-        assert len(res["start_ids"]) == 3 and 1 <= res["iterations"] == len(res["misfit"]) <= 3
-        assert res["final_misfit"] <= res["start_misfit"]
-        text = c.get("/metrics").text
+    first = serve(files["bundle"], files["index"], files["logs"] / "api-first.log", env)
+    try:
+        with first.client() as c:
+            r = submit(c, body, method="fwi", start="topk", k=3, iterations=2)
+    finally:
+        stop_server(first)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "queued" and (job["method"], job["start"], job["iterations"]) == ("fwi", "topk", 2)
+    assert r.headers["Location"] == f"/refine/{job['job_id']}"
+    start("a")
+    second = serve(files["bundle"], files["index"], files["logs"] / "api-second.log", env)
+    try:
+        with second.client() as c:
+            doc = poll(c, job["job_id"], {"succeeded", "failed", "cancelled"})
+            text = c.get("/metrics").text
+    finally:
+        stop_server(second)
+    assert doc["state"] == "succeeded", doc
+    assert doc["progress"] == 1.0 and doc["attempt"] == 1 and doc["error"] is None and "results" not in doc
+    res = doc["result"]
+    model = np.asarray(res["velocity_model"])
+    assert model.shape == (70, 70) and 1500 <= model.min() and model.max() <= 4500
+    assert set(res["descriptors"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z", "grad_x"}
+    assert abs(res["descriptors"]["v_mean"] - model.mean()) < 0.5
+    assert len(res["start_ids"]) == 3 and 1 <= res["iterations"] == len(res["misfit"]) <= 2
+    assert res["final_misfit"] <= res["start_misfit"]
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="succeeded"}') == 1
     assert metric(text, "seisbind_refine_job_seconds_count") == 1
     assert metric(text, "seisbind_refine_queue_length") == 0 and metric(text, "seisbind_refine_queue_up") == 1
@@ -210,12 +220,12 @@ def test_running_job_stops_at_the_next_iteration_when_cancelled(api: Server, fil
     with api.client() as c:
         job_id = submit(c, (files["root"] / "query.npy").read_bytes(), method="fwi", start="topk",
                         iterations=60).json()["job_id"]
-        poll(c, job_id, set(), check=lambda d: d["state"] == "running" and d["iteration"] >= 1)
+        poll(c, job_id, set(), check=lambda d: d["state"] == "running")
         r = c.delete(f"/refine/{job_id}")
         assert r.status_code == 202 and r.json() == {"job_id": job_id, "state": "running", "cancel_requested": True}
         doc = poll(c, job_id, {"cancelled", "succeeded", "failed"}, timeout=120)
         assert doc["state"] == "cancelled", doc
-        assert doc["iteration"] < 60 and doc["result"]["stopped"] == "cancelled"
+        assert doc["result"]["stopped"] == "cancelled" and doc["result"]["iterations"] <= 2
         assert c.delete(f"/refine/{job_id}").json()["state"] == "cancelled"
         text = c.get("/metrics").text
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="cancelled"}') == 1
@@ -229,7 +239,7 @@ def test_killed_worker_job_is_run_again_then_failed_with_the_reason(api: Server,
         job_id = submit(c, body, method="fwi", start="topk", iterations=60).json()["job_id"]
         for attempt, name in ((1, "a"), (2, "b")):
             w = start(name)
-            doc = poll(c, job_id, set(), check=lambda d, n=attempt: d["attempt"] == n and d["iteration"] >= 1)
+            doc = poll(c, job_id, set(), check=lambda d, n=attempt: d["state"] == "running" and d["attempt"] == n)
             assert doc["state"] == "running"
             horses = w.children()
             assert horses, "the worker runs its job in a work horse"
@@ -246,23 +256,3 @@ def test_killed_worker_job_is_run_again_then_failed_with_the_reason(api: Server,
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="retried"}') == 1
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="failed"}') == 1
     assert metric(text, "seisbind_refine_jobs_running") == 0
-
-
-def test_a_job_outlives_the_api_that_accepted_it(files: dict[str, Path], fresh: RedisServer, workers: list) -> None:
-    start, _ = workers
-    env = {"SEISBIND_REDIS_URL": fresh.url, **QUEUE_ENV}
-    first = serve(files["bundle"], files["index"], files["logs"] / "api-first.log", env)
-    try:
-        with first.client() as c:
-            job_id = submit(c, (files["root"] / "query.npy").read_bytes(), method="fwi", start="top1",
-                            iterations=2).json()["job_id"]
-    finally:
-        stop_server(first)
-    start("a")
-    second = serve(files["bundle"], files["index"], files["logs"] / "api-second.log", env)
-    try:
-        with second.client() as c:
-            doc = poll(c, job_id, {"succeeded", "failed", "cancelled"})
-    finally:
-        stop_server(second)
-    assert doc["state"] == "succeeded" and np.asarray(doc["result"]["velocity_model"]).shape == (70, 70), doc
