@@ -65,7 +65,7 @@ class RefineWorker(Worker):
 def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: float) -> dict[str, Any]:
     """The job function: FWI of each gather from its start model; progress (iteration, misfit) into the job's meta
     after every iteration; stops early when the job's cancel flag is set. Returns the refined models (.npy bytes,
-    [n, 70, 70] m/s) with each gather's misfit history, and ``cancelled``."""
+    [n, 70, 70] m/s) with each gather's misfit history, the start models as given, and ``cancelled``."""
     from model.refine import FwiConfig, refine_fwi
 
     job = get_current_job()
@@ -102,7 +102,7 @@ def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: 
         job.meta.update(progress=1.0)
         job.save_meta()
     return {"models": npy_bytes(np.stack(models) if models else np.zeros((0, 70, 70), np.float32)),
-            "cancelled": cancelled, **out}
+            "starts": starts, "cancelled": cancelled, **out}
 
 
 def run_worker(redis_url: str, *, heartbeat_s: int = 10, grace_s: int = 60, maintenance_s: int = 60,

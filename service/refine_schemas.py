@@ -41,6 +41,8 @@ class RefinedModel(BaseModel):
     velocity_model: list[list[float]] = Field(description="[depth 70][lateral 70], m/s")
     descriptors: dict[str, float] = Field(description="physical descriptors of the refined model")
     start_ids: list[str] = Field(description="ids of the retrieved bank models the start was made from, best first")
+    start_model: list[list[float]] | None = Field(None, description="FWI: the start model, [depth 70][lateral 70], "
+                                                                    "m/s")
     misfit: list[float] | None = Field(None, description="FWI data misfit after each iteration")
     start_misfit: float | None = Field(None, description="data misfit of the start model")
     final_misfit: float | None = Field(None, description="data misfit of the returned model (never above the start)")

@@ -104,7 +104,9 @@ def job_document(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(result, dict) and "models" in result:
         ids = meta.get("start_ids", [])
         models = load_npy(result["models"])
+        starts = load_npy(result["starts"]) if "starts" in result else [None] * len(models)
         entries = [model_entry(m, ids[b] if b < len(ids) else [], misfit=result["misfit"][b],
+                               start_model=None if starts[b] is None else np.asarray(starts[b]).tolist(),
                                start_misfit=result["start_misfit"][b], final_misfit=result["final_misfit"][b],
                                iterations=result["iterations"][b], seconds=result["seconds"][b],
                                stopped=result["stopped"][b]) for b, m in enumerate(models)]
