@@ -22,11 +22,10 @@ class RefineRequest(BaseModel):
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
     method: Method | None = Field(None, description="learned (the bundle's learned refiner, answered at once), fwi "
                                                     "(full-waveform inversion, a queued job) or both (FWI from the "
-                                                    "learned model). Default: both when the bundle has a learned "
-                                                    "refiner, else fwi")
+                                                    "learned model). Default fwi")
     start: StartKind | None = Field(None, description="FWI start model: learned, top1, topk (similarity-weighted "
-                                                      "mean of the top k) or smooth (1-D). Default: learned when the "
-                                                      "bundle has a learned refiner, else topk")
+                                                      "mean of the top k) or smooth (1-D). Default topk (learned for "
+                                                      "methods learned and both)")
     k: WholeInt = Field(5, strict=True, description="neighbours retrieved for the start model (1 <= k <= "
                                                     "SEISBIND_MAX_K)", json_schema_extra=_K_SCHEMA)
     iterations: WholeInt | None = Field(None, strict=True, description="FWI iterations per gather (1 <= iterations "

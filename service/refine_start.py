@@ -39,8 +39,8 @@ class Plan:
 def plan(fields: dict[str, Any], refiner: Refiner | None, gathers: int, *, default_iterations: int,
          max_iterations: int, max_gathers: int) -> Plan:
     """Resolve the defaults and check the combination (InputError, 422, naming the problem)."""
-    method = fields.get("method") or ("both" if refiner is not None else "fwi")
-    start = fields.get("start") or ("learned" if method in ("learned", "both") or refiner is not None else "topk")
+    method = fields.get("method") or "fwi"  # the defaults of `seisbind refine`
+    start = fields.get("start") or ("learned" if method in ("learned", "both") else "topk")
     if method == "both" and start != "learned":
         raise InputError(f"method 'both' runs FWI from the learned refiner's model; start {start!r} goes with method "
                          "'fwi'")

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # Refinement jobs: POST /refine with method fwi or both, run by `seisbind refine-worker` processes (docs/api.md).
     redis_url: str | None = Field(None, description="Redis server of the refinement job queue, e.g. "
                                                     "redis://redis:6379/0; unset: only method learned is served")
-    refine_default_iterations: int = Field(100, ge=1, description="FWI iterations of a job that does not ask")
+    refine_default_iterations: int = Field(60, ge=1, description="FWI iterations of a job that does not ask")
     refine_max_iterations: int = Field(300, ge=1, description="most FWI iterations a job may ask for")
     refine_max_seconds: float = Field(120.0, gt=0.0, description="FWI time budget per gather, seconds (the job is "
                                                                  "stopped past its gathers' budgets plus a minute)")

@@ -151,6 +151,7 @@ def test_submit_poll_done_across_an_api_restart(files: dict[str, Path], fresh: R
     assert model.shape == (70, 70) and 1500 <= model.min() and model.max() <= 4500
     assert set(res["descriptors"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z", "grad_x"}
     assert abs(res["descriptors"]["v_mean"] - model.mean()) < 0.5
+    assert np.asarray(res["start_model"]).shape == (70, 70)
     assert len(res["start_ids"]) == 3 and 1 <= res["iterations"] == len(res["misfit"]) <= 2
     assert res["final_misfit"] <= res["start_misfit"]
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="succeeded"}') == 1

@@ -40,6 +40,7 @@ _POST_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such job (never submitted, or expired)"},
+    422: {"model": ErrorBody, "description": "job id over 64 characters"},
     503: {"model": ErrorBody, "description": "the job queue cannot be reached"},
 }
 
