@@ -14,6 +14,7 @@ machine. Times are medians with min/max; the MAE figures are what to compare.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing-runs", type=int, default=200, help="timed refiner calls at batch 1")
+    p.add_argument("--no-write", dest="write", action="store_false", help="print only, write no result file")
     add_output_args(p)
     a = p.parse_args(argv)
     if not a.smoke and (not a.data or a.encoders is None):
@@ -126,8 +128,10 @@ def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
         "parity_max_abs_mps": summary["refiner"]["parity"]["max_abs_mps"],
         "model_config": summary["refiner"]["config"],
     }
-    path = write_result("refiner_training", figures, a.out, smoke=a.smoke)
-    print(path)
+    if a.write:
+        print(write_result("refiner_training", figures, a.out, smoke=a.smoke))
+    else:
+        print(json.dumps(figures, indent=1))
     return figures
 
 
