@@ -166,12 +166,12 @@ def train_refiner(cfg: RefinerTrainConfig, bundle_out: str | None = None) -> dic
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt = _resume(cfg)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(cfg.out) / "config.json", cfg.to_dict())
+    bundle = EncoderBundle(cfg.encoders, intra_op_threads=cfg.threads)
     torch.manual_seed(cfg.seed)
     net = create_refiner(cfg.model, seed=cfg.seed)
-    bundle = EncoderBundle(cfg.encoders, intra_op_threads=cfg.threads)
     data = load_refiner_data(cfg.data, bundle, net, cfg.model.k, cfg.val_fraction, cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(cfg.out) / "config.json", cfg.to_dict())
     state, best = train_loop(cfg, net, data, ckpt)
     net.load_state_dict(best)
     metrics = {**baseline_mae(data.val, data.bank), "refiner_mae_mps": validate(net, data),
