@@ -87,6 +87,40 @@ def ms_per_gather(bundle: Path, runs: int, seed: int = 0) -> dict[str, float]:
     return timing_summary(times)
 
 
+def encoder_unseen_rows(encoders: Path, data: Sequence[str], n_pairs: int) -> tuple[list[int] | None, str]:
+    """Rows of the pairs the bundle's encoders held out in their own training (never trained on), when the bundle
+    was trained on the same folders in the same order: (rows, why) or (None, why not)."""
+    from seisbind.bundle import read_manifest
+    from seisbind.provenance import portable_path
+
+    from model.data import split_indices
+
+    training = read_manifest(encoders).training
+    folders = [d.get("folder") for d in training.get("data") or [] if isinstance(d, dict)]
+    cfg = training.get("config") or {}
+    if [portable_path(f) for f in folders] != [portable_path(d) for d in data] or "val_fraction" not in cfg:
+        return None, "the encoders were trained on other folders (or their split is not recorded)"
+    _, val = split_indices(n_pairs, float(cfg["val_fraction"]), int(cfg["seed"]))
+    return val.tolist(), f"the encoders' own held-out split (val_fraction {cfg['val_fraction']}, seed {cfg['seed']})"
+
+
+def held_out_figures(run: Path, encoders: Path, data: Sequence[str], n_pairs: int) -> dict[str, Any]:
+    """Medians over the held-out pairs, and the same figures over those the encoders never trained on either."""
+    import numpy as np
+
+    errors = json.loads((run / "val_errors.json").read_text())
+    keys = ("top1_mae_mps", "topk_mean_mae_mps", "refiner_mae_mps")
+    out: dict[str, Any] = {f"val_median_{k}": float(np.median(errors[k])) for k in keys}
+    rows, why = encoder_unseen_rows(encoders, data, n_pairs)
+    keep = [i for i, p in enumerate(errors["pairs"]) if rows is not None and p in set(rows)]
+    out["encoder_unseen"] = {"pairs": len(keep), "selection": why,
+                             **{f"mean_{k}": float(np.mean([errors[k][i] for i in keep])) if keep else None
+                                for k in keys},
+                             **{f"median_{k}": float(np.median([errors[k][i] for i in keep])) if keep else None
+                                for k in keys}}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="refiner-", dir=SMOKE_DIR.parent)) if a.smoke else a.workdir
@@ -127,6 +161,8 @@ def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
         "ms_per_gather_batch1_1thread": timing, "target_ms_per_gather": TARGET_MS_PER_GATHER,
         "parity_max_abs_mps": summary["refiner"]["parity"]["max_abs_mps"],
         "model_config": summary["refiner"]["config"],
+        **held_out_figures(Path(cfg.out), Path(cfg.encoders), cfg.data,
+                           summary["val_pairs"] + summary["train_pairs"]),
     }
     if a.write:
         print(write_result("refiner_training", figures, a.out, smoke=a.smoke))

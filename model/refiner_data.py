@@ -105,13 +105,14 @@ def load_refiner_data(folders: Sequence[str | os.PathLike[str]], bundle: Encoder
                        truth[torch.from_numpy(train_idx)].contiguous(), list(datasets))
 
 
-def baseline_mae(split: NeighbourSplit, bank: torch.Tensor) -> dict[str, float]:
-    """Mean absolute error (m/s) over a split of the retrieved top-1 and of the similarity-weighted top-k mean
-    (computed with seisbind.neighbours, numpy, independently of the network)."""
+def baseline_errors(split: NeighbourSplit, bank: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-pair mean absolute error (m/s) over a split of the retrieved top-1 (``top1``) and of the
+    similarity-weighted top-k mean (``topk_mean``), computed with seisbind.neighbours (numpy), independently of the
+    network."""
     models = bank[split.rows].numpy().astype(np.float64)
     truth = split.truth.numpy().astype(np.float64)
     scores = split.scores.numpy()
-    top1 = np.abs(models[:, 0] - truth).mean()
+    top1 = np.abs(models[:, 0] - truth).mean(axis=(1, 2))
     means = np.stack([np.clip(np.tensordot(neighbour_weights(s, "similarity"), m, axes=1), 1500, 4500)
                       for s, m in zip(scores, models)])
-    return {"top1_mae_mps": float(top1), "topk_mean_mae_mps": float(np.abs(means - truth).mean())}
+    return {"top1": top1, "topk_mean": np.abs(means - truth).mean(axis=(1, 2))}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from seisbind.bundle import EncoderBundle
@@ -24,7 +25,7 @@ from model.data import mirror
 from model.optim import lr_factor
 from model.refiner import RefinerNet, create_refiner
 from model.refiner_config import RefinerTrainConfig
-from model.refiner_data import NeighbourSplit, RefinerData, baseline_mae, load_refiner_data
+from model.refiner_data import NeighbourSplit, RefinerData, baseline_errors, load_refiner_data
 
 log = logging.getLogger("seisbind.refiner")
 
@@ -75,6 +76,14 @@ def predict(net: RefinerNet, split: NeighbourSplit, bank: torch.Tensor, batch: i
 def validate(net: RefinerNet, data: RefinerData) -> float:
     """Mean absolute error (m/s) of the refiner over the held-out pairs."""
     return float((predict(net, data.val, data.bank) - data.val.truth).abs().mean())
+
+
+def held_out_errors(net: RefinerNet, data: RefinerData) -> dict[str, Any]:
+    """Per held-out pair (its row in the whole data set): MAE (m/s) of the top-1, the top-k mean and the refiner."""
+    errors = baseline_errors(data.val, data.bank)
+    refined = (predict(net, data.val, data.bank) - data.val.truth).abs().mean(dim=(1, 2)).numpy()
+    return {"pairs": data.val.pairs.tolist(), "top1_mae_mps": errors["top1"].tolist(),
+            "topk_mean_mae_mps": errors["topk_mean"].tolist(), "refiner_mae_mps": refined.tolist()}
 
 
 def _resume(cfg: RefinerTrainConfig) -> dict[str, Any] | None:
@@ -174,7 +183,9 @@ def train_refiner(cfg: RefinerTrainConfig, bundle_out: str | None = None) -> dic
     write_json_atomic(Path(cfg.out) / "config.json", cfg.to_dict())
     state, best = train_loop(cfg, net, data, ckpt)
     net.load_state_dict(best)
-    metrics = {**baseline_mae(data.val, data.bank), "refiner_mae_mps": validate(net, data),
+    per_pair = held_out_errors(net, data)
+    write_json_atomic(Path(cfg.out) / "val_errors.json", per_pair)
+    metrics = {**{k: float(np.mean(per_pair[k])) for k in ("top1_mae_mps", "topk_mean_mae_mps", "refiner_mae_mps")},
                "val_pairs": len(data.val), "train_pairs": len(data.train), "k": cfg.model.k,
                "epochs": state.epoch, "best_epoch": state.best_epoch, "train_minutes": state.elapsed_s / 60}
     summary: dict[str, Any] = {"run": cfg.out, **metrics}
