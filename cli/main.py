@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.core.config import Settings
 
 from cli.refine import refine_command  # torch-free at import
+from cli.refiner_command import train_refiner
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
@@ -383,6 +384,7 @@ def refine_worker(
 
 
 app.command("refine")(refine_command)
+app.command("train-refiner")(train_refiner)
 
 
 def main() -> None:  # pragma: no cover
