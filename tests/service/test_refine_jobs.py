@@ -257,3 +257,54 @@ def test_killed_worker_job_is_run_again_then_failed_with_the_reason(api: Server,
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="retried"}') == 1
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="failed"}') == 1
     assert metric(text, "seisbind_refine_jobs_running") == 0
+
+
+@pytest.fixture(scope="module")
+def refiner_bundle(files: dict[str, Path]) -> Path:
+    """The bundle plus an untrained learned refiner (k = 3; untrained, it returns the neighbours' similarity-weighted
+    mean); the encoders are unchanged, so the index built with them still serves."""
+    import json
+    import shutil
+
+    import torch
+
+    from seisbind.bundle import REFINER_FILE, finish_manifest
+
+    from model.refiner import create_refiner
+    from model.refiner_config import RefinerConfig
+    from model.refiner_export import export_refiner_onnx
+
+    torch.set_num_threads(1)
+    out = files["root"] / "bundle-with-refiner"
+    shutil.copytree(files["bundle"], out)
+    export_refiner_onnx(create_refiner(RefinerConfig.tiny(k=3), seed=0), out / REFINER_FILE)
+    finish_manifest(out, {**json.loads((out / "manifest.json").read_text()), "refiner": {"k": 3}})
+    return out
+
+
+def test_learned_answers_at_once_and_both_queues_fwi_from_it(files: dict[str, Path], refiner_bundle: Path,
+                                                             fresh: RedisServer) -> None:
+    from seisbind.start_models import topk_mean
+
+    body = (files["root"] / "query.npy").read_bytes()
+    server = serve(refiner_bundle, files["index"], files["logs"] / "api-refiner.log",
+                   {"SEISBIND_REDIS_URL": fresh.url, **QUEUE_ENV})
+    try:
+        with server.client() as c:
+            r = submit(c, body, method="learned", k=3)
+            assert r.status_code == 200, r.text
+            (res,) = r.json()["results"]
+            hits = c.post("/retrieve?k=3&include_models=true", content=body, headers=NPY).json()["results"][0]
+            want = topk_mean(np.asarray([h["velocity_model"] for h in hits["neighbors"]]),
+                             np.asarray([h["score"] for h in hits["neighbors"]]))
+            np.testing.assert_allclose(np.asarray(res["velocity_model"]), want, atol=1.0)
+            assert res["start_ids"] == [h["id"] for h in hits["neighbors"]] and len(res["descriptors"]) == 8
+            assert queued(fresh) == 0
+            assert_error(submit(c, body, method="both", start="top1"), 422, "method 'both' runs FWI from the learned")
+            assert_error(submit(c, body, method="learned", start="topk"), 422, "a start model only applies to FWI")
+            r = submit(c, body, method="both", iterations=2)
+            assert r.status_code == 202 and r.json()["start"] == "learned", r.text
+            assert queued(fresh) == 1
+            assert c.delete(f"/refine/{r.json()['job_id']}").json()["state"] == "cancelled"
+    finally:
+        stop_server(server)
