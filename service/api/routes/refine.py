@@ -10,10 +10,12 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from seisbind.bundle import BundleError
+
 from service.api.deps import SearcherDep, ServiceState, StateDep
 from service.api.payload import read_gathers
 from service.api.routes.retrieval import _ERRORS, _gathers_body
-from service.inputs import check_k
+from service.inputs import InputError, check_k
 from service.refine_queue import RefineQueue, RefineSpec
 from service.refine_schemas import (
     Method,
@@ -45,6 +47,14 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def learned_refiner(bundle: Any) -> Any:
+    """The encoder bundle's learned refiner, or None when it has none; 503 when its graph cannot be used."""
+    try:
+        return getattr(bundle, "refiner", None)
+    except BundleError as e:
+        raise HTTPException(503, f"the encoder bundle's learned refiner cannot be used: {e}") from e
+
+
 def require_queue(state: ServiceState) -> RefineQueue:
     """The job queue; 503 when SEISBIND_REDIS_URL is not set."""
     queue = state.refine_queue
@@ -73,7 +83,7 @@ def _neighbours(hits: Any, k: int) -> tuple[np.ndarray, np.ndarray, list[list[st
 
 def _learned_response(state: ServiceState, hits: Any, gathers: np.ndarray, p: Plan,
                       ingest: dict[str, Any] | None) -> Response:
-    refiner = state.engine.bundle.refiner  # type: ignore[attr-defined]  # plan() checked it exists
+    refiner = state.engine.bundle.refiner  # plan() checked it exists
     models, scores, ids = _neighbours(hits, p.k)
     out = start_models(Plan("learned", "learned", p.k, p.search_k, 0), gathers, models, scores, refiner)
     doc = {"results": [model_entry(m, ids[b]) for b, m in enumerate(out)], "encoder": state.engine.bundle.bundle_id,
@@ -101,10 +111,13 @@ async def refine(
         payload = await read_gathers(request, RefineRequest, {"method": method, "start": start, "k": k,
                                                               "iterations": iterations},
                                      settings.max_gathers, engine.run_blocking)
-    refiner = getattr(engine.bundle, "refiner", None)
+    refiner = await engine.run_blocking(learned_refiner, engine.bundle)  # its session is made on first use
     p = plan(payload.fields, refiner, len(payload.gathers), default_iterations=settings.refine_default_iterations,
              max_iterations=settings.refine_max_iterations, max_gathers=settings.refine_max_gathers)
     check_k(p.k, settings.max_k, searcher.count)
+    if p.search_k > searcher.count:
+        raise InputError(f"the learned refiner takes {p.search_k} neighbours, but the index holds {searcher.count} "
+                         "entries: use method 'fwi' with another start")
     queue = require_queue(state) if p.method != "learned" else None
     hits, _ = await engine.search_gathers(payload.gathers, min(p.search_k, searcher.count))
     if queue is None:
