@@ -23,7 +23,7 @@ import numpy as np
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
@@ -130,8 +130,12 @@ def on_success(job: Job, connection: Redis, result: Any) -> None:
     record_outcome(connection, "cancelled" if cancelled else "succeeded", _run_seconds(job))
 
 
-def on_failure(job: Job, connection: Redis, *exc_info: Any) -> None:
-    """rq failure callback (also run by registry cleanup for a job whose worker died): retried or failed."""
+def on_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None = None, *exc_info: Any) -> None:
+    """rq failure callback, also run by the registry cleanup for a job whose worker died (AbandonedJobError). Only
+    such a job is run again (while it has retries left): an error of the job itself, its time limit included, would
+    come back, so the job fails at once. Counts the outcome."""
+    if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
+        job.retries_left = 0  # read by the worker right after this callback, when it decides on a retry
     record_outcome(connection, "retried" if (job.retries_left or 0) > 0 else "failed", _run_seconds(job))
 
 

@@ -308,3 +308,21 @@ def test_learned_answers_at_once_and_both_queues_fwi_from_it(files: dict[str, Pa
             assert c.delete(f"/refine/{r.json()['job_id']}").json()["state"] == "cancelled"
     finally:
         stop_server(server)
+
+
+def test_only_a_job_whose_worker_died_is_run_again(fresh: RedisServer) -> None:
+    """The failure callback on real rq jobs: an error of the job itself (or its time limit) would come back, so it
+    fails at once; a job abandoned by a dead worker keeps its retry. Outcomes are counted in Redis."""
+    from rq import Queue, Retry
+    from rq.exceptions import AbandonedJobError
+    from rq.timeouts import JobTimeoutException
+
+    from service.refine_queue import JOB_FUNCTION, RefineQueue, on_failure
+
+    q = Queue(QUEUE_NAME, connection=fresh.client)
+    for exc, retried in ((ValueError, False), (JobTimeoutException, False), (AbandonedJobError, True)):
+        job = q.enqueue(JOB_FUNCTION, retry=Retry(max=1))
+        on_failure(job, fresh.client, exc, exc(), None)
+        assert job.should_retry is retried, exc
+    outcomes, _ = RefineQueue(fresh.url, max_queued=1, retries=1, keep_s=60).totals()
+    assert outcomes == {"failed": 2, "retried": 1}
