@@ -23,7 +23,7 @@ from rq.job import Job
 
 from seisbind.npy import npy_bytes
 
-from service.refine_queue import QUEUE_NAME, cancel_key, load_npy, record_outcome
+from service.refine_queue import QUEUE_NAME, attempts_key, cancel_key, load_npy, record_outcome
 
 log = logging.getLogger("cli.refine_worker")
 PR_SET_PDEATHSIG = 1
@@ -73,7 +73,9 @@ def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: 
         raise RuntimeError("run_refine_job runs inside an rq worker only")
     conn, flag = job.connection, cancel_key(job.id)
     g, s = load_npy(gathers), load_npy(starts)
-    job.meta.update(attempt=int(job.meta.get("attempt", 0)) + 1, progress=0.0, iteration=0, gather=0, misfit=[])
+    attempt = int(conn.incr(attempts_key(job.id)))
+    conn.expire(attempts_key(job.id), max(int(job.failure_ttl or 0), int(job.result_ttl or 0), 86400))
+    job.meta.update(attempt=attempt, progress=0.0, iteration=0, gather=0, misfit=[])
     job.save_meta()
     out: dict[str, Any] = {k: [] for k in ("misfit", "start_misfit", "final_misfit", "iterations", "seconds",
                                            "stopped")}

@@ -74,6 +74,12 @@ def _text(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
 
 
+def attempts_key(job_id: str) -> str:
+    """The Redis counter of a job's runs, kept apart from the job's meta: a retry re-saves the job as its worker
+    last read it, which would undo a count kept there."""
+    return f"{KEY_PREFIX}attempts:{job_id}"
+
+
 def cancel_key(job_id: str) -> str:
     """The Redis key whose presence asks the job's worker to stop."""
     return f"{KEY_PREFIX}cancel:{job_id}"
@@ -139,10 +145,9 @@ def on_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None
     record_outcome(connection, "retried" if (job.retries_left or 0) > 0 else "failed", _run_seconds(job))
 
 
-def failure_reason(job: Job) -> str:
-    """Why a failed job failed, in words (rq keeps a traceback or its own note)."""
+def failure_reason(job: Job, attempts: int) -> str:
+    """Why a failed job failed, in words (rq keeps a traceback or its own note); ``attempts``: its runs."""
     text = (job.exc_info or "").strip()
-    attempts = int(job.meta.get("attempt", 0) or 0)
     tried = f" (attempt {attempts}; no retries left)" if attempts else " (no retries left)"
     if "AbandonedJobError" in text:
         return "the worker running the job stopped sending heartbeats (killed or lost)" + tried
@@ -202,7 +207,7 @@ class RefineQueue:
                     on_success=Callback(f"{__name__}.on_success"), on_failure=Callback(f"{__name__}.on_failure"),
                     meta={"method": spec.method, "start": spec.start, "iterations": spec.iterations,
                           "gathers": len(spec.gathers), "start_ids": [list(ids) for ids in spec.start_ids],
-                          "attempt": 0, "progress": 0.0, "iteration": 0, "gather": 0, "misfit": []},
+                          "progress": 0.0, "iteration": 0, "gather": 0, "misfit": []},
                     kwargs={"gathers": npy_bytes(spec.gathers), "starts": npy_bytes(spec.starts),
                             "iterations": spec.iterations, "max_seconds": spec.max_seconds})
         except RedisError as e:  # LockError included: Redis too slow to hand out the lock
@@ -231,10 +236,11 @@ class RefineQueue:
             job = self._fetch(job_id)
             state, result = _state(job)
             cancel_asked = bool(self.connection.exists(cancel_key(job_id)))
+            attempts = int(self.connection.get(attempts_key(job_id)) or 0)
         except RedisError as e:
             raise self._unavailable(e) from e
-        return {"job_id": job_id, "state": state, "meta": dict(job.meta), "result": result,
-                "error": failure_reason(job) if state == "failed" else None, "cancel_requested": cancel_asked,
+        return {"job_id": job_id, "state": state, "meta": dict(job.meta), "result": result, "attempt": attempts,
+                "error": failure_reason(job, attempts) if state == "failed" else None, "cancel_requested": cancel_asked,
                 "created_at": job.created_at, "started_at": job.started_at, "ended_at": job.ended_at}
 
     def cancel(self, job_id: str) -> State:

@@ -96,7 +96,7 @@ def job_document(record: dict[str, Any]) -> dict[str, Any]:
     doc = {"job_id": record["job_id"], "state": record["state"], "progress": float(meta.get("progress", 0.0)),
            "iteration": int(meta.get("iteration", 0)), "gather": int(meta.get("gather", 0)),
            "gathers": int(meta.get("gathers", 1)), "misfit": [float(x) for x in meta.get("misfit", [])],
-           "attempt": int(meta.get("attempt", 0)), "method": meta.get("method", "fwi"),
+           "attempt": int(record["attempt"]), "method": meta.get("method", "fwi"),
            "start": meta.get("start", "topk"), "iterations": int(meta.get("iterations", 0)),
            "cancel_requested": record["cancel_requested"], "error": record["error"],
            "created_at": _iso(record["created_at"]), "started_at": _iso(record["started_at"]),

@@ -326,3 +326,28 @@ def test_only_a_job_whose_worker_died_is_run_again(fresh: RedisServer) -> None:
         assert job.should_retry is retried, exc
     outcomes, _ = RefineQueue(fresh.url, max_queued=1, retries=1, keep_s=60).totals()
     assert outcomes == {"failed": 2, "retried": 1}
+
+
+def test_a_killed_work_horse_is_noticed_at_once_and_its_job_run_again(api: Server, files: dict[str, Path],
+                                                                      workers: list) -> None:
+    """The job's own process dies (as under the OOM killer) while its worker lives: the worker notices at once and
+    runs the job again; then a cancel ends it."""
+    import os
+    import signal
+
+    start, _ = workers
+    w = start("a")
+    with api.client() as c:
+        job_id = submit(c, (files["root"] / "query.npy").read_bytes(), method="fwi", start="topk",
+                        iterations=60).json()["job_id"]
+        poll(c, job_id, set(), check=lambda d: d["state"] == "running" and d["attempt"] == 1)
+        (horse,) = w.children()
+        os.kill(horse, signal.SIGKILL)
+        poll(c, job_id, set(), timeout=60, check=lambda d: d["state"] == "running" and d["attempt"] == 2)
+        assert w.proc.poll() is None, "the worker survives its work horse"
+        c.delete(f"/refine/{job_id}")
+        doc = poll(c, job_id, {"cancelled", "failed", "succeeded"}, timeout=120)
+        text = c.get("/metrics").text
+    assert doc["state"] == "cancelled" and doc["attempt"] == 2, doc
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="retried"}') == 1
+    assert metric(text, "seisbind_refine_jobs_total", '{outcome="cancelled"}') == 1
