@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.core.config import Settings
 
 from cli.refine import refine_command  # torch-free at import
+from cli.refiner_command import train_refiner
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
@@ -352,7 +353,38 @@ def ingest(
                            "steps": [s["name"] for s in rep["steps"]], "warnings": rep["warnings"]}))
 
 
+@app.command("refine-worker")
+def refine_worker(
+    redis: str = typer.Option(..., "--redis", envvar="SEISBIND_REDIS_URL",
+                              help="Redis URL of the refinement job queue (e.g. redis://localhost:6379/0)"),
+    heartbeat_s: int = typer.Option(10, "--heartbeat-s", min=1, help="seconds between heartbeats while a job runs"),
+    grace_s: int = typer.Option(60, "--grace-s", min=1, help="seconds heartbeats may lapse before the job counts as "
+                                "abandoned (run again or failed)"),
+    maintenance_s: int = typer.Option(60, "--maintenance-s", min=1, help="seconds between settling the jobs of dead "
+                                      "workers"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="SEISBIND_THREADS",
+                                          help="torch CPU threads per job (default: torch's)"),
+    burst: bool = typer.Option(False, "--burst", help="exit once the queue is empty"),
+    name: Optional[str] = typer.Option(None, "--name", help="worker name (default: rq's, unique)"),
+) -> None:
+    """Run refinement jobs (POST /refine, method fwi or both) from the Redis queue by full-waveform inversion."""
+    from redis.exceptions import RedisError
+
+    from cli.refine_worker import run_worker
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        run_worker(redis, heartbeat_s=heartbeat_s, grace_s=grace_s, maintenance_s=maintenance_s, burst=burst,
+                   name=name)
+    except RedisError as e:
+        fail(f"the refinement job queue cannot be reached: {type(e).__name__}: {e}")
+
+
 app.command("refine")(refine_command)
+app.command("train-refiner")(train_refiner)
 
 
 def main() -> None:  # pragma: no cover

@@ -30,7 +30,7 @@ from seisbind.files import save_npy_atomic
 from seisbind.openfwi import OpenFWIError, PairedDataset, find_pairs, open_dataset
 from seisbind.provenance import portable_path
 
-from model.encoders import DATA_MAX, DATA_MIN, SeismicEncoder
+from model.encoders import DATA_MAX, DATA_MIN, SeismicFrontEnd
 
 CACHE_FORMAT = 1
 """Bump when the front end's computation changes, so that old cache entries are ignored."""
@@ -58,7 +58,7 @@ class TensorPairs:
                            [self.sources[int(i)] for i in idx_t])
 
 
-def cache_path(cache_dir: str | os.PathLike[str], data_file: Path, encoder: SeismicEncoder) -> Path:
+def cache_path(cache_dir: str | os.PathLike[str], data_file: Path, encoder: SeismicFrontEnd) -> Path:
     """Cache entry of one data file's preprocessed gathers (path, size, mtime and front-end settings in the key)."""
     st = data_file.stat()
     c = encoder.cfg
@@ -67,11 +67,11 @@ def cache_path(cache_dir: str | os.PathLike[str], data_file: Path, encoder: Seis
     return Path(cache_dir) / (hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32] + ".npy")
 
 
-def _cached(cache_dir: str | os.PathLike[str] | None, data_file: Path, encoder: SeismicEncoder | None) -> bool:
+def _cached(cache_dir: str | os.PathLike[str] | None, data_file: Path, encoder: SeismicFrontEnd | None) -> bool:
     return cache_dir is not None and encoder is not None and cache_path(cache_dir, data_file, encoder).is_file()
 
 
-def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicEncoder | None = None,
+def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicFrontEnd | None = None,
                  cache_dir: str | os.PathLike[str] | None = None) -> list[PairedDataset]:
     """Open and fully validate every paired folder (shapes, dtypes, counts, NaN/Inf, velocities > 0); folders
     whose data files all have a preprocessing-cache entry (checked when it was made) get shape and count checks.
@@ -89,7 +89,7 @@ def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicEnco
     return out
 
 
-def _preprocess_file(d: np.ndarray, encoder: SeismicEncoder, chunk: int) -> np.ndarray:
+def _preprocess_file(d: np.ndarray, encoder: SeismicFrontEnd, chunk: int) -> np.ndarray:
     parts = []
     with torch.no_grad():
         for s in range(0, len(d), chunk):
@@ -97,7 +97,7 @@ def _preprocess_file(d: np.ndarray, encoder: SeismicEncoder, chunk: int) -> np.n
     return np.concatenate(parts)
 
 
-def load_pairs(datasets: Sequence[PairedDataset], encoder: SeismicEncoder, chunk: int = 100,
+def load_pairs(datasets: Sequence[PairedDataset], encoder: SeismicFrontEnd, chunk: int = 100,
                progress_cb: object | None = None, cache_dir: str | os.PathLike[str] | None = None) -> TensorPairs:
     """Run the seismic front end over every gather (in chunks, no gradient; or read the cached result) and
     collect everything in memory."""

@@ -98,17 +98,45 @@ def _out_size(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
 
-class SeismicEncoder(nn.Module):
-    """Shot gathers [batch, 5, 1000, 70] float32 (OpenFWI amplitudes) -> embedding [batch, embed_dim], L2-normalised."""
+class SeismicFrontEnd(nn.Module):
+    """The seismic encoder's fixed front end on its own (also used by the learned refiner): :meth:`preprocess` of
+    raw gathers with ``cfg``'s decimation, low-pass and log-normalisation; the ``lowpass`` buffer only."""
 
     lowpass: torch.Tensor
-    offset: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         h = lowpass_filter(cfg.lowpass_taps, cfg.lowpass_hz) if cfg.decimation > 1 else np.ones(1)
         self.register_buffer("lowpass", torch.tensor(h, dtype=torch.float32).view(1, 1, -1, 1))
+
+    @property
+    def decimated_length(self) -> int:
+        k, s = self.cfg.lowpass_taps if self.cfg.decimation > 1 else 1, self.cfg.decimation
+        return _out_size(NT, k, s, k // 2)
+
+    def preprocess(self, gathers: torch.Tensor) -> torch.Tensor:
+        """Fixed front end: [batch, 5, 1000, 70] raw -> [batch, 5, T', 70] low-passed, decimated, log-normalised
+        to [-1, 1] (float32). Deterministic, no parameters."""
+        b = gathers.shape[0]
+        x = gathers.reshape(b * N_SHOTS, 1, NT, N_RECEIVERS).float()
+        if self.cfg.decimation > 1:
+            k = self.lowpass.shape[2]
+            x = F.conv2d(x, self.lowpass, stride=(self.cfg.decimation, 1), padding=(k // 2, 0))
+        x = log_minmax(x, DATA_MIN, DATA_MAX)
+        return x.reshape(b, N_SHOTS, x.shape[2], N_RECEIVERS)
+
+    def forward(self, gathers: torch.Tensor) -> torch.Tensor:
+        return self.preprocess(gathers)
+
+
+class SeismicEncoder(SeismicFrontEnd):
+    """Shot gathers [batch, 5, 1000, 70] float32 (OpenFWI amplitudes) -> embedding [batch, embed_dim], L2-normalised."""
+
+    offset: torch.Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
         offset = np.abs(np.arange(N_RECEIVERS)[None, :] - np.array(SOURCE_X)[:, None]) / (N_RECEIVERS - 1)
         self.register_buffer("offset",
                              torch.tensor(offset * 2 - 1, dtype=torch.float32).view(1, N_SHOTS, 1, N_RECEIVERS))
@@ -132,22 +160,6 @@ class SeismicEncoder(nn.Module):
         )
         t, x = _out_size(_out_size(t, 3, 2, 1), 3, 2, 1), _out_size(_out_size(x, 3, 2, 1), 3, 2, 1)
         self.head = _head(w * 2, (t, x), cfg.embed_dim, cfg.head)
-
-    @property
-    def decimated_length(self) -> int:
-        k, s = self.cfg.lowpass_taps if self.cfg.decimation > 1 else 1, self.cfg.decimation
-        return _out_size(NT, k, s, k // 2)
-
-    def preprocess(self, gathers: torch.Tensor) -> torch.Tensor:
-        """Fixed front end: [batch, 5, 1000, 70] raw -> [batch, 5, T', 70] low-passed, decimated, log-normalised
-        to [-1, 1] (float32). Deterministic, no parameters."""
-        b = gathers.shape[0]
-        x = gathers.reshape(b * N_SHOTS, 1, NT, N_RECEIVERS).float()
-        if self.cfg.decimation > 1:
-            k = self.lowpass.shape[2]
-            x = F.conv2d(x, self.lowpass, stride=(self.cfg.decimation, 1), padding=(k // 2, 0))
-        x = log_minmax(x, DATA_MIN, DATA_MAX)
-        return x.reshape(b, N_SHOTS, x.shape[2], N_RECEIVERS)
 
     def forward_features(self, pre: torch.Tensor) -> torch.Tensor:
         """Preprocessed gathers [batch, 5, T', 70] -> embedding [batch, embed_dim], L2-normalised."""

@@ -3,8 +3,10 @@
 # (bootstrap runs the quickstart pipeline into a fresh volume, then api serves it), waits for /readyz, sends a real
 # /retrieve request with a .npy body (a held-out gather the bootstrap wrote), checks the neighbours, checks the
 # container HEALTHCHECK, the container hardening (non-root, no capabilities, read-only root filesystem), /v1/info
-# and the admin token (compose secret) with an index rebuild, and always tears the stack down with its volume
-# (`docker compose down -v`), on success, failure or Ctrl-C.
+# and the admin token (compose secret) with an index rebuild, then a refinement job (POST /refine with the .npy bytes,
+# run by one of two `refiner` workers through `redis`, polled to completion; its refined model must be closer to the
+# truth than its start), and always tears the stack down with its volumes (`docker compose down -v`), on success,
+# failure or Ctrl-C.
 #
 # Usage: scripts/compose_smoke.sh [--sandbox] [--keep-images]
 #   --sandbox  first run ../shared/scripts/docker-sandbox.sh (relative to the repository; or $SEISBIND_DOCKER_SANDBOX),
@@ -17,6 +19,7 @@
 #   SEISBIND_THREADS            CPU threads of the bootstrap pipeline (default 1: robust on a busy machine)
 #   SEISBIND_SMOKE_PORT         host port of the api (default 18000)
 #   SEISBIND_SMOKE_TIMEOUT      seconds to wait for readiness after `up` (default 900)
+#   SEISBIND_SMOKE_ITERATIONS   FWI iterations of the refinement job (default 20)
 # Runs as a separate compose project (seisbind-smoke), so it never touches the volume of a real deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,12 +90,12 @@ trap 'exit 130' INT TERM
 
 t0=$(date +%s)
 log "building the CPU images (base ${SEISBIND_BASE_IMAGE:-python:3.11-slim})"
-docker compose build bootstrap api
+docker compose build bootstrap api redis refiner
 log "images built in $(( $(date +%s) - t0 )) s"
 
 t1=$(date +%s)
-log "docker compose up -d (bootstrap preset $SEISBIND_QUICKSTART_PRESET, then api)"
-docker compose up -d || die "docker compose up failed"
+log "docker compose up -d --scale refiner=2 (bootstrap preset $SEISBIND_QUICKSTART_PRESET, then api; redis, refiner)"
+docker compose up -d --scale refiner=2 || die "docker compose up failed"
 log "bootstrap finished and api started in $(( $(date +%s) - t1 )) s; the bootstrap's summary:"
 docker compose logs --no-color --no-log-prefix bootstrap 2>/dev/null | grep -E '^\[[0-9]/[0-9]\]|held-out retrieval|descriptors inferred' >&2 || true
 
@@ -169,5 +172,60 @@ for _ in $(seq 1 150); do
 done
 [ "$state" = succeeded ] || die "rebuild job $job ended '$state': $(cat "$WORK/state.json")"
 log "admin rebuild with the secret token: $state"
+
+# Refinement: two workers (--scale refiner=2) registered on the queue; a job with the .npy bytes, polled to
+# completion; the refined model must be closer to the truth (the example's velocity model, read from the volume)
+# than its start (the retrieved top-1).
+workers=0
+for _ in $(seq 1 60); do
+  workers=$(docker compose exec -T redis redis-cli SCARD rq:workers:seisbind-refine | tr -dc 0-9)
+  [ "${workers:-0}" -ge 2 ] && break
+  sleep 2
+done
+[ "${workers:-0}" = 2 ] || die "refinement workers registered: ${workers:-0}, expected 2"
+log "refinement workers registered: $workers"
+docker compose exec -T api python - > "$WORK/truth.json" <<'PY' || die "could not find the example's velocity model"
+import json, sys
+from pathlib import Path
+import numpy as np
+from seisbind.openfwi import open_dataset
+query = np.load("/data/example/query.npy")[0]
+for folder in sorted(p for p in Path("/data/data/test").iterdir() if p.is_dir()):
+    ds = open_dataset(folder)
+    if np.array_equal(np.asarray(ds.data[0][0]), query):
+        json.dump(np.asarray(ds.models[0][0, 0], np.float64).tolist(), sys.stdout)
+        break
+else:
+    sys.exit("no test dataset under /data/data/test holds the example gather")
+PY
+ITERATIONS=${SEISBIND_SMOKE_ITERATIONS:-20}
+code=$(curl -sS -o "$WORK/refine.json" -w '%{http_code}' -X POST \
+  "$BASE/refine?method=fwi&start=top1&iterations=$ITERATIONS" \
+  -H 'Content-Type: application/x-npy' --data-binary @"$WORK/query.npy")
+[ "$code" = 202 ] || die "/refine answered $code: $(head -c 500 "$WORK/refine.json")"
+job=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["job_id"])' "$WORK/refine.json")
+state=queued
+deadline=$(( $(date +%s) + 900 ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+  curl -fsS "$BASE/refine/$job" > "$WORK/job.json" || die "GET /refine/$job failed"
+  state=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$WORK/job.json")
+  case "$state" in succeeded|failed|cancelled) break ;; esac
+  sleep 3
+done
+[ "$state" = succeeded ] || die "refinement job $job ended '$state': $(head -c 800 "$WORK/job.json")"
+python3 - "$WORK/job.json" "$WORK/truth.json" "$job" <<'PY' || die "the refined model is not closer to the truth"
+import json, sys
+doc, truth = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+result = doc["result"]
+def mae(model):
+    return sum(abs(a - b) for ra, rb in zip(model, truth) for a, b in zip(ra, rb)) / (len(truth) * len(truth[0]))
+start, refined = mae(result["start_model"]), mae(result["velocity_model"])
+print(f"[compose-smoke] /refine: job {sys.argv[3]} succeeded; MAE to the truth: start {start:.1f} m/s, refined "
+      f"{refined:.1f} m/s; misfit {result['start_misfit']:.4g} -> {result['final_misfit']:.4g} in "
+      f"{result['iterations']} iterations, {result['seconds']:.0f} s", file=sys.stderr)
+assert refined < start, (start, refined)
+PY
+curl -fsS "$BASE/metrics" | grep -q '^seisbind_refine_jobs_total{outcome="succeeded"} 1.0$' \
+  || die "/metrics does not count the succeeded refinement job"
 
 log "OK: compose stack served /retrieve in $(( $(date +%s) - t0 )) s from the start of the build"

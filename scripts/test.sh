@@ -3,12 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-# The web page's browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests use: Chromium for the web page's browser tests (Playwright cannot download its own
+# browser here), redis-server for the refinement job queue's tests. Installed only where missing.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
   else
-    echo "warning: /usr/bin/chromium is missing and cannot be installed (needs root and apt-get); the browser tests will fail" >&2
+    echo "warning: ${missing[*]} missing and cannot be installed (needs root and apt-get); their tests will fail" >&2
   fi
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -4,7 +4,9 @@ run it (the only module that creates ONNX Runtime sessions). Torch-free; see doc
 A bundle is a folder with ``seismic.onnx``, ``velocity.onnx``, ``physics.onnx`` and ``manifest.json``. Each ONNX
 file takes physical units (gathers [B, 5, 1000, 70]; velocity [B, 1, 70, 70] m/s; descriptors [B, 8]) on input
 ``INPUT_NAMES[modality]`` and returns an L2-normalised float32 embedding [B, 256] on output ``OUTPUT_NAME``.
-``bundle_id`` is the sha256 of the three ONNX files' hashes.
+``bundle_id`` is the sha256 of the three ONNX files' hashes. A bundle may also hold the learned refiner,
+``refiner.onnx`` (seisbind.refiner), listed in the manifest's ``sha256`` and ``refiner`` section; it leaves
+``bundle_id`` (the identity of the embedding space that indexes are bound to) unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from seisbind.files import PathLike, checksum_mismatch, read_json, sha256_file, 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from seisbind.refiner import LearnedRefiner
+
 log = logging.getLogger("seisbind.bundle")
 
 MANIFEST = "manifest.json"
@@ -32,6 +36,8 @@ ONNX_FILES = {m: f"{m}.onnx" for m in MODALITIES}
 INPUT_NAMES = {"seismic": "gathers", "velocity": "velocity", "physics": "descriptors"}
 OUTPUT_NAME = "embedding"
 REQUIRED_KEYS = ("embedding_dim", "sha256", "bundle_id", "descriptor_names", "descriptor_stats")
+REFINER_FILE = "refiner.onnx"
+"""The optional learned refiner's graph (seisbind.refiner), described by the manifest's ``refiner`` section."""
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -61,6 +67,8 @@ class BundleManifest:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    refiner: dict[str, Any] | None = None
+    """The learned refiner's section (k, parity, training, metrics), None when the bundle has none."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -76,9 +84,21 @@ class BundleManifest:
                        sha256=dict(doc["sha256"]), descriptor_names=tuple(doc["descriptor_names"]),
                        descriptor_stats=dict(doc["descriptor_stats"]), input_shapes=dict(doc.get("input_shapes", {})),
                        logit_scale=doc.get("logit_scale"), training=dict(doc.get("training") or {}),
-                       metrics=dict(doc.get("metrics") or {}), parity=dict(doc.get("parity") or {}), raw=doc)
+                       metrics=dict(doc.get("metrics") or {}), parity=dict(doc.get("parity") or {}),
+                       refiner=_refiner_section(doc, source), raw=doc)
         except (TypeError, ValueError) as e:
+            if isinstance(e, BundleError):
+                raise
             raise BundleError(f"{source}: malformed manifest: {e}") from e
+
+
+def _refiner_section(doc: dict[str, Any], source: PathLike) -> dict[str, Any] | None:
+    section, listed = doc.get("refiner"), REFINER_FILE in dict(doc["sha256"])
+    if section is None and not listed:
+        return None
+    if not isinstance(section, dict) or not listed:
+        raise BundleError(f"{source}: the refiner needs both a 'refiner' section and a sha256 of {REFINER_FILE}")
+    return dict(section)
 
 
 def read_manifest(folder: PathLike, verify: bool = True) -> BundleManifest:
@@ -90,6 +110,8 @@ def read_manifest(folder: PathLike, verify: bool = True) -> BundleManifest:
     manifest = BundleManifest.from_dict(doc, mpath)
     if verify:
         expected = {ONNX_FILES[m]: manifest.sha256.get(ONNX_FILES[m], "") for m in MODALITIES}
+        if manifest.refiner is not None:
+            expected[REFINER_FILE] = manifest.sha256[REFINER_FILE]
         problem = checksum_mismatch(folder, expected)
         if problem:
             raise BundleError(problem)
@@ -99,9 +121,12 @@ def read_manifest(folder: PathLike, verify: bool = True) -> BundleManifest:
 
 
 def finish_manifest(folder: PathLike, doc: dict[str, Any]) -> BundleManifest:
-    """Add the ONNX files' sha256 and the bundle_id to ``doc`` and write it atomically into ``folder``."""
+    """Add the ONNX files' sha256 and the bundle_id to ``doc`` and write it atomically into ``folder``. The
+    refiner's graph is hashed too when ``doc`` has a ``refiner`` section (then the file must be there)."""
     folder = Path(folder)
     hashes = {ONNX_FILES[m]: sha256_file(folder / ONNX_FILES[m]) for m in MODALITIES}
+    if doc.get("refiner") is not None:
+        hashes[REFINER_FILE] = sha256_file(folder / REFINER_FILE)
     doc = {**doc, "sha256": hashes, "bundle_id": compute_bundle_id(hashes)}
     write_json_atomic(folder / MANIFEST, doc)
     return BundleManifest.from_dict(doc, folder / MANIFEST)
@@ -212,7 +237,8 @@ class OnnxEncoder:
 
 class EncoderBundle:
     """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
-    ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely, with the given session options)."""
+    ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the learned refiner, None when the bundle has
+    none), each created once, thread-safely, with the given session options."""
 
     def __init__(self, bundle_dir: PathLike, providers: list[str] | None = None,
                  intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
@@ -224,6 +250,7 @@ class EncoderBundle:
         self._threads = intra_op_threads
         self._spinning = allow_spinning
         self._encoders: dict[str, OnnxEncoder] = {}
+        self._refiner: "LearnedRefiner | None" = None
         self._lock = threading.Lock()
 
     def encoder(self, modality: str) -> OnnxEncoder:
@@ -245,3 +272,25 @@ class EncoderBundle:
     @property
     def physics(self) -> OnnxEncoder:
         return self.encoder("physics")
+
+    @property
+    def has_refiner(self) -> bool:
+        """Whether the bundle holds a learned refiner (no session is created)."""
+        return self.manifest.refiner is not None
+
+    @property
+    def refiner(self) -> "LearnedRefiner | None":
+        """The learned refiner's session (created on first use), or None when the bundle has no refiner.onnx.
+        Raises BundleError when its graph does not have the k the manifest states."""
+        if self.manifest.refiner is None:
+            return None
+        from seisbind.refiner import LearnedRefiner
+
+        with self._lock:
+            if self._refiner is None:
+                refiner = LearnedRefiner(self.dir / REFINER_FILE, self._providers, self._threads, self._spinning)
+                k = self.manifest.refiner.get("k")
+                if k is not None and int(k) != refiner.k:
+                    raise BundleError(f"{self.dir / MANIFEST}: refiner k={k}, but its graph takes k={refiner.k}")
+                self._refiner = refiner
+            return self._refiner

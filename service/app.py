@@ -25,6 +25,7 @@ from service.api.openapi_limits import install_openapi_limits
 from service.api.routes.admin import router as admin_router
 from service.api.routes.health import router as health_router
 from service.api.routes.metrics import router as metrics_router
+from service.api.routes.refine import router as refine_router
 from service.api.routes.retrieval import router as retrieval_router
 from service.api.routes.web import router as web_router
 from service.core.config import Settings
@@ -35,10 +36,12 @@ from service.index_watch import CurrentWatcher
 from service.jobs import RebuildJobs
 from service.json_gathers import SMALL_JSON_BYTES
 from service.metrics import ServiceMetrics
+from service.refine_metrics import QueueCollector
+from service.refine_queue import RefineQueue
 from service.schemas import RebuildRequest
 
 log = logging.getLogger("service.app")
-GATHERS_PATHS = ("/retrieve", "/infer-descriptors")
+GATHERS_PATHS = ("/retrieve", "/infer-descriptors", "/refine")
 """Endpoints whose bodies are gathers, up to SEISBIND_MAX_BODY_BYTES (read within the body budget)."""
 SMALL_JSON_PATHS = ("/retrieve-by-descriptors", "/admin/rebuild-index")
 """Endpoints whose bodies are a small JSON object (at most SMALL_JSON_BYTES)."""
@@ -97,8 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = Engine(settings, metrics)
     engine.warm_up()
     engine.load_current_index()
+    queue = (RefineQueue(settings.redis_url, max_queued=settings.refine_max_queued, retries=settings.refine_retries,
+                         keep_s=settings.refine_keep_s) if settings.redis_url else None)
+    if queue is not None:
+        metrics.registry.register(QueueCollector(queue))
     state = ServiceState(settings, metrics, engine, RebuildJobs(make_rebuild(settings, engine, metrics),
-                                                                keep=settings.jobs_keep))
+                                                                keep=settings.jobs_keep), queue)
 
     watcher = (CurrentWatcher(engine, settings.index_poll_s, busy=state.jobs.running)
                if settings.index_poll_s > 0 else None)
@@ -130,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID"], max_age=600)
-    for router in (retrieval_router, admin_router, health_router, metrics_router, web_router):
+    for router in (retrieval_router, refine_router, admin_router, health_router, metrics_router, web_router):
         app.include_router(router)
     install_openapi_limits(app, settings, models=[RebuildRequest])  # read by its handler, after the token check
     static_paths = {str(getattr(r, "path")) for r in app.routes if "{" not in str(getattr(r, "path", "{"))}

@@ -15,6 +15,7 @@ from service.core.config import Settings
 from service.engine import Engine
 from service.jobs import RebuildJobs
 from service.metrics import ServiceMetrics
+from service.refine_queue import RefineQueue
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ServiceState:
     metrics: ServiceMetrics
     engine: Engine
     jobs: RebuildJobs
+    refine_queue: RefineQueue | None = None
+    """The refinement job queue (SEISBIND_REDIS_URL), or None when none is configured."""
 
 
 async def get_state(request: Request) -> ServiceState:

@@ -13,13 +13,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from service.core.logging import REQUEST_ID
 from service.engine import NotReadyError
 from service.inputs import InputError
 from service.jobs import JobRunningError
+from service.refine_queue import JobFinished, QueueFull, QueueUnavailable, UnknownJob
 
 log = logging.getLogger("service.api")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None,
@@ -57,6 +60,14 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[st
     return "; ".join(parts) or "invalid request", jsonable_encoder(cleaned)
 
 
+def allowed_methods(request: Request) -> str:
+    """The methods of every route whose path matches the request's: the Allow header of a 405 (Starlette names only
+    the first matching route's, which is wrong when one path has a route per method, as /refine/{job_id} has)."""
+    methods = {m for m in HTTP_METHODS for route in request.app.router.routes
+               if route.matches({**request.scope, "method": m})[0] == Match.FULL}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error handlers on ``app``."""
 
@@ -65,7 +76,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             # FastAPI's "There was an error parsing the body": a JSON body that is not UTF-8 or nests too deeply
             return error_response(422, unreadable_json(exc.__cause__))
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,6 +96,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JobRunningError)
     async def job_running(request: Request, exc: JobRunningError) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(QueueUnavailable)
+    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        log.error("%s", exc)
+        return error_response(503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        retry_after = request.app.state.seisbind.settings.refine_retry_after_s
+        return error_response(503, str(exc), headers={"Retry-After": str(retry_after)})
+
+    @app.exception_handler(UnknownJob)
+    async def unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
+        return error_response(404, str(exc))
+
+    @app.exception_handler(JobFinished)
+    async def job_finished(request: Request, exc: JobFinished) -> JSONResponse:
         return error_response(409, str(exc))
 
     @app.exception_handler(ClientDisconnect)

@@ -91,6 +91,19 @@ class Settings(BaseSettings):
         5.0, ge=0.0, description="seconds between checks of the index root's CURRENT pointer: a version another "
                                  "process made current is verified and swapped in without a restart (0: off)")
 
+    # Refinement jobs: POST /refine with method fwi or both, run by `seisbind refine-worker` processes (docs/api.md).
+    redis_url: str | None = Field(None, description="Redis server of the refinement job queue, e.g. "
+                                                    "redis://redis:6379/0; unset: only method learned is served")
+    refine_default_iterations: int = Field(60, ge=1, description="FWI iterations of a job that does not ask")
+    refine_max_iterations: int = Field(300, ge=1, description="most FWI iterations a job may ask for")
+    refine_max_seconds: float = Field(120.0, gt=0.0, description="FWI time budget per gather, seconds (the job is "
+                                                                 "stopped past its gathers' budgets plus a minute)")
+    refine_max_gathers: int = Field(4, ge=1, description="most gathers in one refinement job")
+    refine_max_queued: int = Field(32, ge=1, description="jobs waiting for a worker at most (503 beyond)")
+    refine_retries: int = Field(1, ge=0, description="times a job whose worker died is run again before it fails")
+    refine_keep_s: int = Field(86400, ge=60, description="seconds a finished job and its result are kept")
+    refine_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 503 when the queue is full")
+
     @model_validator(mode="after")
     def _check_token(self) -> Settings:
         if self.admin_token is not None and self.admin_token_file is not None:
@@ -116,6 +129,9 @@ class Settings(BaseSettings):
                 f"SEISBIND_MAX_GATHERS={self.max_gathers} gathers take {need} bytes as float32 .npy, more than "
                 f"SEISBIND_MAX_BODY_BYTES={self.max_body_bytes}: such a request could never be sent. Raise the body "
                 f"limit to at least {need}, or lower SEISBIND_MAX_GATHERS to at most {fits}")
+        if self.refine_default_iterations > self.refine_max_iterations:
+            raise ValueError(f"SEISBIND_REFINE_DEFAULT_ITERATIONS={self.refine_default_iterations} is above "
+                             f"SEISBIND_REFINE_MAX_ITERATIONS={self.refine_max_iterations}")
         if self.body_budget_bytes is not None and self.body_budget_bytes < self.max_body_bytes:
             raise ValueError(f"SEISBIND_BODY_BUDGET_BYTES={self.body_budget_bytes} is below SEISBIND_MAX_BODY_BYTES="
                              f"{self.max_body_bytes}: a body at the limit could never be read")

@@ -71,6 +71,13 @@ def test_index_smoke(tmp_path: Path) -> None:
     assert doc["2000"]["exact_equals_numpy_top10"] == 1.0 and 0 <= doc["2000"]["ivf_recall_at_10"] <= 1
 
 
+def test_refiner_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("refiner", tmp_path)
+    assert {"val_top1_mae_mps", "val_topk_mean_mae_mps", "val_refiner_mae_mps", "ms_per_gather_batch1_1thread",
+            "parity_max_abs_mps", "train_minutes"} <= set(doc)
+    assert doc["val_pairs"] == 4 and doc["k"] == 3 and doc["ms_per_gather_batch1_1thread"]["median"] > 0
+
+
 @pytest.mark.slow
 def test_service_smoke(tmp_path: Path) -> None:
     doc = run_smoke("service", tmp_path)

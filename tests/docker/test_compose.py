@@ -27,7 +27,7 @@ DOCKER_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "Dockerfile", REP
                 REPO / "docker" / "entrypoint.sh"]
 NOT_SERVICE_SETTINGS = {
     "SEISBIND_BASE_IMAGE", "SEISBIND_CUDA_BASE_IMAGE", "SEISBIND_TORCH_INDEX_URL", "SEISBIND_QUICKSTART_PRESET",
-    "SEISBIND_THREADS", "SEISBIND_GPU_PORT", "SEISBIND_ADMIN_TOKEN_PATH",
+    "SEISBIND_THREADS", "SEISBIND_GPU_PORT", "SEISBIND_ADMIN_TOKEN_PATH", "SEISBIND_REFINER_THREADS",
 }
 """Variables of the compose file and images that are not service settings (build and bootstrap knobs)."""
 
@@ -49,12 +49,32 @@ def use_sandbox() -> bool:
 @pytest.mark.skipif(os.environ.get("SEISBIND_DOCKER_TESTS") != "1",
                     reason="builds images and runs docker compose (minutes); set SEISBIND_DOCKER_TESTS=1")
 def test_compose_stack_serves_a_real_retrieve() -> None:
+    """The whole stack (bootstrap, api, redis, two refiner workers): /retrieve, and a refinement job submitted with
+    .npy bytes, polled to completion, whose refined model is closer to the truth than its start."""
     cmd = ["bash", str(REPO / "scripts" / "compose_smoke.sh")] + (["--sandbox"] if use_sandbox() else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3500)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert "/retrieve: 200, top-5" in proc.stderr and "OK: compose stack served /retrieve" in proc.stderr, tail
     assert "api container hardened: uids 10001" in proc.stderr, tail
+    assert "refinement workers registered: 2" in proc.stderr, tail
+    m = re.search(r"/refine: job \w+ succeeded; MAE to the truth: start ([0-9.]+) m/s, refined ([0-9.]+) m/s",
+                  proc.stderr)
+    assert m and float(m.group(2)) < float(m.group(1)), tail
+
+
+def test_refinement_services_are_wired() -> None:
+    """redis: Debian's redis-server on the local base image, appending to its own volume; refiner: the torch
+    (bootstrap) image running refine-worker on it; the API told where the queue is."""
+    compose = (REPO / "docker-compose.yml").read_text()
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM base AS redis\n(?:.*\n)*?.*apt-get install -y --no-install-recommends redis-server",
+                     dockerfile, re.M)
+    assert '"--appendonly", "yes"' in dockerfile and "- seisbind-redis:/data" in compose
+    assert re.search(r"^FROM bootstrap AS refiner\n(?:.*\n)*?CMD \[\"refine-worker\"\]", dockerfile, re.M)
+    assert compose.count("SEISBIND_REDIS_URL: redis://redis:6379/0") == 2  # the serving anchor and the refiner
+    assert 'command: ["refine-worker", "--threads"' in compose
+    assert dockerfile.rstrip().splitlines()[-1] == 'CMD ["serve"]'  # the CPU serving image is still the last stage
 
 
 def test_service_variables_of_the_deployment_are_settings() -> None:
@@ -79,8 +99,8 @@ def test_every_container_is_hardened() -> None:
         assert line in block, f"x-hardening lacks {line!r}"
     services = re.search(r"^services:\n(.*?)^\S", compose, re.M | re.S).group(1)
     blocks = dict(re.findall(r"^  ([a-z-]+):\n((?:    .*\n|\n)+)", services, re.M))
-    assert set(blocks) == {"bootstrap", "api", "api-gpu"}, set(blocks)
-    assert "<<: *hardening" in blocks["bootstrap"]
+    assert set(blocks) == {"bootstrap", "api", "api-gpu", "redis", "refiner"}, set(blocks)
+    assert all("<<: *hardening" in blocks[s] for s in ("bootstrap", "redis", "refiner"))
     serve = re.search(r"^x-serve: &serve\n((?:  .*\n)+)", compose, re.M).group(1)
     assert "<<: *hardening" in serve and all("<<: *serve" in blocks[s] for s in ("api", "api-gpu"))
     for name in ("Dockerfile", "Dockerfile.gpu"):

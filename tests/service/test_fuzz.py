@@ -6,8 +6,8 @@
   schema-violating requests rejected with a 4xx (413 counts: a body over the limit is refused), authentication
   enforced. Not run: ``positive_data_acceptance`` (a schema-valid request must succeed): what is valid also
   depends on the running service (k <= the index size and SEISBIND_MAX_K, at most SEISBIND_MAX_GATHERS gathers, a
-  bank that exists), which a static schema cannot say. The two body media types of /retrieve and
-  /infer-descriptors are fuzzed separately (the schema restricted to one of them), and JSON there only with
+  bank that exists), which a static schema cannot say. The body media types of /retrieve, /infer-descriptors and
+  /refine are fuzzed separately (the schema restricted to one of them), and JSON there only with
   schema-violating cases: a schema-valid JSON body is 350,000 numbers, seconds per case to generate (valid JSON
   gathers are covered by tests/service/test_api.py).
 * ``test_coverage_phase_with_the_schemathesis_cli``: schemathesis' deterministic coverage phase, by its CLI.
@@ -49,6 +49,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.plausibility import AMPLITUDE_LIMIT, AMPLITUDE_WARN, WEAK_PEAK
+from tests.redis_fixtures import RedisServer
 from tests.service_fixtures import NPY, G, Server, serve, small_service_files, stop_server
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"
@@ -59,7 +60,7 @@ BANK_SIZE = 24
 NPY_MEDIA = "application/x-npy"
 JSON_MEDIA = "application/json"
 SEGY_MEDIA = "application/x-segy"
-GATHER_PATHS = {"/retrieve", "/infer-descriptors"}
+GATHER_PATHS = {"/retrieve", "/infer-descriptors", "/refine"}
 
 # (method, path, body media type fuzzed (None: the operation's only one, if any), with the admin token)
 #   -> hypothesis examples. Hypothesis stops early on operations with few distinct inputs (the GETs without
@@ -72,6 +73,11 @@ FUZZ_PLAN: dict[FuzzKey, int] = {
     ("POST", "/infer-descriptors", JSON_MEDIA, False): 20,
     ("POST", "/retrieve", SEGY_MEDIA, False): 40,
     ("POST", "/infer-descriptors", SEGY_MEDIA, False): 40,
+    ("POST", "/refine", NPY_MEDIA, False): 80,
+    ("POST", "/refine", JSON_MEDIA, False): 20,
+    ("POST", "/refine", SEGY_MEDIA, False): 20,
+    ("GET", "/refine/{job_id}", None, False): 30,
+    ("DELETE", "/refine/{job_id}", None, False): 30,
     ("POST", "/retrieve-by-descriptors", None, False): 250,
     ("POST", "/admin/rebuild-index", None, False): 80,
     ("POST", "/admin/rebuild-index", None, True): 220,
@@ -102,16 +108,20 @@ schemathesis.serializer.alias(SEGY_MEDIA, "application/octet-stream")
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``seisbind serve``: an untrained bundle, an index of a 24-model bank, admin token, small limits."""
+    """``seisbind serve``: an untrained bundle, an index of a 24-model bank, admin token, small limits, a refinement
+    queue on a real redis-server (no worker: accepted jobs wait; room for every one the fuzzing may queue)."""
     root = tmp_path_factory.mktemp("fuzz")
     bundle, banks, index = small_service_files(root, BANK_SIZE)
-    env = {"SEISBIND_ADMIN_TOKEN": TOKEN, "SEISBIND_BANK_ROOT": str(banks),
+    redis_server = RedisServer(root / "redis")
+    env = {"SEISBIND_ADMIN_TOKEN": TOKEN, "SEISBIND_BANK_ROOT": str(banks), "SEISBIND_REDIS_URL": redis_server.url,
+           "SEISBIND_REFINE_MAX_QUEUED": "100000",
            "SEISBIND_MAX_BODY_BYTES": str(MAX_BODY), "SEISBIND_MAX_GATHERS": str(MAX_GATHERS),
            "SEISBIND_MAX_K": str(MAX_K), "SEISBIND_ORT_INTRA_OP_THREADS": "1", "SEISBIND_ENCODE_WORKERS": "1",
            "SEISBIND_REBUILD_INTRA_OP_THREADS": "1", "SEISBIND_LOG_LEVEL": "warning"}
     server = serve(bundle, index, root / "server.log", env)
     yield server
     stop_server(server)
+    redis_server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from seisbind.descriptors import DESCRIPTOR_NAMES
 
+from tests.redis_fixtures import RedisServer, WorkerProcess
 from tests.service_fixtures import NPY, REPO, Server, npy, serve, small_service_files, stop_server
 
 CHROMIUM = Path(os.environ.get("SEISBIND_CHROMIUM", "/usr/bin/chromium"))
@@ -66,10 +67,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def served(files: dict[str, Path]) -> Iterator[Server]:
+    """The service with a refinement queue on a real redis-server and one refinement worker."""
+    redis_server = RedisServer(files["root"] / "redis")
+    worker = WorkerProcess(redis_server.url, files["root"] / "worker.log", "webpage")
     server = serve(files["bundle"], files["index"], files["root"] / "served.log",
-                   env={"SEISBIND_EXAMPLE_GATHER": str(files["example"]), "SEISBIND_ENCODE_WORKERS": "1"})
+                   env={"SEISBIND_EXAMPLE_GATHER": str(files["example"]), "SEISBIND_ENCODE_WORKERS": "1",
+                        "SEISBIND_REDIS_URL": redis_server.url})
     yield server
     stop_server(server)
+    worker.stop()
+    redis_server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -474,10 +481,7 @@ def test_not_ready_state_shows_the_reason_and_turns_queries_off(page: Page, empt
 # -- refinement ------------------------------------------------------------------------------------------------
 
 def test_refinement_runs_to_completion(page: Page, served: Server) -> None:
-    paths = httpx.get(served.url + "/openapi.json").json()["paths"]
-    if "/refine" not in paths or "post" not in paths["/refine"]:
-        pytest.skip("this service has no POST /refine (the refinement service is not part of this build): the page "
-                    "hides its refinement controls")
+    """A real refinement job: the page submits it, a real worker runs FWI, the page polls it to the end."""
     open_page(page, served)
     page.get_by_role("button", name="Use the bundled example").click()
     expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)
@@ -524,11 +528,19 @@ def test_a_dropped_file_is_queried(page: Page, served: Server) -> None:
 
 
 def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server) -> None:
-    """The page's refinement code against the /refine shapes of docs/api.md, while the service has no /refine: the
-    browser's requests to /refine are answered here (a contract check of the page, not of any refinement; the
-    real one is test_refinement_runs_to_completion). Without /refine in /openapi.json the controls stay hidden."""
+    """The page's refinement code against the /refine shapes of docs/api.md: the browser's requests to /refine are
+    answered here (a contract check of the page, not of any refinement; the real one is
+    test_refinement_runs_to_completion). Without /refine in /openapi.json the controls stay hidden."""
+
+    def without_refine(route: object) -> None:
+        doc = route.fetch().json()
+        doc["paths"].pop("/refine", None)
+        route.fulfill(json=doc)
+
+    page.route("**/openapi.json", without_refine)
     open_page(page, served)
     expect(page.locator("#refine")).to_be_hidden()
+    page.unroute("**/openapi.json")
 
     polls: list[str] = []
     seen: dict[str, object] = {}
