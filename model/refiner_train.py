@@ -104,18 +104,19 @@ def _resume(cfg: RefinerTrainConfig) -> dict[str, Any] | None:
 
 
 def _epoch(net: RefinerNet, opt: torch.optim.Optimizer, data: RefinerData, cfg: RefinerTrainConfig,
-           state: RefinerState, started: float) -> bool:
-    """One epoch of optimiser steps; returns False when the time budget ran out during it."""
+           state: RefinerState, started: float) -> tuple[bool, float]:
+    """One epoch of optimiser steps: (False when the time budget ran out during it, mean training loss in m/s)."""
     n = len(data.train)
     steps_per_epoch = max(1, n // cfg.batch_size)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
     perm, flips = torch.randperm(n, generator=g), torch.rand(n, generator=g) < cfg.mirror_p
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     net.train()
+    losses: list[float] = []
     for i in range(steps_per_epoch):
         elapsed = state.elapsed_s + time.monotonic() - started
         if budget_s is not None and elapsed >= budget_s:
-            return False
+            return False, float(np.mean(losses)) if losses else math.nan
         frac = state.step / (cfg.epochs * steps_per_epoch)
         if budget_s is not None:
             frac = max(frac, elapsed / budget_s)
@@ -129,7 +130,8 @@ def _epoch(net: RefinerNet, opt: torch.optim.Optimizer, data: RefinerData, cfg: 
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1000.0)
         opt.step()
         state.step += 1
-    return True
+        losses.append(float(loss.detach()))
+    return True, float(np.mean(losses))
 
 
 def _save(cfg: RefinerTrainConfig, net: RefinerNet, opt: torch.optim.Optimizer, state: RefinerState,
@@ -153,12 +155,12 @@ def train_loop(cfg: RefinerTrainConfig, net: RefinerNet, data: RefinerData, ckpt
         log.info("resuming %s at epoch %d", cfg.out, state.epoch)
     while not state.finished and state.epoch < cfg.epochs:
         started = time.monotonic()
-        complete = _epoch(net, opt, data, cfg, state, started)
+        complete, train_loss = _epoch(net, opt, data, cfg, state, started)
         state.elapsed_s += time.monotonic() - started
         val = validate(net, data)
         state.epoch += complete
         state.history.append({"epoch": state.epoch, "step": state.step, "elapsed_min": state.elapsed_s / 60,
-                              "val_refiner_mae_mps": val})
+                              "train_l1_mps": train_loss, "val_refiner_mae_mps": val})
         log.info("refiner epoch %d: validation MAE %.1f m/s", state.epoch, val)
         if val < state.best_val_mae:
             state.best_val_mae, state.best_epoch = val, state.epoch
