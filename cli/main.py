@@ -222,15 +222,27 @@ def train(
 def export(
     run: Path = typer.Option(..., "--run", help="training run folder"),
     out: Path = typer.Option(..., "--out", help="encoder bundle folder to write"),
+    variant: Optional[list[str]] = typer.Option(
+        None, "--variant", help="also write a cheaper seismic graph, checked against torch (repeat): 'fast' "
+                                "(same computation, faster low-pass) or 'int8' (static int8, calibrated on "
+                                "training gathers)"),
+    default_variant: Optional[str] = typer.Option(
+        None, "--default-variant", help="seismic graph the service runs by default: 'full' or an exported variant "
+                                        "(default: the last --variant)"),
+    calibration_gathers: int = typer.Option(64, "--calibration-gathers", min=1,
+                                            help="training gathers the int8 variant is calibrated on"),
 ) -> None:
     """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""
     from model.export import ParityError, export_run
 
     try:
-        manifest = export_run(run, out)
+        manifest = export_run(run, out, tuple(variant or ()), calibration_gathers, default_variant)
     except (RunError, ParityError, FileExistsError, OSError, ValueError) as e:
         fail(str(e))
-    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity}))
+    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity,
+                           "variants": {m: {n: v["parity_min_cosine"] for n, v in vs.items()}
+                                        for m, vs in manifest.variants.items()},
+                           "default_variants": manifest.default_variants}))
 
 
 @app.command()
