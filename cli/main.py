@@ -229,7 +229,7 @@ def export(
     default_variant: Optional[str] = typer.Option(
         None, "--default-variant", help="seismic graph the service runs by default: 'full' or an exported variant "
                                         "(default: the last --variant)"),
-    calibration_gathers: int = typer.Option(64, "--calibration-gathers", min=1,
+    calibration_gathers: int = typer.Option(256, "--calibration-gathers", min=1,
                                             help="training gathers the int8 variant is calibrated on"),
 ) -> None:
     """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""

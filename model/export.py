@@ -39,6 +39,8 @@ from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, SeisBindModel, cre
 from model.seismic_variants import export_seismic_variants
 
 OPSET = 17
+INT8_PARITY_ROWS = 32
+"""Training gathers, besides the calibration set, the int8 variant of a run's export is checked on."""
 PARITY_MIN_COSINE = 0.9999
 """Every row of the parity set must have cosine >= this between the ONNX and the torch embedding."""
 
@@ -107,7 +109,7 @@ def _normalisation(cfg: ModelConfig) -> dict[str, Any]:
 def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, training: dict[str, Any],
                   metrics: dict[str, Any], parity_inputs: dict[str, np.ndarray] | None = None,
                   seismic_variants: Sequence[str] = (), calibration: np.ndarray | None = None,
-                  default_variant: str | None = None) -> BundleManifest:
+                  int8_parity: np.ndarray | None = None, default_variant: str | None = None) -> BundleManifest:
     """Write ``model`` as an encoder bundle into ``out_dir`` and return its manifest.
 
     Args:
@@ -119,6 +121,8 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
         seismic_variants: cheaper seismic graphs to add (``model.seismic_variants.SEISMIC_VARIANTS``), each
             checked against torch on the parity gathers.
         calibration: gathers [n, 5, 1000, 70] the int8 variant is calibrated on (training gathers).
+        int8_parity: gathers the int8 variant's parity is checked on (default: the parity set's); training gathers
+            outside the calibration set, since int8 ranges only fit data like those it was calibrated on.
         default_variant: the seismic graph sessions use by default ("full" or one of ``seismic_variants``;
             default: the last of ``seismic_variants``, else the full-precision graph).
 
@@ -141,7 +145,8 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             path = tmp / ONNX_FILES[m]
             export_onnx(enc, torch.from_numpy(x[:2]), INPUT_NAMES[m], path)
             parity[m] = parity_check(enc, path, x, INPUT_NAMES[m])
-        variants = export_seismic_variants(model.seismic, tmp, tuple(seismic_variants), inputs["seismic"], calibration)
+        variants = export_seismic_variants(model.seismic, tmp, tuple(seismic_variants), inputs["seismic"], calibration,
+                                           int8_parity)
         stats = {"mean": model.physics.mean.tolist(), "std": model.physics.std.tolist()}
         doc = {
             "format": "seisbind-encoders/1",
@@ -227,10 +232,10 @@ def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarr
 
 
 def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic_variants: Sequence[str] = (),
-               calibration: int = 64, default_variant: str | None = None) -> BundleManifest:
+               calibration: int = 256, default_variant: str | None = None) -> BundleManifest:
     """``seisbind export``: the latest checkpoint of a training run as an encoder bundle; returns the manifest.
     ``seismic_variants``, ``default_variant``: see :func:`export_bundle`; an int8 variant is calibrated on
-    ``calibration`` gathers drawn from the run's training folders."""
+    ``calibration`` gathers drawn from the run's training folders and checked on INT8_PARITY_ROWS others."""
     from model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run)
@@ -246,7 +251,11 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic
     if parity is not None:
         synth = synthetic_inputs(4)
         parity = {m: np.concatenate([parity[m], synth[m]]) for m in MODALITIES}
-    gathers = (calibration_gathers(list(ckpt["config"]["data"]), calibration) if "int8" in seismic_variants
-               else None)
+    gathers = (calibration_gathers(list(ckpt["config"]["data"]), calibration + INT8_PARITY_ROWS)
+               if "int8" in seismic_variants else None)
+    if gathers is not None:  # both sets from every folder
+        gathers = gathers[np.random.default_rng(0).permutation(len(gathers))]
     return export_bundle(model, out, training=training, metrics=history[-1] if history else {}, parity_inputs=parity,
-                         seismic_variants=seismic_variants, calibration=gathers, default_variant=default_variant)
+                         seismic_variants=seismic_variants, default_variant=default_variant,
+                         calibration=None if gathers is None else gathers[:calibration],
+                         int8_parity=None if gathers is None else gathers[calibration:])

@@ -114,8 +114,9 @@ def front_end_nodes(path: Path) -> list[str]:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    """Static int8 quantisation (QDQ, per-channel signed weights, signed activations, min-max calibration on
-    ``calibration`` gathers [n, 5, 1000, 70] in physical units) of the float32 seismic graph ``fp32`` into ``out``."""
+    """Static int8 quantisation (QDQ, per-channel signed 7-bit weights, unsigned 8-bit activations, min-max
+    calibration on ``calibration`` gathers [n, 5, 1000, 70] in physical units) of the float32 seismic graph ``fp32``
+    into ``out``. 7-bit weights (``reduce_range``) keep AVX2's 8-bit multiply-add (no VNNI) from saturating."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -126,13 +127,16 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
                         op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=front_end_nodes(pre), calibrate_method=CalibrationMethod.MinMax,
+                        reduce_range=True,
                         extra_options={"CalibTensorRangeSymmetric": False})
 
 
 def export_seismic_variants(enc: SeismicEncoder, folder: Path, names: tuple[str, ...], parity: np.ndarray,
-                            calibration: np.ndarray | None) -> dict[str, dict[str, Any]]:
+                            calibration: np.ndarray | None,
+                            int8_parity: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Write the seismic variants ``names`` into the bundle folder ``folder``, each checked against ``enc`` on the
-    ``parity`` gathers; returns their manifest entries {name: {"file", "sha256", "precision", "parity", ...}}.
+    ``parity`` gathers (the int8 graph on ``int8_parity`` when given: gathers like its calibration set, e.g.
+    training gathers it was not calibrated on); returns their manifest entries {name: {"file", "sha256", ...}}.
 
     Raises ParityError when a variant's outputs differ from torch; ValueError for an unknown name or an int8
     variant without calibration gathers."""
@@ -152,18 +156,20 @@ def export_seismic_variants(enc: SeismicEncoder, folder: Path, names: tuple[str,
         cos = parity_check(enc, fp32, x, INPUT_NAMES["seismic"])
         out["fast"] = {"file": fp32.name, "precision": "float32", "parity_min_cosine": cos,
                        "parity_threshold": PARITY_MIN_COSINE,
-                          "method": f"low-pass and decimation as one {DECIMATION_BLOCK}-channel strided "
-                                    "convolution (same sums)"}
+                       "method": f"low-pass and decimation as one {DECIMATION_BLOCK}-channel strided "
+                                 "convolution (same sums)"}
     if "int8" in names:
         if calibration is None or not len(calibration):
             raise ValueError("the int8 variant needs calibration gathers (training gathers)")
         q = folder / VARIANT_FILES["int8"]
         quantize_int8(fp32, q, calibration)
-        cos = parity_check(enc, q, x, INPUT_NAMES["seismic"], INT8_PARITY_MIN_COSINE)
+        xq = x if int8_parity is None else np.ascontiguousarray(int8_parity, np.float32)
+        cos = parity_check(enc, q, xq, INPUT_NAMES["seismic"], INT8_PARITY_MIN_COSINE)
         out["int8"] = {"file": q.name, "precision": "int8", "parity_min_cosine": cos,
                        "parity_threshold": INT8_PARITY_MIN_COSINE,
                        "method": "static int8 QDQ (ONNX Runtime), per-channel weights, front end float32",
-                       "calibration": {"gathers": int(len(calibration)), "method": "minmax"}}
+                       "calibration": {"gathers": int(len(calibration)), "method": "minmax"},
+                       "parity_rows": int(len(xq))}
     if "fast" not in names:
         fp32.unlink()
     for v in out.values():
