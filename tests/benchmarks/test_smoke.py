@@ -75,7 +75,9 @@ def test_index_smoke(tmp_path: Path) -> None:
 def test_service_smoke(tmp_path: Path) -> None:
     doc = run_smoke("service", tmp_path)
     assert {"npy", "json", "in_process", "throughput_rps", "server", "profiles", "targets"} <= set(doc)
-    assert set(doc["throughput_rps"]) == {"1", "4", "16"} and set(doc["profiles"]) == {"latency"}
+    assert set(doc["throughput_rps"]) == {"1", "4", "16"} and set(doc["profiles"]) == {"full_precision"}
+    assert doc["server"]["variants"]["seismic"] == "int8" and doc["previous_graph"]["variant"] == "full"
+    assert doc["capacity_rps"] > 0 and doc["share_of_capacity_16"] > 0 and doc["previous_graph"]["capacity_rps"] > 0
     assert doc["server"]["count"] == 40 and doc["npy"]["n"] > 0
 
 
