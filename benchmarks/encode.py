@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from seisbind.bundle import CPU, FULL, OnnxEncoder, read_manifest  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
-from benchmarks._common import REPO, add_output_args, write_result  # noqa: E402
+from benchmarks._common import REPO, add_output_args, simulate_first_models, write_result  # noqa: E402
 
 BATCHES = (1, 8)
 SPEEDUP_TARGET, R1_TOLERANCE, MRE_TOLERANCE = 3.0, 0.005, 0.001
@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=None,
                    help="simulated test gathers, <cache>/<family>/test (default .cache/openfwi_vel, shared with "
                         "benchmarks.openfwi_vel)")
-    p.add_argument("--test-chunks", type=int, default=None, help="only the first N 500-model chunks per family")
+    p.add_argument("--test-models", type=int, default=None,
+                   help="only the first N test models per family (simulated into <cache>/<family>/test_first<N>; "
+                        "default all 1000, the benchmark's own test set)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     p.add_argument("--reps", type=int, default=10, help="timed runs per round, graph and batch size")
     p.add_argument("--no-default-architecture", action="store_true",
@@ -109,12 +111,15 @@ def test_and_bank(args: argparse.Namespace, cache: Path) -> tuple[list[Any], np.
 
     from benchmarks import openfwi_vel
 
-    ns = argparse.Namespace(cache=cache, openfwi_dir=args.openfwi_dir, train_chunks=None,
-                            test_chunks=args.test_chunks, no_simulate=False, smoke=args.smoke)
+    ns = argparse.Namespace(cache=cache, openfwi_dir=args.openfwi_dir, train_chunks=None, test_chunks=None,
+                            no_simulate=False, smoke=args.smoke)
     tests = []
     for fam in openfwi_vel.FAMILIES:
-        folder = openfwi_vel.chunk_subset(openfwi_vel.simulated_folder(ns, fam, "test"), args.test_chunks,
-                                          cache / "subsets" / fam / "test")
+        if args.test_models and not args.smoke:
+            folder = simulate_first_models(cache / fam / f"test_first{args.test_models}",
+                                           args.openfwi_dir / fam / "test_vmodel.zip", args.test_models)
+        else:
+            folder = openfwi_vel.simulated_folder(ns, fam, "test")
         tests.append(open_dataset(folder, check_values=True))
     bank = [read_models(args.openfwi_dir / fam / "train_vmodel.zip").array()[:64 if args.smoke else None]
             for fam in openfwi_vel.FAMILIES]
@@ -180,6 +185,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         default = manifest.default_variants.get("seismic", FULL)
         result: dict[str, Any] = {name: {**speed[name], **q[name]} for name in encoders}
         result.update(default=default, queries=q["queries"], bank_size=q["bank_size"], threads=1,
+                      test_models_per_family=args.test_models or ("smoke" if args.smoke else "all"),
                       bundle={"path": portable_path(bundle), "bundle_id": manifest.bundle_id,
                               "model_config": manifest.raw.get("model_config"),
                               "train_minutes": manifest.training.get("train_minutes"),
