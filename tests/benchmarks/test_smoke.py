@@ -104,6 +104,18 @@ def test_ingest_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     assert 0 <= coarse["R@1"] <= 1 and coarse["ms_per_file"] > 0 and doc["bundle"]["bundle_id"]
 
 
+def test_encode_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("encode", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    assert doc["default"] == "int8" and doc["queries"] == 16 and doc["bank_size"] == 128
+    for graphs in (doc, doc["default_architecture"]):
+        for name in ("full", "fast", "int8"):
+            assert graphs[name]["ms_per_gather_batch1"] > 0 and graphs[name]["ms_per_gather_batch8"] > 0
+    for name in ("full", "fast", "int8"):
+        assert 0 <= doc[name]["R@1"] <= 1 and doc[name]["descriptor_mre"] > 0
+    assert doc["fast"]["top1_agreement_with_full"] == 1.0 and doc["fast"]["min_cosine_to_full"] > 0.9999
+    assert set(doc["targets"]["met"]) == {"speedup >= 3", "R@1 within 0.005", "descriptor error within 0.1 points"}
+
+
 @pytest.mark.slow
 def test_openfwi_vel_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     doc = run_smoke("openfwi_vel", tmp_path, "--openfwi-dir", str(openfwi_dir))
