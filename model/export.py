@@ -106,6 +106,29 @@ def _normalisation(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _manifest_doc(model: SeisBindModel, parity: dict[str, Any], training: dict[str, Any],
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's keys of docs/formats.md, without the hashes (added by finish_manifest)."""
+    return {
+        "format": "seisbind-encoders/1",
+        "embedding_dim": model.cfg.embed_dim,
+        "input_names": dict(INPUT_NAMES),
+        "output_name": OUTPUT_NAME,
+        "input_shapes": INPUT_SHAPES,
+        "normalisation": _normalisation(model.cfg),
+        "descriptor_names": list(DESCRIPTOR_NAMES),
+        "descriptor_units": [DESCRIPTOR_UNITS[n] for n in DESCRIPTOR_NAMES],
+        "descriptor_stats": {"mean": model.physics.mean.tolist(), "std": model.physics.std.tolist()},
+        "logit_scale": float(model.scale().detach()),
+        "logit_scale_vp": float(model.scale_vp().detach()),
+        "model_config": model.cfg.to_dict(),
+        "opset": OPSET,
+        "parity": parity,
+        "training": training,
+        "metrics": metrics,
+    }
+
+
 def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, training: dict[str, Any],
                   metrics: dict[str, Any], parity_inputs: dict[str, np.ndarray] | None = None,
                   seismic_variants: Sequence[str] = (), calibration: np.ndarray | None = None,
@@ -147,25 +170,8 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             parity[m] = parity_check(enc, path, x, INPUT_NAMES[m])
         variants = export_seismic_variants(model.seismic, tmp, tuple(seismic_variants), inputs["seismic"], calibration,
                                            int8_parity)
-        stats = {"mean": model.physics.mean.tolist(), "std": model.physics.std.tolist()}
-        doc = {
-            "format": "seisbind-encoders/1",
-            "embedding_dim": model.cfg.embed_dim,
-            "input_names": dict(INPUT_NAMES),
-            "output_name": OUTPUT_NAME,
-            "input_shapes": INPUT_SHAPES,
-            "normalisation": _normalisation(model.cfg),
-            "descriptor_names": list(DESCRIPTOR_NAMES),
-            "descriptor_units": [DESCRIPTOR_UNITS[n] for n in DESCRIPTOR_NAMES],
-            "descriptor_stats": stats,
-            "logit_scale": float(model.scale().detach()),
-            "logit_scale_vp": float(model.scale_vp().detach()),
-            "model_config": model.cfg.to_dict(),
-            "opset": OPSET,
-            "parity": {"min_cosine": parity, "rows": int(len(inputs["velocity"])), "threshold": PARITY_MIN_COSINE},
-            "training": training,
-            "metrics": metrics,
-        }
+        doc = _manifest_doc(model, {"min_cosine": parity, "rows": int(len(inputs["velocity"])),
+                                    "threshold": PARITY_MIN_COSINE}, training, metrics)
         if variants:
             doc["variants"] = {"seismic": variants}
             doc["default_variants"] = {"seismic": default_variant or list(variants)[-1]}
@@ -253,9 +259,11 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic
         parity = {m: np.concatenate([parity[m], synth[m]]) for m in MODALITIES}
     gathers = (calibration_gathers(list(ckpt["config"]["data"]), calibration + INT8_PARITY_ROWS)
                if "int8" in seismic_variants else None)
-    if gathers is not None:  # both sets from every folder
+    held_out = None
+    if gathers is not None:  # both sets from every folder; a quarter at most held out when the folders are small
         gathers = gathers[np.random.default_rng(0).permutation(len(gathers))]
+        n = min(INT8_PARITY_ROWS, len(gathers) // 4)
+        gathers, held_out = gathers[:len(gathers) - n][:calibration], (gathers[len(gathers) - n:] if n else None)
     return export_bundle(model, out, training=training, metrics=history[-1] if history else {}, parity_inputs=parity,
                          seismic_variants=seismic_variants, default_variant=default_variant,
-                         calibration=None if gathers is None else gathers[:calibration],
-                         int8_parity=None if gathers is None else gathers[calibration:])
+                         calibration=gathers, int8_parity=held_out)

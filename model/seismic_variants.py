@@ -105,7 +105,7 @@ def front_end_nodes(path: Path) -> list[str]:
 
     graph = onnx.load(str(path)).graph
     weights = {w.name: tuple(w.dims) for w in graph.initializer}
-    names = []
+    names: list[str] = []
     for node in graph.node:  # topological order
         if node.op_type == "Conv" and weights.get(node.input[1], (1, 1))[1] > 1:
             return names + ([node.name] if FIRST_CONV_FLOAT else [])
