@@ -79,9 +79,10 @@ def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, path:
 
 
 def parity_check(module: nn.Module, path: Path, x: np.ndarray, input_name: str,
-                 threshold: float = PARITY_MIN_COSINE) -> float:
+                 threshold: float | None = None) -> float:
     """Run the ONNX file with ONNX Runtime and the torch module on ``x``; return the smallest per-row cosine.
-    Raises ParityError if it is below ``threshold``."""
+    Raises ParityError if it is below ``threshold`` (default PARITY_MIN_COSINE)."""
+    threshold = PARITY_MIN_COSINE if threshold is None else threshold
     sess = create_session(path, providers=[CPU], threads=min(2, usable_cores()))
     got = sess.run([OUTPUT_NAME], {input_name: x})[0]
     with torch.no_grad():
