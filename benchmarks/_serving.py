@@ -25,24 +25,23 @@ _EXPORT = """
 import sys, torch
 torch.set_num_threads(2)
 from model.config import ModelConfig
-from model.encoders import create_model
-from model.export import export_bundle, export_untrained_bundle, synthetic_inputs
+from model.export import export_untrained_bundle
+variants = tuple(v for v in sys.argv[3].split(",") if v)
 if sys.argv[2] == "tiny":
-    export_untrained_bundle(sys.argv[1], seed=0)
+    export_untrained_bundle(sys.argv[1], seed=0, seismic_variants=variants)
 else:
-    model = create_model(ModelConfig(), seed=0)
-    desc = synthetic_inputs(64)["physics"].astype("float64")
-    model.physics.set_stats(desc.mean(0), desc.std(0) + 1e-6)
-    export_bundle(model, sys.argv[1], training={"untrained": True, "seed": 0}, metrics={})
+    export_untrained_bundle(sys.argv[1], seed=0, seismic_variants=variants, cfg=ModelConfig())
 """
 DEFAULT_BUNDLE = "untrained, benchmark-size architecture (model.config.ModelConfig() defaults), seed 0"
 TINY_BUNDLE = "untrained, tiny architecture (model.export.export_untrained_bundle, ModelConfig.tiny()), seed 0"
 
 
-def export_default_bundle(out: Path, tiny: bool = False) -> Path:
+def export_default_bundle(out: Path, tiny: bool = False, seismic_variants: tuple[str, ...] = ()) -> Path:
     """The benchmark-size architecture, untrained (same compute as a trained bundle), exported in a subprocess;
-    ``tiny``: the tests' small architecture instead (smoke runs)."""
-    subprocess.run([sys.executable, "-c", _EXPORT, str(out), "tiny" if tiny else "default"], cwd=REPO, check=True)
+    ``tiny``: the tests' small architecture instead (smoke runs); ``seismic_variants``: with these seismic graphs
+    too (int8 calibrated on synthetic gathers: its speed is real, its accuracy means nothing untrained)."""
+    subprocess.run([sys.executable, "-c", _EXPORT, str(out), "tiny" if tiny else "default", ",".join(seismic_variants)],
+                   cwd=REPO, check=True)
     return out
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from cli.refine import refine_command  # torch-free at import
 from cli.refiner_command import train_refiner
+from cli.worker_command import refine_worker  # imports the queue only when run
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
@@ -224,15 +225,27 @@ def train(
 def export(
     run: Path = typer.Option(..., "--run", help="training run folder"),
     out: Path = typer.Option(..., "--out", help="encoder bundle folder to write"),
+    variant: Optional[list[str]] = typer.Option(
+        None, "--variant", help="also write a cheaper seismic graph, checked against torch (repeat): 'fast' "
+                                "(same computation, faster low-pass) or 'int8' (static int8, calibrated on "
+                                "training gathers)"),
+    default_variant: Optional[str] = typer.Option(
+        None, "--default-variant", help="seismic graph the service runs by default: 'full' or an exported variant "
+                                        "(default: the last --variant)"),
+    calibration_gathers: int = typer.Option(256, "--calibration-gathers", min=1,
+                                            help="training gathers the int8 variant is calibrated on"),
 ) -> None:
     """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""
     from model.export import ParityError, export_run
 
     try:
-        manifest = export_run(run, out)
+        manifest = export_run(run, out, tuple(variant or ()), calibration_gathers, default_variant)
     except (RunError, ParityError, FileExistsError, OSError, ValueError) as e:
         fail(str(e))
-    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity}))
+    typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity,
+                           "variants": {m: {n: v["parity_min_cosine"] for n, v in vs.items()}
+                                        for m, vs in manifest.variants.items()},
+                           "default_variants": manifest.default_variants}))
 
 
 @app.command()
@@ -353,38 +366,9 @@ def ingest(
                            "steps": [s["name"] for s in rep["steps"]], "warnings": rep["warnings"]}))
 
 
-@app.command("refine-worker")
-def refine_worker(
-    redis: str = typer.Option(..., "--redis", envvar="SEISBIND_REDIS_URL",
-                              help="Redis URL of the refinement job queue (e.g. redis://localhost:6379/0)"),
-    heartbeat_s: int = typer.Option(10, "--heartbeat-s", min=1, help="seconds between heartbeats while a job runs"),
-    grace_s: int = typer.Option(60, "--grace-s", min=1, help="seconds heartbeats may lapse before the job counts as "
-                                "abandoned (run again or failed)"),
-    maintenance_s: int = typer.Option(60, "--maintenance-s", min=1, help="seconds between settling the jobs of dead "
-                                      "workers"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="SEISBIND_THREADS",
-                                          help="torch CPU threads per job (default: torch's)"),
-    burst: bool = typer.Option(False, "--burst", help="exit once the queue is empty"),
-    name: Optional[str] = typer.Option(None, "--name", help="worker name (default: rq's, unique)"),
-) -> None:
-    """Run refinement jobs (POST /refine, method fwi or both) from the Redis queue by full-waveform inversion."""
-    from redis.exceptions import RedisError
-
-    from cli.refine_worker import run_worker
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    try:
-        run_worker(redis, heartbeat_s=heartbeat_s, grace_s=grace_s, maintenance_s=maintenance_s, burst=burst,
-                   name=name)
-    except RedisError as e:
-        fail(f"the refinement job queue cannot be reached: {type(e).__name__}: {e}")
-
-
 app.command("refine")(refine_command)
 app.command("train-refiner")(train_refiner)
+app.command("refine-worker")(refine_worker)
 
 
 def main() -> None:  # pragma: no cover

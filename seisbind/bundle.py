@@ -4,9 +4,15 @@ run it (the only module that creates ONNX Runtime sessions). Torch-free; see doc
 A bundle is a folder with ``seismic.onnx``, ``velocity.onnx``, ``physics.onnx`` and ``manifest.json``. Each ONNX
 file takes physical units (gathers [B, 5, 1000, 70]; velocity [B, 1, 70, 70] m/s; descriptors [B, 8]) on input
 ``INPUT_NAMES[modality]`` and returns an L2-normalised float32 embedding [B, 256] on output ``OUTPUT_NAME``.
-``bundle_id`` is the sha256 of the three ONNX files' hashes. A bundle may also hold the learned refiner,
-``refiner.onnx`` (seisbind.refiner), listed in the manifest's ``sha256`` and ``refiner`` section; it leaves
-``bundle_id`` (the identity of the embedding space that indexes are bound to) unchanged.
+``bundle_id`` is the sha256 of the three ONNX files' hashes.
+
+A bundle may also hold *variants* of a graph (e.g. ``seismic.int8.onnx``, a quantised seismic encoder): listed in
+the manifest under ``variants`` with their own sha256, verified like the main graphs, not part of ``bundle_id``
+(they encode into the same space, so an index built with the bundle serves with any of them). ``default_variants``
+names the one a session uses unless told otherwise (``variant="full"`` forces the main, full-precision graph).
+It may also hold the learned refiner, ``refiner.onnx`` (seisbind.refiner), listed in the manifest's ``sha256`` and
+``refiner`` section; it too leaves ``bundle_id`` (the identity of the embedding space that indexes are bound to)
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ OUTPUT_NAME = "embedding"
 REQUIRED_KEYS = ("embedding_dim", "sha256", "bundle_id", "descriptor_names", "descriptor_stats")
 REFINER_FILE = "refiner.onnx"
 """The optional learned refiner's graph (seisbind.refiner), described by the manifest's ``refiner`` section."""
+FULL = "full"
+"""The variant name of a modality's main graph (``<modality>.onnx``, full precision)."""
+AUTO = "auto"
+"""Variant choice: the bundle's ``default_variants`` entry for the modality, else the main graph."""
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -69,6 +79,10 @@ class BundleManifest:
     parity: dict[str, Any] = field(default_factory=dict)
     refiner: dict[str, Any] | None = None
     """The learned refiner's section (k, parity, training, metrics), None when the bundle has none."""
+    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """{modality: {variant name: {"file", "sha256", ...}}}: extra graphs of a modality (none in older bundles)."""
+    default_variants: dict[str, str] = field(default_factory=dict)
+    """{modality: variant name} a session uses by default (absent: the main graph)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -80,16 +94,53 @@ class BundleManifest:
         if missing:
             raise BundleError(f"{source}: missing key {missing[0]!r}")
         try:
-            return cls(embedding_dim=int(doc["embedding_dim"]), bundle_id=str(doc["bundle_id"]),
-                       sha256=dict(doc["sha256"]), descriptor_names=tuple(doc["descriptor_names"]),
-                       descriptor_stats=dict(doc["descriptor_stats"]), input_shapes=dict(doc.get("input_shapes", {})),
-                       logit_scale=doc.get("logit_scale"), training=dict(doc.get("training") or {}),
-                       metrics=dict(doc.get("metrics") or {}), parity=dict(doc.get("parity") or {}),
-                       refiner=_refiner_section(doc, source), raw=doc)
+            variants = {m: {n: dict(v) for n, v in dict(vs).items()}
+                        for m, vs in dict(doc.get("variants") or {}).items()}
+            defaults = {str(m): str(n) for m, n in dict(doc.get("default_variants") or {}).items()}
+            manifest = cls(embedding_dim=int(doc["embedding_dim"]), bundle_id=str(doc["bundle_id"]),
+                           sha256=dict(doc["sha256"]), descriptor_names=tuple(doc["descriptor_names"]),
+                           descriptor_stats=dict(doc["descriptor_stats"]),
+                           input_shapes=dict(doc.get("input_shapes", {})), logit_scale=doc.get("logit_scale"),
+                           training=dict(doc.get("training") or {}), metrics=dict(doc.get("metrics") or {}),
+                           parity=dict(doc.get("parity") or {}), refiner=_refiner_section(doc, source),
+                           variants=variants, default_variants=defaults, raw=doc)
         except (TypeError, ValueError) as e:
             if isinstance(e, BundleError):
                 raise
             raise BundleError(f"{source}: malformed manifest: {e}") from e
+        manifest.check_variants(source)
+        return manifest
+
+    def check_variants(self, source: PathLike = MANIFEST) -> None:
+        """Every variant names a plain file in the bundle and a sha256, under a known modality; every default names
+        a listed variant. Raises BundleError naming what is wrong."""
+        for m, vs in self.variants.items():
+            if m not in MODALITIES:
+                raise BundleError(f"{source}: variants of unknown modality {m!r}")
+            for name, v in vs.items():
+                f = v.get("file")
+                if name in (FULL, AUTO) or not isinstance(f, str) or Path(f).name != f or f in ONNX_FILES.values() \
+                        or not isinstance(v.get("sha256"), str):
+                    raise BundleError(f"{source}: {m} variant {name!r}: needs a plain file name of its own and a "
+                                      f"sha256 (and may not be called {FULL!r} or {AUTO!r})")
+        for m, name in self.default_variants.items():
+            if name != FULL and name not in self.variants.get(m, {}):
+                raise BundleError(f"{source}: default {m} variant {name!r} is not among its variants")
+
+    def graph_file(self, modality: str, variant: str = AUTO) -> tuple[str, str]:
+        """(variant name, file name) of the graph a session of ``modality`` runs: ``variant`` is ``"auto"`` (the
+        bundle's default for the modality, else the main graph), ``"full"`` (the main graph) or a listed variant
+        name. Raises BundleError for a variant the bundle does not offer."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+        name = self.default_variants.get(modality, FULL) if variant == AUTO else variant
+        if name == FULL:
+            return FULL, ONNX_FILES[modality]
+        offered = self.variants.get(modality, {})
+        if name not in offered:
+            raise BundleError(f"the bundle has no {modality} variant {name!r} (it offers: "
+                              f"{', '.join([FULL, *offered])})")
+        return name, str(offered[name]["file"])
 
 
 def _refiner_section(doc: dict[str, Any], source: PathLike) -> dict[str, Any] | None:
@@ -117,6 +168,10 @@ def read_manifest(folder: PathLike, verify: bool = True) -> BundleManifest:
             raise BundleError(problem)
         if compute_bundle_id(manifest.sha256) != manifest.bundle_id:
             raise BundleError(f"{mpath}: bundle_id does not match the files' hashes")
+        extra = {v["file"]: v["sha256"] for vs in manifest.variants.values() for v in vs.values()}
+        problem = checksum_mismatch(folder, extra)
+        if problem:
+            raise BundleError(problem)
     return manifest
 
 
@@ -180,14 +235,18 @@ class OnnxEncoder:
         intra_op_threads: threads per session run; default the process's usable cores.
         allow_spinning: let idle intra-op threads spin-wait (lowest latency on dedicated cores); False frees
             the cores between runs (a service sharing its cores with an event loop, a busy machine).
+        filename: the graph file in the bundle (default the modality's main graph, ``<modality>.onnx``).
+        variant: the variant name that file is, for logs and reports (``"full"``: the main graph).
     """
 
     def __init__(self, bundle_dir: PathLike, modality: str, providers: list[str] | None = None,
-                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True, filename: str | None = None,
+                 variant: str = FULL) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         self.modality = modality
-        self.path = Path(bundle_dir) / ONNX_FILES[modality]
+        self.variant = variant
+        self.path = Path(bundle_dir) / (filename or ONNX_FILES[modality])
         self.allow_spinning = allow_spinning
         self.session = create_session(self.path, providers, intra_op_threads, allow_spinning)
         self.providers: list[str] = list(self.session.get_providers())
@@ -198,8 +257,8 @@ class OnnxEncoder:
         if OUTPUT_NAME not in {o.name for o in self.session.get_outputs()}:
             raise BundleError(f"{self.path}: no output named {OUTPUT_NAME!r}")
         self.input_shape: tuple[Any, ...] = tuple(inputs[self.input_name].shape)
-        log.info("%s encoder %s on %s, %d intra-op threads", modality, self.path, self.providers,
-                 intra_op_threads or usable_cores())
+        log.info("%s encoder %s (variant %s) on %s, %d intra-op threads", modality, self.path, variant,
+                 self.providers, intra_op_threads or usable_cores())
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate a batch against the model's input shape; returns it as contiguous float32.
@@ -238,12 +297,18 @@ class OnnxEncoder:
 class EncoderBundle:
     """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
     ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the learned refiner, None when the bundle has
-    none), each created once, thread-safely, with the given session options."""
+    none), each created once, thread-safely, with the given session options.
+
+    ``variants`` chooses each modality's graph ({modality: "auto" | "full" | variant name}, default "auto": what
+    the bundle offers as default); a variant the bundle lacks is a BundleError here, not at first use."""
 
     def __init__(self, bundle_dir: PathLike, providers: list[str] | None = None,
-                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True,
+                 variants: dict[str, str] | None = None) -> None:
         self.dir = Path(bundle_dir)
         self.manifest = read_manifest(self.dir, verify=True)
+        self.graphs = {m: self.manifest.graph_file(m, (variants or {}).get(m, AUTO)) for m in MODALITIES}
+        """{modality: (variant name, file name)} of the graph each session runs."""
         self.bundle_id = self.manifest.bundle_id
         self.embedding_dim = self.manifest.embedding_dim
         self._providers = providers
@@ -255,10 +320,13 @@ class EncoderBundle:
 
     def encoder(self, modality: str) -> OnnxEncoder:
         """The session of one modality, created on first use."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         with self._lock:
             if modality not in self._encoders:
+                variant, filename = self.graphs[modality]
                 self._encoders[modality] = OnnxEncoder(self.dir, modality, self._providers, self._threads,
-                                                         self._spinning)
+                                                         self._spinning, filename=filename, variant=variant)
             return self._encoders[modality]
 
     @property

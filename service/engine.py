@@ -74,7 +74,8 @@ class Engine:
         self.metrics = metrics
         self.bundle = EncoderBundle(settings.encoders, providers=settings.providers,
                                     intra_op_threads=settings.intra_op_threads(),
-                                    allow_spinning=settings.ort_allow_spinning)
+                                    allow_spinning=settings.ort_allow_spinning,
+                                    variants={"seismic": settings.seismic_variant})
         self.seismic = self.bundle.seismic
         self.physics = self.bundle.physics
         self.providers = {"seismic": self.seismic.providers, "physics": self.physics.providers}
@@ -97,7 +98,7 @@ class Engine:
         self._blocking = ThreadPoolExecutor(usable_cores() + 4, thread_name_prefix="seisbind-blocking",
                                             initializer=unpin_thread)
         metrics.set_model(self.bundle.bundle_id, self.seismic.providers)
-        log.info("encoder bundle %s loaded", self.bundle.bundle_id,
+        log.info("encoder bundle %s loaded (seismic graph: %s)", self.bundle.bundle_id, self.seismic.variant,
                  extra={"providers": self.providers, "intra_op_threads": settings.intra_op_threads(),
                         "cpus": self.cpu_plan.describe()})
 
@@ -269,6 +270,7 @@ class Engine:
             "index_type": s.manifest.index_type if s else None,
             "index_device": s.device if s else None,
             "providers": self.providers,
+            "variants": {"seismic": self.seismic.variant, "physics": self.physics.variant},
             "intra_op_threads": self.settings.intra_op_threads(),
             "ready": s is not None,
             "reason": None if s else self.not_ready_reason,

@@ -304,7 +304,8 @@ class Info(BaseModel):
         {"encoder": "3f2a9c0b1d4e5f60", "index_version": "20260102T030405.123456Z-1a2b3c4d", "count": 10000,
          "dim": 256, "index_type": "flat", "index_device": "cpu",
          "providers": {"seismic": ["CPUExecutionProvider"], "physics": ["CPUExecutionProvider"]},
-         "intra_op_threads": 2, "ready": True, "reason": None, "descriptor_names": list(_DESCRIPTORS_EXAMPLE),
+         "variants": {"seismic": "int8", "physics": "full"}, "intra_op_threads": 2, "ready": True, "reason": None,
+         "descriptor_names": list(_DESCRIPTORS_EXAMPLE),
          "batching": {"max_gathers": 32, "wait_ms": 2.0, "workers": 2},
          "cpus": {"event_loop": 0, "workers": [0, 1]},
          "limits": {"max_body_bytes": 67108864, "max_gathers": 64, "max_k": 100}, "rebuild_running": False}]})
@@ -316,6 +317,9 @@ class Info(BaseModel):
     index_type: str | None
     index_device: str | None
     providers: dict[str, list[str]] = Field(description="ONNX Runtime execution providers in use, per session")
+    variants: dict[str, str] = Field(default_factory=dict,
+                                     description="graph each session runs: 'full' (full precision) or a variant of "
+                                                 "the bundle, e.g. 'int8'")
     intra_op_threads: int
     ready: bool
     reason: str | None

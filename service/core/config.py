@@ -79,6 +79,10 @@ class Settings(BaseSettings):
                                                  "thread cannot move away from a busy core")
     search_threads: int = Field(1, ge=1, description="FAISS threads of each worker's search (the workers already "
                                                      "search in parallel; more only pays off for big exact banks)")
+    seismic_variant: str = Field("auto", min_length=1,
+                                 description="seismic encoder graph: 'auto' (the bundle's default variant, e.g. its "
+                                             "int8 graph; the full-precision one when it offers none), 'full' (force "
+                                             "full precision) or a variant the bundle lists")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers in order "
                                                           "(default: CUDA when present, then CPU)")
 

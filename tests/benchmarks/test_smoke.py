@@ -82,7 +82,9 @@ def test_refiner_smoke(tmp_path: Path) -> None:
 def test_service_smoke(tmp_path: Path) -> None:
     doc = run_smoke("service", tmp_path)
     assert {"npy", "json", "in_process", "throughput_rps", "server", "profiles", "targets"} <= set(doc)
-    assert set(doc["throughput_rps"]) == {"1", "4", "16"} and set(doc["profiles"]) == {"latency"}
+    assert set(doc["throughput_rps"]) == {"1", "4", "16"} and set(doc["profiles"]) == {"full_precision"}
+    assert doc["server"]["variants"]["seismic"] == "int8" and doc["previous_graph"]["variant"] == "full"
+    assert doc["capacity_rps"] > 0 and doc["share_of_capacity_16"] > 0 and doc["previous_graph"]["capacity_rps"] > 0
     assert doc["server"]["count"] == 40 and doc["npy"]["n"] > 0
 
 
@@ -107,6 +109,18 @@ def test_ingest_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     coarse = doc["geometries"]["dt2_dx12.5"]
     assert coarse["files"] == 4 and coarse["warnings_per_file"].get("coarse_receiver_spacing") == 1.0
     assert 0 <= coarse["R@1"] <= 1 and coarse["ms_per_file"] > 0 and doc["bundle"]["bundle_id"]
+
+
+def test_encode_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("encode", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    assert doc["default"] == "int8" and doc["queries"] == 16 and doc["bank_size"] == 128
+    for graphs in (doc, doc["default_architecture"]):
+        for name in ("full", "fast", "int8"):
+            assert graphs[name]["ms_per_gather_batch1"] > 0 and graphs[name]["ms_per_gather_batch8"] > 0
+    for name in ("full", "fast", "int8"):
+        assert 0 <= doc[name]["R@1"] <= 1 and doc[name]["descriptor_mre"] > 0
+    assert doc["fast"]["top1_agreement_with_full"] == 1.0 and doc["fast"]["min_cosine_to_full"] > 0.9999
+    assert set(doc["targets"]["met"]) == {"speedup >= 3", "R@1 within 0.005", "descriptor error within 0.1 points"}
 
 
 @pytest.mark.slow

@@ -152,6 +152,23 @@ def test_cli_export_and_evaluation_of_run_and_bundle_agree(tiny_run, data, tmp_p
     assert a["train_minutes"] == pytest.approx(b["train_minutes"])
 
 
+def test_cli_export_with_variants_checks_each_and_lists_them(tiny_run, tmp_path):
+    out, _ = tiny_run
+    bundle = tmp_path / "bundle"
+    res = CliRunner().invoke(app, ["export", "--run", str(out), "--out", str(bundle), "--variant", "fast",
+                                   "--variant", "int8", "--default-variant", "fast", "--calibration-gathers", "24"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    manifest = read_manifest(bundle)
+    assert printed["default_variants"] == manifest.default_variants == {"seismic": "fast"}
+    assert printed["variants"]["seismic"]["fast"] >= 0.9999 and printed["variants"]["seismic"]["int8"] >= 0.99
+    int8 = manifest.variants["seismic"]["int8"]
+    assert int8["calibration"]["gathers"] == 24 and int8["parity_rows"] == 12  # 48 pairs: a quarter held out
+    assert manifest.bundle_id == export_run(out, tmp_path / "plain").bundle_id
+    bad = CliRunner().invoke(app, ["export", "--run", str(out), "--out", str(tmp_path / "b2"), "--variant", "int4"])
+    assert bad.exit_code == 2 and "unknown seismic variant" in bad.output and not (tmp_path / "b2").exists()
+
+
 def test_preprocess_cache_gives_the_same_pairs_and_a_changed_file_is_checked_again(tmp_path):
     from model.data import load_pairs, open_folders
     from model.encoders import create_model

@@ -121,6 +121,7 @@ def test_health_ready_and_info(served: Server, bundles: dict[str, Path]) -> None
     assert info["count"] == 300 and info["dim"] == 256 and info["index_type"] == "flat"
     assert info["providers"]["seismic"] and "CPUExecutionProvider" in info["providers"]["seismic"]
     assert info["descriptor_names"] == list(DESCRIPTOR_NAMES)
+    assert info["variants"] == {"seismic": "full", "physics": "full"}  # a bundle without variants
     assert info["limits"] == {"max_body_bytes": MAX_BODY, "max_gathers": MAX_GATHERS, "max_k": MAX_K}
 
 
