@@ -82,3 +82,4 @@ def test_gradient_flows_through_a_batch_of_one_model() -> None:
         fd = ((simulate_torch(vp, NT_SHORT).double() ** 2).sum() - (simulate_torch(vm, NT_SHORT).double() ** 2).sum())
     fd = float(fd) / (2 * h)
     assert abs(float(g[cell]) - fd) <= 0.02 * abs(fd), (float(g[cell]), fd)
+
