@@ -1,21 +1,26 @@
-"""Seconds per velocity model (5 shots, 1000 steps) of ``model.simulator`` against the plain torch reference
-(``benchmarks/reference_fd.py``), measured side by side in the same run, interleaved, on the same threads.
+"""Seconds per velocity model (5 shots, 1000 steps) of ``model.simulator``: the default against the previous
+simulator, the two changes between them on their own, and the plain torch reference (``benchmarks/reference_fd.py``),
+forward and forward+backward, measured side by side in the same run, interleaved, on the same threads.
 
-    python -m benchmarks.simulator_speed [--threads 2] [--runs 3] [--batch 8] [--reference-batch 2]
+    python -m benchmarks.simulator_speed [--threads 2] [--runs 5] [--batch 8] [--grad-batch 2] [--reference-batch 1]
     python -m benchmarks.simulator_speed --smoke     # one model per call; result in a temporary folder
 
-Writes ``benchmarks/results/simulator_speed.json``: seconds_per_model and reference_seconds_per_model (medians,
-with min/max), speedup_vs_reference (ratio of the medians), threads, and the agreement (correlation) of the two
-simulators' gathers on the reference batch. Target: <= 0.1 s per model.
+Variants (``VARIANTS``): ``old`` = one deepwave call per batch, each time step spread over the torch threads, PML 20
+cells (the simulator up to issue 15); ``shot_parallel`` = the same physics with the shots spread over worker
+threads, one OpenMP thread each; ``pml10`` = the old threading with the 10-cell PML; ``new`` = both (the default).
 
-OpenMP's wait policy is left as the environment sets it (recorded in the JSON): on cores the simulator has to itself,
-the default (spinning) is about 3.5x faster than ``OMP_WAIT_POLICY=PASSIVE`` (0.10 vs 0.37 s per model, measured
-here); on an oversubscribed machine spinning is up to 15x slower, and PASSIVE is the setting to use.
+Writes ``benchmarks/results/simulator_speed.json``: per variant the median (min/max) wall-clock and CPU seconds per
+model, forward and forward+backward (loss = sum of squared data); speed-ups of ``new`` over ``old`` as medians of
+per-run ratios; the agreement of ``new`` with ``old`` (relative L2 of the gathers, cosine of the velocity
+gradients) and with the reference. Target: <= 0.05 s per model forward.
+
+OpenMP's wait policy is left as the environment sets it (recorded in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,9 +33,15 @@ import torch
 from benchmarks._common import add_output_args, timing_summary, write_result
 from benchmarks.reference_fd import simulate_reference
 from model.families import generate
-from model.simulator import simulate
+from model.simulator import PML_WIDTH, REFERENCE_PML_WIDTH, simulate_torch
 
-TARGET_SECONDS_PER_MODEL = 0.1
+TARGET_SECONDS_PER_MODEL = 0.05
+VARIANTS: dict[str, dict[str, int | None]] = {
+    "old": {"pml_width": REFERENCE_PML_WIDTH, "workers": 1},
+    "shot_parallel": {"pml_width": REFERENCE_PML_WIDTH, "workers": None},
+    "pml10": {"pml_width": PML_WIDTH, "workers": 1},
+    "new": {"pml_width": PML_WIDTH, "workers": None},
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class Config:
     threads: int
     runs: int
     batch: int
+    grad_batch: int
     reference_batch: int
     family: str
     seed: int
@@ -48,88 +60,141 @@ class Config:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both simulators")
-    p.add_argument("--runs", type=int, default=3, help="timed runs of each (>= 3)")
-    p.add_argument("--batch", type=int, default=8, help="models per model.simulator call (its default batch)")
-    p.add_argument("--reference-batch", type=int, default=2, help="models per reference call (it is slow)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (and worker threads) for every variant")
+    p.add_argument("--runs", type=int, default=5, help="timed rounds (>= 3); each round times every variant once")
+    p.add_argument("--batch", type=int, default=8, help="models per forward call (the simulator's default batch)")
+    p.add_argument("--grad-batch", type=int, default=2, help="models per forward+backward call")
+    p.add_argument("--reference-batch", type=int, default=1, help="models per reference call (it is slow)")
     p.add_argument("--family", default="curvevel-a", help="synthetic family of the test models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", dest="write", action="store_false", help="print only, write no result file")
     add_output_args(p)
     a = p.parse_args(argv)
     if a.smoke:
-        a.batch, a.reference_batch = 1, 1
+        a.batch, a.grad_batch, a.reference_batch = 1, 1, 1
     if a.runs < 3:
         p.error(f"--runs {a.runs}: need at least 3 for a median with min/max")
-    if a.threads < 1 or a.batch < 1 or a.reference_batch < 1:
-        p.error("--threads, --batch and --reference-batch must be >= 1")
-    return Config(a.threads, a.runs, a.batch, a.reference_batch, a.family, a.seed, a.write, a.smoke, a.out)
+    if min(a.threads, a.batch, a.grad_batch, a.reference_batch) < 1:
+        p.error("--threads, --batch, --grad-batch and --reference-batch must be >= 1")
+    return Config(a.threads, a.runs, a.batch, a.grad_batch, a.reference_batch, a.family, a.seed, a.write,
+                  a.smoke, a.out)
 
 
-def seconds_per_model(fn: Callable[[], object], n_models: int) -> tuple[float, float]:
+def timed(fn: Callable[[], object], n_models: int) -> tuple[float, float]:
     """(wall-clock, process CPU) seconds per model of one call."""
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
     return (time.perf_counter() - t0) / n_models, (time.process_time() - c0) / n_models
 
 
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+def forward(v: torch.Tensor, settings: dict[str, int | None]) -> torch.Tensor:
+    with torch.no_grad():
+        return simulate_torch(v, **settings)  # type: ignore[arg-type]
+
+
+def forward_backward(v: torch.Tensor, settings: dict[str, int | None]) -> torch.Tensor:
+    """Gradient of the sum of squared data with respect to the velocity."""
+    x = v.clone().requires_grad_(True)
+    (simulate_torch(x, **settings) ** 2).sum().backward()  # type: ignore[arg-type]
+    assert x.grad is not None
+    return x.grad
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.double().ravel(), b.double().ravel()
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def measure(cfg: Config, v: torch.Tensor) -> dict[str, dict[str, list[float]]]:
+    """Per timed series ("<variant>", "<variant>_grad", "reference"): wall and CPU seconds per model, one per run."""
+    vf, vg, vr = v[:cfg.batch], v[:cfg.grad_batch], v[:cfg.reference_batch]
+    series: dict[str, Callable[[], object]] = {}
+    sizes: dict[str, int] = {}
+    for name, settings in VARIANTS.items():
+        series[name], sizes[name] = functools.partial(forward, vf, settings), cfg.batch
+        series[f"{name}_grad"] = functools.partial(forward_backward, vg, settings)
+        sizes[f"{name}_grad"] = cfg.grad_batch
+    series["reference"], sizes["reference"] = functools.partial(simulate_reference, vr), cfg.reference_batch
+    for settings in VARIANTS.values():  # warm-up: allocations, thread pools
+        forward(v[:1], settings)
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in series}
+    for r in range(cfg.runs):  # interleaved, in an order that rotates each round, so all see the same load
+        keys = list(series)
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            wall, cpu = timed(series[k], sizes[k])
+            times[k]["wall"].append(wall)
+            times[k]["cpu"].append(cpu)
+    return times
+
+
+def agreement(cfg: Config, v: torch.Tensor) -> dict[str, float]:
+    """How far the default is from the previous simulator (data and gradient) and from the torch reference."""
+    vg = v[:max(cfg.grad_batch, 1)]
+    new, old = forward(vg, VARIANTS["new"]), forward(vg, VARIANTS["old"])
+    g_new, g_old = forward_backward(vg, VARIANTS["new"]), forward_backward(vg, VARIANTS["old"])
+    vr = v[:cfg.reference_batch]
+    ref = simulate_reference(vr)
+    return {
+        "relative_l2_vs_old": relative_l2(new, old),
+        "shot_parallel_max_abs_difference_vs_old": float(
+            (forward(vg, VARIANTS["shot_parallel"]) - old).abs().max()),
+        "gradient_cosine_vs_old": correlation(g_new, g_old),
+        "gradient_relative_l2_vs_old": relative_l2(g_new, g_old),
+        "reference_agreement_correlation": correlation(forward(vr, VARIANTS["new"]), ref),
+        "old_reference_agreement_correlation": correlation(forward(vr, VARIANTS["old"]), ref),
+    }
+
+
+def summarise(cfg: Config, times: dict[str, dict[str, list[float]]], agree: dict[str, float]) -> dict[str, object]:
+    def med(k: str, what: str = "wall") -> float:
+        return float(np.median(times[k][what]))
+
+    def ratio(a: str, b: str) -> float:
+        return float(np.median(np.array(times[a]["wall"]) / np.array(times[b]["wall"])))
+
+    variants = {k: {"seconds_per_model": timing_summary(t["wall"]), "cpu_seconds_per_model": med(k, "cpu"),
+                    "all_seconds_per_model": t["wall"]} for k, t in times.items()}
+    return {
+        "seconds_per_model": med("new"),
+        "old_seconds_per_model": med("old"),
+        "speedup_vs_old": ratio("old", "new"),
+        "forward_backward_seconds_per_model": med("new_grad"),
+        "old_forward_backward_seconds_per_model": med("old_grad"),
+        "speedup_forward_backward_vs_old": ratio("old_grad", "new_grad"),
+        "reference_seconds_per_model": med("reference"),
+        "speedup_vs_reference": ratio("reference", "new"),
+        "cpu_seconds_per_model": med("new", "cpu"),
+        "old_cpu_seconds_per_model": med("old", "cpu"),
+        **agree,
+        "target_seconds_per_model": TARGET_SECONDS_PER_MODEL,
+        "meets_target": med("new") <= TARGET_SECONDS_PER_MODEL,
+        "variants": variants,
+        "variant_settings": VARIANTS,
+        "threads": cfg.threads, "runs": cfg.runs, "batch": cfg.batch, "grad_batch": cfg.grad_batch,
+        "reference_batch": cfg.reference_batch, "shots_per_model": 5, "time_steps": 1000,
+        "models": f"{cfg.family} seed {cfg.seed}", "device": "cpu",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     cfg = parse_args(argv)
     torch.set_num_threads(cfg.threads)
-    v = generate(cfg.family, max(cfg.batch, cfg.reference_batch), np.random.default_rng(cfg.seed))
-    v_sim, v_ref = v[:cfg.batch], torch.from_numpy(v[:cfg.reference_batch])
-    with torch.no_grad():
-        simulate(v_sim[:1])  # warm-up: allocations, thread pool
-        simulate_reference(v_ref[:1], nt=10)
-        sim_t, ref_t, sim_cpu, ref_cpu = [], [], [], []
-        for _ in range(cfg.runs):  # interleaved, so both see the same machine load
-            wall, cpu = seconds_per_model(lambda: simulate(v_sim, batch_size=cfg.batch), cfg.batch)
-            sim_t.append(wall)
-            sim_cpu.append(cpu)
-            wall, cpu = seconds_per_model(lambda: simulate_reference(v_ref), cfg.reference_batch)
-            ref_t.append(wall)
-            ref_cpu.append(cpu)
-        agreement = correlation(simulate(v[:cfg.reference_batch]), simulate_reference(v_ref).numpy())
-    sim, ref = timing_summary(sim_t), timing_summary(ref_t)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    figures: dict[str, object] = {
-        "seconds_per_model": sim["median"],
-        "seconds_per_model_min": sim["min"],
-        "seconds_per_model_max": sim["max"],
-        "reference_seconds_per_model": ref["median"],
-        "reference_seconds_per_model_min": ref["min"],
-        "reference_seconds_per_model_max": ref["max"],
-        "speedup_vs_reference": ref["median"] / sim["median"],
-        "speedup_per_run_median": float(np.median(np.array(ref_t) / np.array(sim_t))),
-        "cpu_seconds_per_model": float(np.median(sim_cpu)),
-        "reference_cpu_seconds_per_model": float(np.median(ref_cpu)),
-        "threads": cfg.threads,
-        "runs": cfg.runs,
-        "batch": cfg.batch,
-        "reference_batch": cfg.reference_batch,
-        "shots_per_model": 5,
-        "time_steps": 1000,
-        "models": f"{cfg.family} seed {cfg.seed}",
-        "target_seconds_per_model": TARGET_SECONDS_PER_MODEL,
-        "meets_target": sim["median"] <= TARGET_SECONDS_PER_MODEL,
-        "reference_agreement_correlation": agreement,
-        "all_seconds_per_model": sim_t,
-        "all_reference_seconds_per_model": ref_t,
-        "device": "cpu",
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_1min_at_end": load,
-    }
-    print(
-        f"model.simulator: {sim['median']:.4f} s/model (min {sim['min']:.4f}, max {sim['max']:.4f}); "
-        f"reference: {ref['median']:.3f} s/model (min {ref['min']:.3f}, max {ref['max']:.3f}); "
-        f"speed-up {figures['speedup_vs_reference']:.1f}x on {cfg.threads} threads; "
-        f"gathers agree to correlation {agreement:.4f}"
-    )
+    n = max(cfg.batch, cfg.grad_batch, cfg.reference_batch)
+    v = torch.from_numpy(generate(cfg.family, n, np.random.default_rng(cfg.seed)))
+    figures = summarise(cfg, measure(cfg, v), agreement(cfg, v))
+    for k, d in figures["variants"].items():  # type: ignore[attr-defined]
+        s = d["seconds_per_model"]
+        print(f"{k:20s} {s['median']:.4f} s/model (min {s['min']:.4f}, max {s['max']:.4f}), "
+              f"CPU {d['cpu_seconds_per_model']:.4f} s/model")
+    print(f"new vs old: {figures['speedup_vs_old']:.2f}x forward, {figures['speedup_forward_backward_vs_old']:.2f}x "
+          f"forward+backward on {cfg.threads} threads; gathers within {figures['relative_l2_vs_old']:.2e} rel. L2, "
+          f"gradient cosine {figures['gradient_cosine_vs_old']:.5f}")
     if cfg.write:
         print(f"wrote {write_result('simulator_speed', figures, cfg.out, cfg.smoke)}")
     return figures

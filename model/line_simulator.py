@@ -76,6 +76,7 @@ def simulate_line(velocity: np.ndarray, *, dx: float, dt: float, nt: int, source
     amp = ricker(dt, nt)
     # deepwave adds the source amplitude to one cell: on a grid r times finer the same source is r^2 times denser.
     scale = AMPLITUDE_SCALE * (DX / dx) ** 2
+    pml = max(PML_WIDTH, round(PML_WIDTH * DX / dx))  # the simulator's PML thickness in metres (100 m), or more
     out = np.empty((len(v), len(sx), nt, rx.shape[1]), np.float32)
     shots = len(sx)
     with torch.no_grad():
@@ -86,7 +87,7 @@ def simulate_line(velocity: np.ndarray, *, dx: float, dt: float, nt: int, source
             y = deepwave.scalar(
                 vs, dx, dt, source_amplitudes=amp.expand(n * shots, 1, nt).contiguous(),
                 source_locations=src.repeat(n, 1, 1), receiver_locations=rec.repeat(n, 1, 1), accuracy=4,
-                pml_width=PML_WIDTH, pml_freq=PEAK_FREQUENCY, courant_number=COURANT_NUMBER,
+                pml_width=pml, pml_freq=PEAK_FREQUENCY, courant_number=COURANT_NUMBER,
                 max_vel=max(V_MAX, float(vb.max())),
             )[-1]  # [n * shots, receivers, nt]
             out[s:s + n] = (scale * y).reshape(n, shots, rx.shape[1], nt).transpose(2, 3).numpy()

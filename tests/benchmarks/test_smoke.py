@@ -59,9 +59,14 @@ def absolute_paths(doc: Any) -> list[str]:
 
 def test_simulator_speed_smoke(tmp_path: Path) -> None:
     doc = run_smoke("simulator_speed", tmp_path, "--runs", "3")
-    assert {"seconds_per_model", "reference_seconds_per_model", "speedup_vs_reference",
-            "reference_agreement_correlation", "omp_wait_policy"} <= set(doc)
+    assert {"seconds_per_model", "old_seconds_per_model", "speedup_vs_old", "forward_backward_seconds_per_model",
+            "reference_seconds_per_model", "speedup_vs_reference", "reference_agreement_correlation",
+            "omp_wait_policy"} <= set(doc)
+    assert set(doc["variants"]) == {"old", "shot_parallel", "pml10", "new", "old_grad", "shot_parallel_grad",
+                                    "pml10_grad", "new_grad", "reference"}
     assert doc["runs"] == 3 and doc["batch"] == 1 and doc["seconds_per_model"] > 0
+    assert doc["shot_parallel_max_abs_difference_vs_old"] == 0.0, "the worker threads change no number"
+    assert doc["relative_l2_vs_old"] < 0.005 and doc["gradient_cosine_vs_old"] > 0.999
 
 
 def test_index_smoke(tmp_path: Path) -> None:
