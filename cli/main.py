@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from service.core.config import Settings
 
+from cli.calibrate import calibrate  # torch-free
 from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
@@ -349,6 +350,9 @@ def ingest(
         write_json_atomic(report, rep)
     typer.echo(json.dumps({"out": str(out), "shape": list(gathers.shape),
                            "steps": [s["name"] for s in rep["steps"]], "warnings": rep["warnings"]}))
+
+
+app.command("calibrate")(calibrate)
 
 
 def main() -> None:  # pragma: no cover

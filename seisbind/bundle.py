@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seisbind.calibration import Calibration, CalibrationError, load_calibration
 from seisbind.cores import usable_cores
 from seisbind.files import PathLike, checksum_mismatch, read_json, sha256_file, write_json_atomic
 
@@ -211,8 +212,9 @@ class OnnxEncoder:
 
 
 class EncoderBundle:
-    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
-    ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely, with the given session options)."""
+    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, ``.calibration`` (or None), and lazily created
+    ``.seismic``, ``.velocity``, ``.physics`` :class:`OnnxEncoder` sessions (created once, thread-safely, with the
+    given session options)."""
 
     def __init__(self, bundle_dir: PathLike, providers: list[str] | None = None,
                  intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
@@ -220,6 +222,11 @@ class EncoderBundle:
         self.manifest = read_manifest(self.dir, verify=True)
         self.bundle_id = self.manifest.bundle_id
         self.embedding_dim = self.manifest.embedding_dim
+        try:
+            self.calibration: Calibration | None = load_calibration(self.dir, self.manifest.raw)
+        except CalibrationError as e:
+            raise BundleError(str(e)) from e
+        """The fitted confidence and OOD flag (seisbind.calibration), or None for a bundle without one."""
         self._providers = providers
         self._threads = intra_op_threads
         self._spinning = allow_spinning
