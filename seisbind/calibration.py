@@ -182,14 +182,15 @@ class Calibration:
         try:
             lg, ood = doc["logistic"], doc["ood"]
             d = len(FEATURE_NAMES)
-            arrays = [np.asarray(lg[k], np.float64) for k in ("mean", "scale", "weights")]
+            mean, scale, weights = (np.asarray(lg[k], np.float64) for k in ("mean", "scale", "weights"))
             center, precision = np.asarray(ood["center"], np.float64), np.asarray(ood["precision"], np.float64)
-            if any(a.shape != (d,) for a in (*arrays, center)) or precision.shape != (d, d):
+            if any(a.shape != (d,) for a in (mean, scale, weights, center)) or precision.shape != (d, d):
                 raise ValueError("array of the wrong shape")
-            cal = cls(*arrays, float(lg["bias"]), center, precision, float(ood["threshold"]), dict(doc.get("fit", {})))
+            cal = cls(mean, scale, weights, float(lg["bias"]), center, precision, float(ood["threshold"]),
+                      dict(doc.get("fit", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"{source}: malformed calibration: {e!r}") from e
-        values = np.concatenate([*arrays, center, precision.ravel(), [cal.bias, cal.ood_threshold]])
+        values = np.concatenate([mean, scale, weights, center, precision.ravel(), [cal.bias, cal.ood_threshold]])
         if not np.isfinite(values).all() or (cal.scale <= 0).any():
             raise CalibrationError(f"{source}: malformed calibration: non-finite values or a non-positive scale")
         return cal

@@ -103,11 +103,11 @@ class Assessed(BaseModel):
         "probability that the top-1 bank model lies within 150 m/s mean absolute error of the true model, fitted "
         "on held-out data (seisbind calibrate); null when the encoder bundle carries no calibration"))
     out_of_distribution: bool | None = Field(None, description=(
-        "true when the query is unlike the data the encoders were trained on (its search hits differ from those of "
-        "held-out in-distribution queries, or the gather failed a plausibility check: see warnings)"))
+        "true when the query is unlike the data the encoders were trained on: its search hits differ from those of "
+        "held-out in-distribution queries, the gather is mostly white noise, or it earned a plausibility warning"))
 
     @model_serializer(mode="wrap")
-    def _null_confidence_stays(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _null_confidence_stays(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the schema
         """Responses are serialised without null fields; a seismic result keeps ``confidence: null``."""
         out = handler(self)
         if isinstance(out, dict) and self.out_of_distribution is not None:
