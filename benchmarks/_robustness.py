@@ -58,8 +58,9 @@ def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[in
                 x, m = torch.from_numpy(np.array(data[s:s + BATCH], np.float32)), np.asarray(models[s:s + BATCH])
                 truth.append(m)
                 for name, perturb in conds.items():
-                    e = enc.encode(perturb(x, gens[name]).numpy())
-                    f, D, I = search_features(searcher, e)
+                    g = perturb(x, gens[name]).numpy()
+                    e = enc.encode(g)
+                    f, D, I = search_features(searcher, e, g)
                     emb[name].append(e)
                     feats[name].append(f)
                     mae[name].append(top1_mae(searcher.velocity_models(I[:, 0]), m))

@@ -3,13 +3,16 @@ docs/formats.md): the features of a query's search hits, the logistic model that
 its fit, the expected calibration error, and the calibration file an encoder bundle may carry. Numpy only.
 
 ``confidence`` is the probability of the event "the top-1 bank model lies within ``EVENT_MAE_MPS`` (150 m/s) mean
-absolute error of the true model". It is a logistic regression on three features of the ``FEATURE_K`` (5) nearest
-bank entries, fitted on held-out gathers whose true models are known, searched against an index:
+absolute error of the true model". It is a logistic regression on four features of the query's ``FEATURE_K`` (5) nearest
+bank entries and its gather, fitted on held-out gathers whose true models are known, searched against an index:
 
 * ``top1_score``: cosine similarity of the best match;
 * ``margin``: top-1 minus top-2 score;
 * ``log_spread_mae``: log(1 + mean pairwise MAE, m/s) of the top-5 bank models (neighbours that disagree with
-  each other cannot all be close to the truth).
+  each other cannot all be close to the truth);
+* ``log_late_energy``: log10 of the gather's mean power after ``LATE_S`` (0.4 s) over its mean power: the share of
+  reflected and diving energy after the direct wave (a gather without reflections, e.g. of a smooth gradient,
+  carries little information about layers, whatever its neighbours look like).
 
 ``out_of_distribution`` is raised when the Mahalanobis distance of a query's features from those of held-out
 in-distribution queries exceeds the ``OOD_QUANTILE`` quantile of theirs (so about 3 % of in-distribution queries
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from seisbind.acquisition import DT
 from seisbind.files import PathLike, read_json, sha256_file
 
 CALIBRATION_FILE = "calibration.json"
@@ -35,7 +39,9 @@ EVENT_MAE_MPS = 150.0
 """The event ``confidence`` is the probability of: top-1 model within this mean absolute error of the truth."""
 FEATURE_K = 5
 """Neighbours the features are computed from (the service searches at least this many)."""
-FEATURE_NAMES = ("top1_score", "margin", "log_spread_mae")
+FEATURE_NAMES = ("top1_score", "margin", "log_spread_mae", "log_late_energy")
+LATE_S = 0.4
+"""Start of the late part of a gather, seconds (after the direct wave has crossed most of the spread)."""
 OOD_QUANTILE = 0.97
 """Quantile of the held-out in-distribution distances used as the OOD threshold (leaves room under 5 %)."""
 ECE_BINS = 10
@@ -57,12 +63,23 @@ def spread_mae(models: np.ndarray) -> float:
     return total / (k * (k - 1) / 2)
 
 
+def late_energy(gathers: np.ndarray) -> np.ndarray:
+    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero)."""
+    g = np.asarray(gathers)
+    start = int(round(LATE_S / DT))
+    late = np.einsum("bstr,bstr->b", g[:, :, start:], g[:, :, start:], dtype=np.float64) / max(g.shape[2] - start, 1)
+    total = np.einsum("bstr,bstr->b", g, g, dtype=np.float64) / g.shape[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
+
+
 def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
-                   velocity_models: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """The ``FEATURE_NAMES`` of each query [b, 3] from its search hits: D [b, k] cosine scores (best first), I [b, k]
-    bank rows (-1: unfilled, ignored), ``velocity_models(rows)`` -> the bank's models of those rows. Uses the first
-    ``FEATURE_K`` hits; with one hit the margin and spread are 0."""
+                   velocity_models: Callable[[np.ndarray], np.ndarray], gathers: np.ndarray) -> np.ndarray:
+    """The ``FEATURE_NAMES`` of each query [b, 4] from its search hits and its gathers [b, 5, 1000, 70]: D [b, k]
+    cosine scores (best first), I [b, k] bank rows (-1: unfilled, ignored), ``velocity_models(rows)`` -> the bank's
+    models of those rows. Uses the first ``FEATURE_K`` hits; with one hit the margin and spread are 0."""
     out = np.zeros((len(D), len(FEATURE_NAMES)))
+    out[:, 3] = late_energy(gathers)
     for q, (d_row, i_row) in enumerate(zip(np.asarray(D), np.asarray(I))):
         keep = i_row >= 0
         d_row, i_row = d_row[keep][:FEATURE_K], i_row[keep][:FEATURE_K]
@@ -70,7 +87,7 @@ def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
             out[q] = np.nan
             continue
         margin = float(d_row[0] - d_row[1]) if len(d_row) > 1 else 0.0
-        out[q] = (float(d_row[0]), margin, np.log1p(spread_mae(velocity_models(i_row))))
+        out[q, :3] = (float(d_row[0]), margin, np.log1p(spread_mae(velocity_models(i_row))))
     return out
 
 
@@ -147,12 +164,12 @@ class Calibration:
     fit: dict[str, Any] = field(default_factory=dict)
 
     def confidence(self, features: np.ndarray) -> np.ndarray:
-        """P(top-1 within EVENT_MAE_MPS of the truth) for feature rows [b, 3] (NaN rows -> 0)."""
+        """P(top-1 within EVENT_MAE_MPS of the truth) for feature rows [b, 4] (NaN rows -> 0)."""
         z = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
         return np.nan_to_num(_sigmoid(z), nan=0.0)
 
     def ood_distance(self, features: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of feature rows [b, 3] from the in-distribution held-out queries (NaN -> inf)."""
+        """Mahalanobis distance of feature rows [b, 4] from the in-distribution held-out queries (NaN -> inf)."""
         diff = np.asarray(features, np.float64) - self.ood_center
         d2 = np.einsum("bi,ij,bj->b", diff, self.ood_precision, diff)
         return np.nan_to_num(np.sqrt(np.maximum(d2, 0.0)), nan=np.inf)
@@ -199,7 +216,7 @@ class Calibration:
 def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: np.ndarray,
                     info: dict[str, Any] | None = None) -> Calibration:
     """Fit the confidence (logistic regression of ``outcome`` on every query's features) and the OOD threshold
-    (on the queries marked ``in_distribution``). features [n, 3], outcome [n] 0/1, in_distribution [n] bool.
+    (on the queries marked ``in_distribution``). features [n, 4], outcome [n] 0/1, in_distribution [n] bool.
     Raises CalibrationError when the data cannot support a fit (too few queries, a single outcome)."""
     X, y, ind = np.asarray(features, np.float64), np.asarray(outcome, np.float64), np.asarray(in_distribution, bool)
     ok = np.isfinite(X).all(1)
@@ -250,7 +267,7 @@ def summarise(confidence: np.ndarray, outcome: np.ndarray, ood: np.ndarray) -> d
 
 
 def join_features(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Feature blocks [n_i, 3] stacked into one [n, 3] (an empty list gives [0, 3])."""
+    """Feature blocks [n_i, 4] stacked into one [n, 4] (an empty list gives [0, 4])."""
     return np.concatenate(list(parts)) if parts else np.zeros((0, len(FEATURE_NAMES)))
 
 
@@ -273,17 +290,15 @@ def roughness(gathers: np.ndarray) -> np.ndarray:
 
 def assess(calibration: Calibration | None, D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
            velocity_models: Callable[[np.ndarray], np.ndarray],
-           gathers: np.ndarray | None = None) -> tuple[list[float | None], list[bool]]:
+           gathers: np.ndarray) -> tuple[list[float | None], list[bool]]:
     """What the service reports per query, from its hits (at least FEATURE_K of them where the index has as many)
     and its gathers: ``confidence`` (None without a calibration) and ``out_of_distribution``: the calibration's
     test, or a gather that is mostly white noise (``NOISE_ROUGHNESS``) or all zeros. (The service also raises the
     flag for gathers with a plausibility warning.)"""
-    flags = np.zeros(len(D), bool)
-    if gathers is not None:
-        flags |= roughness(gathers) > NOISE_ROUGHNESS
+    flags = roughness(gathers) > NOISE_ROUGHNESS
     if calibration is None:
         return [None] * len(D), flags.tolist()
-    features = query_features(D, I, velocity_models)
+    features = query_features(D, I, velocity_models, gathers)
     flags |= calibration.out_of_distribution(features)
     return [round(float(c), 6) for c in calibration.confidence(features)], flags.tolist()
 

@@ -17,6 +17,7 @@ from seisbind.calibration import (
     assess,
     expected_calibration_error,
     fit_calibration,
+    late_energy,
     load_calibration,
     query_features,
     reliability,
@@ -57,7 +58,8 @@ def test_ece_refuses_bad_input(p: np.ndarray, y: np.ndarray) -> None:
 def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Features whose event probability is a known logistic function of the top-1 score."""
     rng = np.random.default_rng(seed)
-    X = np.column_stack([rng.uniform(0.5, 1.0, n), rng.uniform(0, 0.1, n), rng.uniform(3, 6, n)])
+    X = np.column_stack([rng.uniform(0.5, 1.0, n), rng.uniform(0, 0.1, n), rng.uniform(3, 6, n),
+                         rng.uniform(-3, -1, n)])
     p = 1 / (1 + np.exp(-(20 * (X[:, 0] - 0.8) - 1.5 * (X[:, 2] - 4.5))))
     return X, (rng.uniform(0, 1, n) < p).astype(float)
 
@@ -107,16 +109,26 @@ def test_fit_refuses_data_that_cannot_support_it() -> None:
         fit_calibration(X[:10], y[:10], np.ones(10, bool))
 
 
-def test_features_of_search_hits() -> None:
+def _gathers(late_amplitude: float, n: int = 1) -> np.ndarray:
+    """Gathers of amplitude 1 before LATE_S and ``late_amplitude`` after it."""
+    g = np.ones((n, 5, 1000, 70), np.float32)
+    g[:, :, 400:] = late_amplitude
+    return g
+
+
+def test_features_of_search_hits_and_gathers() -> None:
     bank = np.stack([np.full((1, 70, 70), v, np.float32) for v in (2000, 2100, 2300, 2600, 3000, 4000)])
     D = np.array([[0.9, 0.7, 0.6, 0.5, 0.4, 0.3], [0.8, -1, -1, -1, -1, -1]], np.float32)
     I = np.array([[0, 1, 2, 3, 4, 5], [5, -1, -1, -1, -1, -1]])
-    f = query_features(D, I, lambda rows: bank[rows])
-    assert list(FEATURE_NAMES) == ["top1_score", "margin", "log_spread_mae"]
+    g = np.concatenate([_gathers(1.0), _gathers(0.1)])
+    f = query_features(D, I, lambda rows: bank[rows], g)
+    assert list(FEATURE_NAMES) == ["top1_score", "margin", "log_spread_mae", "log_late_energy"]
     assert f[0, :2] == pytest.approx([0.9, 0.2])
     assert f[0, 2] == pytest.approx(np.log1p(spread_mae(bank[:5])))  # the first five only
     assert spread_mae(bank[:3]) == pytest.approx((100 + 300 + 200) / 3)
-    assert f[1].tolist() == pytest.approx([0.8, 0.0, 0.0])
+    assert f[0, 3] == pytest.approx(0.0, abs=1e-9)  # late power equals the mean power
+    assert f[1].tolist() == pytest.approx([0.8, 0.0, 0.0, np.log10(0.01 / (0.4 + 0.6 * 0.01))])
+    assert np.isnan(late_energy(np.zeros((1, 5, 1000, 70), np.float32)))[0]
     assert top1_mae(bank[[0, 1]], bank[[1, 1]]).tolist() == [100.0, 0.0]
 
 
@@ -139,16 +151,15 @@ def test_assess_without_calibration_gives_null_confidence_and_flags_noise_and_ze
     g[1] = np.random.default_rng(0).standard_normal((5, 1000, 70))
     conf, ood = assess(None, D, I, lambda rows: np.zeros((len(rows), 1, 70, 70)), g)
     assert conf == [None, None, None] and ood == [False, True, True]
-    assert assess(None, D, I, lambda rows: np.zeros((len(rows), 1, 70, 70)))[1] == [False] * 3
 
 
 def test_assess_flags_queries_far_from_the_in_distribution_ones() -> None:
     X, y = _synthetic(2000, 0)
     cal = fit_calibration(X, y, np.ones(len(X), bool))
-    # typical scores and margin; the spread log1p(MAE) of the five models decides: 0 is far below the fitted 3..6
+    # typical scores, margin and late energy; the spread log1p(MAE) of the five models decides: 0 is far below 3..6
     bank = np.stack([np.full((1, 70, 70), 2000 + 100 * i, np.float32) for i in range(5)] + [np.full((1, 70, 70), 2000)])
     D = np.array([[0.85, 0.8, 0.79, 0.78, 0.77]] * 2, np.float32)
     I = np.array([[0, 1, 2, 3, 4], [5, 5, 5, 5, 5]])
-    conf, ood = assess(cal, D, I, lambda rows: bank[rows])
+    conf, ood = assess(cal, D, I, lambda rows: bank[rows], _gathers(np.sqrt(0.004), 2))  # log_late_energy -2
     assert all(0.0 <= c <= 1.0 for c in conf) and ood == [False, True]
     assert spread_mae(bank[:5]) == pytest.approx(200.0)
