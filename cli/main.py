@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from service.core.config import Settings
 
+from cli.calibrate import calibrate  # torch-free
 from cli.refine import refine_command  # torch-free at import
 from cli.refiner_command import train_refiner
 from cli.worker_command import refine_worker  # imports the queue only when run
@@ -369,6 +370,7 @@ def ingest(
 app.command("refine")(refine_command)
 app.command("train-refiner")(train_refiner)
 app.command("refine-worker")(refine_worker)
+app.command("calibrate")(calibrate)
 
 
 def main() -> None:  # pragma: no cover

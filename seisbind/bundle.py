@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seisbind.calibration import Calibration, CalibrationError, load_calibration
 from seisbind.cores import usable_cores
 from seisbind.files import PathLike, checksum_mismatch, read_json, sha256_file, write_json_atomic
 
@@ -295,9 +296,9 @@ class OnnxEncoder:
 
 
 class EncoderBundle:
-    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, and lazily created ``.seismic``, ``.velocity``,
-    ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the learned refiner, None when the bundle has
-    none), each created once, thread-safely, with the given session options.
+    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, ``.calibration`` (or None), and lazily created
+    ``.seismic``, ``.velocity``, ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the learned refiner,
+    None when the bundle has none), each created once, thread-safely, with the given session options.
 
     ``variants`` chooses each modality's graph ({modality: "auto" | "full" | variant name}, default "auto": what
     the bundle offers as default); a variant the bundle lacks is a BundleError here, not at first use."""
@@ -311,6 +312,11 @@ class EncoderBundle:
         """{modality: (variant name, file name)} of the graph each session runs."""
         self.bundle_id = self.manifest.bundle_id
         self.embedding_dim = self.manifest.embedding_dim
+        try:
+            self.calibration: Calibration | None = load_calibration(self.dir, self.manifest.raw)
+        except CalibrationError as e:
+            raise BundleError(str(e)) from e
+        """The fitted confidence and OOD flag (seisbind.calibration), or None for a bundle without one."""
         self._providers = providers
         self._threads = intra_op_threads
         self._spinning = allow_spinning

@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.bundle import EncoderBundle
+from seisbind.calibration import FEATURE_K, assess, calibration_info
 from seisbind.cores import usable_cores
 from seisbind.descriptors import DESCRIPTOR_NAMES
 
@@ -59,6 +60,10 @@ class Hits:
     I: np.ndarray  # noqa: E741 - faiss naming
     encode_s: float
     search_s: float
+    confidence: list[float | None] = field(default_factory=list)
+    """Per query (seismic queries only): P(top-1 within 150 m/s MAE of the truth); None without a calibration."""
+    out_of_distribution: list[bool] = field(default_factory=list)
+    """Per query (seismic queries only): the calibration's out-of-distribution test."""
 
 
 class Engine:
@@ -233,13 +238,14 @@ class Engine:
         x = queries[0].gathers if len(queries) == 1 else np.concatenate([q.gathers for q in queries])
         emb = self.seismic.run(x)  # checked by service.inputs.check_gathers
         t1 = time.perf_counter()
-        k = min(max(q.k for q in queries), searcher.count)
+        k = min(max(FEATURE_K, *(q.k for q in queries)), searcher.count)  # the confidence reads FEATURE_K hits
         D, I = searcher.search(emb, k)
+        confidence, ood = assess(self.bundle.calibration, D, I, searcher.velocity_models, x)
         t2 = time.perf_counter()
         out, start = [], 0
         for q in queries:
-            n = len(q.gathers)
-            out.append(Hits(searcher, D[start:start + n, :q.k], I[start:start + n, :q.k], t1 - t0, t2 - t1))
+            n, rows = len(q.gathers), slice(start, start + len(q.gathers))
+            out.append(Hits(searcher, D[rows, :q.k], I[rows, :q.k], t1 - t0, t2 - t1, confidence[rows], ood[rows]))
             start += n
         return out
 
@@ -277,6 +283,7 @@ class Engine:
             "current_version": self.current_version,
             "current_refused": self.current_refused,
             "descriptor_names": self.query_descriptor_names,
+            "calibration": calibration_info(self.bundle.calibration),
             "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
                          "workers": self.settings.workers()},
             "cpus": self.cpu_plan.describe(),

@@ -98,3 +98,15 @@ def with_warnings(results: list[dict[str, Any]], warnings: Sequence[Sequence[str
         if notes:
             result["warnings"] = list(notes)
     return results
+
+
+def with_confidence(results: list[dict[str, Any]], confidence: Sequence[float | None], ood: Sequence[bool],
+                    warnings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """Add each seismic query's ``confidence`` (null without a calibration: /v1/info ``calibration`` is null too)
+    and ``out_of_distribution`` (``seisbind.calibration.assess``'s flag, or a plausibility warning about the
+    gather), then its ``warnings``."""
+    notes = [list(w) for w in warnings] + [[] for _ in range(len(results) - len(warnings))]
+    for i, result in enumerate(results):
+        result["confidence"] = confidence[i]
+        result["out_of_distribution"] = bool(ood[i] or notes[i])
+    return with_warnings(results, notes)

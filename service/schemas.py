@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictFloat,
+    model_serializer,
+)
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
@@ -86,7 +94,28 @@ class Neighbor(BaseModel):
         None, description="only with include_models: the velocity model, [depth 70][lateral 70] in m/s")
 
 
-class QueryResult(BaseModel):
+class Assessed(BaseModel):
+    """How far a seismic query's answer can be trusted (docs/api.md#confidence). In /retrieve and /infer-descriptors
+    results both are always present (confidence null when the bundle has no calibration); /retrieve-by-descriptors
+    has neither."""
+
+    confidence: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "probability that the top-1 bank model lies within 150 m/s mean absolute error of the true model, fitted "
+        "on held-out data (seisbind calibrate); null when the encoder bundle carries no calibration"))
+    out_of_distribution: bool | None = Field(None, description=(
+        "true when the query is unlike the data the encoders were trained on: its search hits differ from those of "
+        "held-out in-distribution queries, the gather is mostly white noise, or it earned a plausibility warning"))
+
+    @model_serializer(mode="wrap")
+    def _null_confidence_stays(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the schema
+        """Responses are serialised without null fields; a seismic result keeps ``confidence: null``."""
+        out = handler(self)
+        if isinstance(out, dict) and self.out_of_distribution is not None:
+            out.setdefault("confidence", self.confidence)
+        return out
+
+
+class QueryResult(Assessed):
     """The neighbours of one query, best first."""
 
     neighbors: list[Neighbor]
@@ -148,7 +177,8 @@ class RetrieveResponse(BaseModel):
     """For each input gather, in input order, its top-k bank entries."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"results": [{"neighbors": [_NEIGHBOR_EXAMPLE]}], "encoder": "3f2a9c0b1d4e5f60",
+        {"results": [{"neighbors": [_NEIGHBOR_EXAMPLE], "confidence": 0.82, "out_of_distribution": False}],
+         "encoder": "3f2a9c0b1d4e5f60",
          "index_version": "20260102T030405.123456Z-1a2b3c4d", "k": 1}]})
 
     results: list[QueryResult]
@@ -179,7 +209,7 @@ class DescriptorEstimate(BaseModel):
     unit: str
 
 
-class InferResult(BaseModel):
+class InferResult(Assessed):
     """Descriptors inferred for one gather, and the neighbours they were averaged over."""
 
     descriptors: dict[str, DescriptorEstimate]
@@ -194,7 +224,8 @@ class InferResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"results": [{"descriptors": {"v_mean": {"value": 2875.1, "std": 40.2, "unit": "m/s"},
                                       "grad_z": {"value": 3.3, "std": 0.4, "unit": "1/s"}},
-                      "neighbors": ["model/model3:12", "model/model1:40"], "scores": [0.83, 0.80]}],
+                      "neighbors": ["model/model3:12", "model/model1:40"], "scores": [0.83, 0.80],
+                      "confidence": 0.82, "out_of_distribution": False}],
          "encoder": "3f2a9c0b1d4e5f60", "index_version": "20260102T030405.123456Z-1a2b3c4d", "k": 5,
          "weighting": "mean"}]})
 
@@ -328,6 +359,9 @@ class Info(BaseModel):
     cpus: CpuPlacement
     limits: dict[str, int]
     rebuild_running: bool
+    calibration: dict[str, Any] | None = Field(None, description=(
+        "the encoder bundle's calibration (what it was fitted on: index_version, bank_count, n, event_rate, ...); "
+        "null when it carries none, and then every confidence is null"))
     current_version: str | None = Field(None, description="the version the index root's CURRENT names")
     current_refused: str | None = Field(None, description="why that version is not served (corrupt, built with "
                                                           "other encoders, ...); null when it is")

@@ -34,8 +34,39 @@ def fake_gathers(models: np.ndarray) -> np.ndarray:
 
 def write_dataset(folder: Path, n: int, seed: int, chunk: int = 24) -> Path:
     """An OpenFWI-layout paired folder of n fake pairs."""
-    m = layered_models(n, seed)
-    g = fake_gathers(m)
-    for c, s in enumerate(range(0, n, chunk), start=1):
-        write_chunk(folder, c, g[s:s + chunk], m[s:s + chunk])
+    return write_models_dataset(folder, layered_models(n, seed), chunk)
+
+
+def inverted_models(n: int, seed: int) -> np.ndarray:
+    """[n, 1, 70, 70] float32 m/s: geology the layered models never show, velocity decreasing with depth and a
+    low-velocity band (for out-of-distribution checks)."""
+    m = layered_models(n, seed)[:, :, ::-1].copy()
+    rng = np.random.default_rng(seed + 1000)
+    for i in range(n):
+        top = rng.integers(15, 50)
+        m[i, 0, top:top + 8] = 1500.0
+    return m
+
+
+def write_models_dataset(folder: Path, models: np.ndarray, chunk: int = 24) -> Path:
+    """An OpenFWI-layout paired folder of given models and their fake gathers."""
+    g = fake_gathers(models)
+    for c, s in enumerate(range(0, len(models), chunk), start=1):
+        write_chunk(folder, c, g[s:s + chunk], models[s:s + chunk])
     return folder
+
+
+def tiny_trained_bundle(root: Path, n: int = 48, epochs: int = 6) -> Path:
+    """A real encoder bundle of a tiny model trained for a few seconds on ``n`` layered fake pairs (torch)."""
+    import torch
+
+    from model.config import ModelConfig, TrainConfig
+    from model.export import export_run
+    from model.train import train
+
+    torch.set_num_threads(2)
+    data = write_dataset(root / "train_pairs", n, seed=0)
+    train(TrainConfig(data=(str(data),), out=str(root / "run"), epochs=epochs, batch_size=8, seed=0, lr=2e-3,
+                      amp="off", val_fraction=0.0, threads=2, progress=False, model=ModelConfig.tiny()))
+    export_run(root / "run", root / "bundle")
+    return root / "bundle"

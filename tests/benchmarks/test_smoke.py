@@ -136,6 +136,16 @@ def test_amplitude_law_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     assert doc["test_log_error"]["law_in_code"]["n"] == 4
 
 
+def test_ood_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
+    doc = run_smoke("ood", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    cal = doc["calibration"]
+    assert {"ece_openfwi_vel", "ece_heldout", "ood_flag_rate_in_distribution"} <= set(cal)
+    assert 0 <= cal["ece_openfwi_vel"] <= 1 and 0 <= cal["ood_flag_rate_in_distribution"] <= 1
+    assert set(doc["noise"]) == {"10"} and set(doc["muted"]) == {"10"} and 0 <= doc["noise"]["10"]["R@1"] <= 1
+    assert doc["setup"]["in_distribution"] == {"flatvel_a": 24, "curvevel_a": 24}
+
+
+@pytest.mark.slow
 def test_openfwi_vel_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     doc = run_smoke("openfwi_vel", tmp_path, "--openfwi-dir", str(openfwi_dir))
     assert {"p1", "p1_large", "p2", "training", "bundle", "ablation_lambda2_0", "omp"} <= set(doc)

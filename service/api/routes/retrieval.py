@@ -17,7 +17,7 @@ from service.api.payload import GathersPayload, check_query, read_gathers
 from service.engine import Hits
 from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k
 from service.plausibility import bank_range, check_descriptor_plausibility, descriptor_warnings
-from service.results import inferred_descriptors, neighbours, with_warnings
+from service.results import inferred_descriptors, neighbours, with_confidence, with_warnings
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieval"])
@@ -60,7 +60,10 @@ def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: 
     ingest report), validated and serialised."""
     names = state.engine.index_descriptor_names(hits.searcher)
     lists = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
-    doc = {"results": with_warnings([{"neighbors": n} for n in lists], warnings),
+    results = [{"neighbors": n} for n in lists]
+    results = (with_confidence(results, hits.confidence, hits.out_of_distribution, warnings) if hits.confidence
+               else with_warnings(results, warnings))
+    doc = {"results": results,
            "encoder": state.engine.bundle.bundle_id,
            "index_version": hits.searcher.version, "k": k, "ingest": ingest}
     return _json(RetrieveResponse, doc)
@@ -120,7 +123,8 @@ async def infer_descriptors(
     t1 = time.perf_counter()
     w = payload.fields["weighting"]
     results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
-    doc = {"results": with_warnings(results, payload.warnings), "encoder": engine.bundle.bundle_id,
+    results = with_confidence(results, hits.confidence, hits.out_of_distribution, payload.warnings)
+    doc = {"results": results, "encoder": engine.bundle.bundle_id,
            "index_version": hits.searcher.version, "k": kk, "weighting": w, "ingest": payload.ingest}
     response = _json(InferResponse, doc)
     _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)

@@ -1,0 +1,188 @@
+"""Benchmark ``retrieval_ood`` (docs/evaluation.md, docs/benchmarks.md): how an encoder bundle holds up on data it
+was not trained on, and whether its confidence means what it says. Writes ``benchmarks/results/retrieval_ood.json``.
+
+* ``calibration``: held-out gathers of the training geology (the ``openfwi-vel`` test models, FlatVel-A and
+  CurveVel-A, simulated) and of the other geology families (``seisbind simulate --family``), each searched
+  against the bank (the bundle's training models). Every set is split in two by row parity: the calibration is
+  fitted on the even rows (``index.calibrate``, the code of ``seisbind calibrate``) and evaluated on the odd ones:
+  expected calibration error (10 bins) in distribution and on the families, the out-of-distribution flag rate per
+  set, mean confidence in and out of distribution. Also leave-one-family-out (each family's confidence from a
+  fit that saw none of it) and a fit on in-distribution data only.
+* ``noise`` / ``muted``: the in-distribution test gathers with Gaussian noise at several SNRs (dB, relative to the
+  gather's mean power, ``model.augment.add_noise``) and with muted traces per shot: P1 R@1 (gallery: all 2,000
+  test models), P2 descriptor error, mean confidence, OOD flag rate and ECE under the clean-data calibration.
+
+The ``heldout`` section (bundles trained without a family) is not written by this script yet.
+
+Run from the repository root (heavy: under ``flock /tmp/seisbind-cpu.lock`` on a shared machine):
+    python -m benchmarks.ood --bundle BUNDLE --bank BANK_FOLDER [--bank ...]
+    python -m benchmarks.ood --smoke       # about a minute: tiny sets, a tiny model trained on the spot
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import REPO, add_output_args, write_result
+
+ID_FAMILIES = ("flatvel_a", "curvevel_a")
+"""The training geology: the real OpenFWI families the bundle was trained on."""
+SPLITS = ("fit", "eval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, help="encoder bundle to measure (read only)")
+    p.add_argument("--bank", type=Path, action="append", default=[],
+                   help="velocity models of the bank (the bundle's training models): folder or .npy; repeatable")
+    p.add_argument("--openfwi-dir", type=Path,
+                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")),
+                   help="folder with <family>/test_vmodel.zip (real OpenFWI velocity models)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="simulated sets and the index, resumable (default .cache/ood; with --smoke a temporary folder)")
+    p.add_argument("--id-count", type=int, default=300, help="test models simulated per in-distribution family")
+    p.add_argument("--family-count", type=int, default=100, help="models simulated per other geology family")
+    p.add_argument("--families", nargs="*", default=None, help="other geology families (default: every family of "
+                   "seisbind simulate except flatvel-a and curvevel-a)")
+    p.add_argument("--seed", type=int, default=101, help="seed of the family simulations")
+    p.add_argument("--snr", type=float, nargs="*", default=[30, 20, 10, 5, 0], help="noise levels, dB")
+    p.add_argument("--muted", type=int, nargs="*", default=[5, 10, 20], help="muted traces per shot")
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
+    add_output_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.id_count, args.family_count, args.snr, args.muted = 24, 12, [10], [10]
+        args.families = args.families or ["inversion-a", "salt-a"]
+    elif args.bundle is None or not args.bank:
+        p.error("--bundle and --bank are required (except with --smoke)")
+    if not args.smoke:
+        args.work = args.work or REPO / ".cache" / "ood"
+    return args
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+
+from seisbind.calibration import OOD_QUANTILE, summarise  # noqa: E402
+from seisbind.provenance import portable_path  # noqa: E402
+
+from index.calibrate import QuerySet, fit_sets  # noqa: E402
+
+
+def other_families(args: argparse.Namespace) -> list[str]:
+    from model.families import FAMILY_NAMES
+
+    return list(args.families) if args.families is not None else \
+        [f for f in FAMILY_NAMES if f not in ("flatvel-a", "curvevel-a")]
+
+
+def halves(s: QuerySet) -> dict[str, QuerySet]:
+    """The fit (even rows) and eval (odd rows) halves of a set."""
+    rows = np.arange(len(s.mae))
+    return {"fit": s.subset(rows % 2 == 0), "eval": s.subset(rows % 2 == 1)}
+
+
+def evaluate_on(cal: Any, sets: list[QuerySet]) -> dict[str, Any]:
+    """Calibration figures of query sets pooled."""
+    X = np.concatenate([s.features for s in sets])
+    y = np.concatenate([s.outcome for s in sets])
+    return summarise(cal.confidence(X), y, cal.out_of_distribution(X))
+
+
+def calibration_section(id_sets: list[QuerySet], fam_sets: list[QuerySet]) -> tuple[dict[str, Any], Any]:
+    """The ``calibration`` section and the main calibration (fitted on every set's fit half)."""
+    idh = [halves(s) for s in id_sets]
+    fh = {s.name: halves(s) for s in fam_sets}
+    fit = [h["fit"] for h in idh] + [h["fit"] for h in fh.values()]
+    cal = fit_sets(fit)
+    id_eval = evaluate_on(cal, [h["eval"] for h in idh])
+    fam_eval = evaluate_on(cal, [h["eval"] for h in fh.values()])
+    per_family = {name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
+                  for name, h in fh.items()}
+    per_id = {s.name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
+              for s, h in zip(id_sets, idh)}
+    lofo = leave_family_out(idh, fh)
+    id_only = fit_sets([h["fit"] for h in idh])
+    section = {
+        "ece_openfwi_vel": id_eval["ece"], "ece_heldout": fam_eval["ece"],
+        "ood_flag_rate_in_distribution": id_eval["ood_flag_rate"],
+        "ood_flag_rate_families": fam_eval["ood_flag_rate"],
+        "mean_confidence_in_distribution": id_eval["mean_confidence"],
+        "mean_confidence_families": fam_eval["mean_confidence"],
+        "event_rate_in_distribution": id_eval["event_rate"], "event_rate_families": fam_eval["event_rate"],
+        "ece_heldout_leave_family_out": lofo["pooled"]["ece"],
+        "mean_confidence_families_leave_family_out": lofo["pooled"]["mean_confidence"],
+        "in_distribution": {**id_eval, "per_set": per_id}, "families": {**fam_eval, "per_family": per_family},
+        "leave_family_out": lofo,
+        "fit_in_distribution_only": {"in_distribution": evaluate_on(id_only, [h["eval"] for h in idh]),
+                                     "families": evaluate_on(id_only, [h["eval"] for h in fh.values()])},
+        "fit": {"n": cal.fit["n"], "n_in_distribution": cal.fit["n_in_distribution"],
+                "event_rate": cal.fit["event_rate"], "ood_quantile": OOD_QUANTILE,
+                "weights": cal.weights.tolist(), "bias": cal.bias,
+                "protocol": "fit on the even rows of every set, evaluated on the odd rows"},
+    }
+    for part in ("in_distribution", "families"):
+        section["fit_in_distribution_only"][part].pop("reliability")
+    return section, cal
+
+
+def leave_family_out(idh: list[dict[str, QuerySet]], fh: dict[str, dict[str, QuerySet]]) -> dict[str, Any]:
+    """For each family F: fit on the in-distribution and the other families' fit halves, evaluate on F's eval half."""
+    out: dict[str, Any] = {}
+    conf, outcome = [], []
+    for name, h in fh.items():
+        cal = fit_sets([x["fit"] for x in idh] + [x["fit"] for n, x in fh.items() if n != name])
+        ev = h["eval"]
+        out[name] = {k: v for k, v in summarise(cal.confidence(ev.features), ev.outcome,
+                                                cal.out_of_distribution(ev.features)).items() if k != "reliability"}
+        conf.append(cal.confidence(ev.features))
+        outcome.append(ev.outcome)
+    if conf:
+        c, y = np.concatenate(conf), np.concatenate(outcome)
+        out["pooled"] = summarise(c, y, np.zeros(len(c), bool))
+        out["pooled"].pop("ood_flag_rate")
+    return out
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.smoke and args.work is None:
+        with tempfile.TemporaryDirectory(prefix="seisbind-ood-smoke-") as tmp:
+            args.work = Path(tmp)
+            return main(args)
+    from benchmarks._ood_data import prepare, query_sets
+    from benchmarks._robustness import robustness
+
+    setup = prepare(args, other_families(args))
+    id_sets, fam_sets = query_sets(setup)
+    section, cal = calibration_section(id_sets, fam_sets)
+    print(f"calibration: ECE in distribution {section['ece_openfwi_vel']:.4f}, families {section['ece_heldout']:.4f}, "
+          f"OOD flag rate in distribution {section['ood_flag_rate_in_distribution']:.3f}", file=sys.stderr, flush=True)
+    result: dict[str, Any] = {"calibration": section}
+    result.update(robustness(setup, cal, args.snr, args.muted))
+    result["setup"] = {"bundle": "a tiny model trained by --smoke" if args.smoke else portable_path(args.bundle),
+                       "bundle_id": setup.bundle.bundle_id, "bank_size": setup.searcher.count,
+                       "in_distribution": {s.name: len(s.mae) for s in id_sets},
+                       "families": {s.name: len(s.mae) for s in fam_sets},
+                       "family_seed": args.seed, "event": "top-1 bank model within 150 m/s MAE of the true model",
+                       "heldout": "not measured here: needs bundles trained without each family"}
+    return result
+
+
+if __name__ == "__main__":
+    assert ARGS is not None
+    import json
+
+    res = main(ARGS)
+    cal_sec = res["calibration"]
+    print(json.dumps({k: v for k, v in cal_sec.items() if not isinstance(v, dict)}, indent=1))
+    print(json.dumps({k: res[k] for k in ("noise", "muted") if k in res}, indent=1))
+    if not ARGS.no_write:
+        print(write_result("retrieval_ood", res, ARGS.out, ARGS.smoke))

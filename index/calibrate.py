@@ -1,0 +1,137 @@
+"""Fit an encoder bundle's calibration against an index and store it (``seisbind calibrate``, benchmarks/ood.py):
+encode held-out gathers whose true models are known, search the index as the service does, collect each query's
+features (``seisbind.calibration.query_features``) and outcome (top-1 within 150 m/s MAE of the truth), fit, and
+write the bundle with its calibration file. Torch-free (ONNX Runtime and FAISS)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seisbind.bundle import MANIFEST, BundleError, EncoderBundle, OnnxEncoder
+from seisbind.calibration import (
+    CALIBRATION_FILE,
+    EVENT_MAE_MPS,
+    FEATURE_K,
+    Calibration,
+    fit_calibration,
+    join_features,
+    query_features,
+    top1_mae,
+)
+from seisbind.files import PathLike, fsync_path, read_json, replace_folder, sha256_file, write_json_atomic
+from seisbind.openfwi import OpenFWIError, open_dataset
+from seisbind.provenance import portable_path
+
+from index.searcher import Searcher
+
+BATCH = 16
+"""Gathers encoded per ONNX run."""
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    """Held-out queries of one dataset: features [n, 4], top-1 MAE [n] (m/s) and whether they count as in
+    distribution (their features set the OOD threshold)."""
+
+    name: str
+    features: np.ndarray
+    mae: np.ndarray
+    in_distribution: bool
+
+    @property
+    def outcome(self) -> np.ndarray:
+        """The event per query: top-1 within EVENT_MAE_MPS of the truth."""
+        return self.mae <= EVENT_MAE_MPS
+
+    def subset(self, rows: np.ndarray, name: str | None = None) -> "QuerySet":
+        return QuerySet(name or self.name, self.features[rows], self.mae[rows], self.in_distribution)
+
+
+def search_features(searcher: Searcher, embeddings: np.ndarray,
+                    gathers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search the embeddings [b, dim] of gathers [b, 5, 1000, 70] for the FEATURE_K nearest entries: (features
+    [b, 4], D, I)."""
+    D, I = searcher.search(embeddings, min(FEATURE_K, searcher.count))  # noqa: E741 - faiss naming
+    return query_features(D, I, searcher.velocity_models, gathers), D, I
+
+
+def collect(encoder: OnnxEncoder, searcher: Searcher, gathers: np.ndarray, models: np.ndarray,
+            batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Features [n, 4] and top-1 MAE [n] of gathers [n, 5, 1000, 70] whose true models [n, 1, 70, 70] are known."""
+    feats, maes = [], []
+    for s in range(0, len(gathers), batch):
+        g = np.asarray(gathers[s:s + batch], np.float32)
+        f, _, I = search_features(searcher, encoder.encode(g), g)
+        feats.append(f)
+        maes.append(top1_mae(searcher.velocity_models(I[:, 0]), np.asarray(models[s:s + batch])))
+    return join_features(feats), np.concatenate(maes) if maes else np.zeros(0)
+
+
+def collect_folder(encoder: OnnxEncoder, searcher: Searcher, folder: PathLike, in_distribution: bool,
+                   name: str | None = None) -> QuerySet:
+    """The QuerySet of a paired OpenFWI-layout folder (gathers and their true models)."""
+    ds = open_dataset(folder, check_values=True)
+    feats, maes = [], []
+    for data, models in zip(ds.data, ds.models):
+        f, m = collect(encoder, searcher, data, models)
+        feats.append(f)
+        maes.append(m)
+    return QuerySet(name or Path(folder).name, join_features(feats), np.concatenate(maes), in_distribution)
+
+
+def fit_sets(sets: Sequence[QuerySet], info: dict[str, Any] | None = None) -> Calibration:
+    """Fit a calibration on query sets (every set for the confidence, the in-distribution ones for the OOD flag)."""
+    return fit_calibration(join_features([s.features for s in sets]), np.concatenate([s.outcome for s in sets]),
+                           np.concatenate([np.full(len(s.mae), s.in_distribution) for s in sets]), info)
+
+
+def write_calibrated_bundle(bundle_dir: PathLike, calibration: Calibration, out: PathLike) -> Path:
+    """Write a copy of the bundle with ``calibration`` in ``out`` (the same folder allowed): the ONNX files as they
+    are, ``calibration.json``, and the manifest with a ``calibration`` section naming it and its sha256. Written
+    in a temporary sibling folder and renamed into place: an interruption leaves the old bundle whole."""
+    src, out = Path(bundle_dir).resolve(), Path(out).resolve()
+    manifest = read_json(src / MANIFEST, BundleError, "an encoder bundle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for name in manifest.get("sha256", {}):
+            shutil.copy2(src / name, tmp / name)
+            fsync_path(tmp / name)
+        write_json_atomic(tmp / CALIBRATION_FILE, calibration.to_dict())
+        manifest["calibration"] = {"file": CALIBRATION_FILE, "sha256": sha256_file(tmp / CALIBRATION_FILE),
+                                   "event_top1_mae_mps": EVENT_MAE_MPS}
+        write_json_atomic(tmp / MANIFEST, manifest)
+        os.chmod(tmp, 0o755)
+        replace_folder(tmp, out, marker=MANIFEST, kind="an encoder bundle")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    EncoderBundle(out)  # verifies the result: hashes, bundle id, calibration file
+    return out
+
+
+def calibrate(bundle_dir: PathLike, index_root: PathLike, data: Sequence[PathLike], other_data: Sequence[PathLike],
+              out: PathLike) -> tuple[Calibration, list[QuerySet]]:
+    """``seisbind calibrate``: fit on the held-out folders ``data`` (in distribution: the geology the encoders were
+    trained on, not their training pairs) and ``other_data`` (other geology; confidence only), searched against
+    the current version of ``index_root``; write the calibrated bundle to ``out``."""
+    if not data:
+        raise OpenFWIError("no in-distribution held-out data given (--data FOLDER)")
+    bundle = EncoderBundle(bundle_dir)
+    searcher = Searcher.load(index_root, expected_bundle_id=bundle.bundle_id)
+    sets = [collect_folder(bundle.seismic, searcher, f, True) for f in data]
+    sets += [collect_folder(bundle.seismic, searcher, f, False) for f in other_data]
+    info = {"index_version": searcher.version, "bank_count": searcher.count,
+            "data": [{"folder": portable_path(f), "n": len(s.mae), "in_distribution": s.in_distribution}
+                     for f, s in zip([*data, *other_data], sets)]}
+    cal = fit_sets(sets, info)
+    write_calibrated_bundle(bundle_dir, cal, out)
+    return cal, sets

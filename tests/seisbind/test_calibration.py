@@ -1,0 +1,165 @@
+"""Calibration math (seisbind.calibration): ECE, the logistic fit, features of search hits, the OOD test, the
+calibration file's round trip and refusals. Numpy only, fast."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seisbind.calibration import (
+    FEATURE_NAMES,
+    NOISE_ROUGHNESS,
+    OOD_QUANTILE,
+    Calibration,
+    CalibrationError,
+    assess,
+    expected_calibration_error,
+    fit_calibration,
+    late_energy,
+    load_calibration,
+    query_features,
+    reliability,
+    roughness,
+    spread_mae,
+    top1_mae,
+)
+from seisbind.files import sha256_file, write_json_atomic
+
+
+def test_ece_of_known_bins() -> None:
+    # bin [0.2, 0.3): confidence 0.2 twice, one event of two -> |0.2 - 0.5| weighted 2/4;
+    # bin [0.9, 1.0]: confidence 1.0 twice (1.0 falls in the last bin), both events -> 0.
+    p = np.array([0.2, 0.2, 1.0, 1.0])
+    y = np.array([1, 0, 1, 1])
+    assert expected_calibration_error(p, y) == pytest.approx(0.5 * 0.3)
+    assert expected_calibration_error(np.full(4, 0.5), np.array([0, 1, 0, 1])) == 0.0
+    assert expected_calibration_error(np.zeros(3), np.ones(3)) == 1.0
+    table = reliability(p, y)
+    assert [(t["n"], t["frequency"]) for t in table] == [(2, 0.5), (2, 1.0)]
+
+
+def test_ece_of_perfectly_calibrated_draws_is_small_and_of_overconfidence_large() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    y = rng.uniform(0, 1, 20000) < p
+    assert expected_calibration_error(p, y) < 0.02
+    assert expected_calibration_error(np.clip(p + 0.3, 0, 1), y) > 0.2
+
+
+@pytest.mark.parametrize("p,y", [(np.array([0.5, 1.2]), np.array([0, 1])), (np.array([0.5]), np.array([0, 1])),
+                                 (np.array([]), np.array([])), (np.array([np.nan]), np.array([1]))])
+def test_ece_refuses_bad_input(p: np.ndarray, y: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        expected_calibration_error(p, y)
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose event probability is a known logistic function of the top-1 score."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([rng.uniform(0.5, 1.0, n), rng.uniform(0, 0.1, n), rng.uniform(3, 6, n),
+                         rng.uniform(-3, -1, n)])
+    p = 1 / (1 + np.exp(-(20 * (X[:, 0] - 0.8) - 1.5 * (X[:, 2] - 4.5))))
+    return X, (rng.uniform(0, 1, n) < p).astype(float)
+
+
+def test_fit_is_calibrated_on_fresh_draws_and_round_trips_through_a_bundle(tmp_path) -> None:
+    X, y = _synthetic(4000, 0)
+    cal = fit_calibration(X, y, np.ones(len(X), bool), {"note": "synthetic"})
+    Xt, yt = _synthetic(4000, 1)
+    assert expected_calibration_error(cal.confidence(Xt), yt) < 0.03
+    assert cal.weights[0] > 0 and cal.weights[2] < 0  # higher score: likelier; more spread: less
+    assert cal.fit["note"] == "synthetic" and cal.fit["n"] == 4000
+    assert abs(cal.out_of_distribution(Xt).mean() - (1 - OOD_QUANTILE)) < 0.015
+    write_json_atomic(tmp_path / "calibration.json", cal.to_dict())
+    manifest = {"calibration": {"file": "calibration.json", "sha256": sha256_file(tmp_path / "calibration.json")}}
+    back = load_calibration(tmp_path, manifest)
+    assert back is not None
+    np.testing.assert_array_equal(back.confidence(Xt), cal.confidence(Xt))
+    np.testing.assert_array_equal(back.out_of_distribution(Xt), cal.out_of_distribution(Xt))
+    assert load_calibration(tmp_path, {}) is None
+
+
+def test_corrupt_or_missing_calibration_files_are_refused(tmp_path) -> None:
+    X, y = _synthetic(200, 0)
+    doc = fit_calibration(X, y, np.ones(len(X), bool)).to_dict()
+    path = tmp_path / "calibration.json"
+    write_json_atomic(path, doc)
+    entry = {"file": "calibration.json", "sha256": sha256_file(path)}
+    with pytest.raises(CalibrationError, match="missing"):
+        load_calibration(tmp_path, {"calibration": {**entry, "file": "other.json"}})
+    with pytest.raises(CalibrationError, match="sha256"):
+        load_calibration(tmp_path, {"calibration": {**entry, "sha256": "0" * 64}})
+    with pytest.raises(CalibrationError, match="malformed calibration section"):
+        load_calibration(tmp_path, {"calibration": {"file": "../x.json"}})
+    for broken, match in ((dict(doc, features=["top1_score"]), "recalibrate"),
+                          ({**doc, "logistic": {**doc["logistic"], "weights": [1.0]}}, "wrong shape"),
+                          ({**doc, "ood": {**doc["ood"], "threshold": float("nan")}}, "non-finite"),
+                          ({**doc, "format": "x"}, "not a seisbind-calibration")):
+        with pytest.raises(CalibrationError, match=match):
+            Calibration.from_dict(json.loads(json.dumps(broken)))
+
+
+def test_fit_refuses_data_that_cannot_support_it() -> None:
+    X, y = _synthetic(200, 0)
+    with pytest.raises(CalibrationError, match="same outcome"):
+        fit_calibration(X, np.ones(len(X)), np.ones(len(X), bool))
+    with pytest.raises(CalibrationError, match="at least 20"):
+        fit_calibration(X[:10], y[:10], np.ones(10, bool))
+
+
+def _gathers(late_amplitude: float, n: int = 1) -> np.ndarray:
+    """Gathers of amplitude 1 before LATE_S and ``late_amplitude`` after it."""
+    g = np.ones((n, 5, 1000, 70), np.float32)
+    g[:, :, 400:] = late_amplitude
+    return g
+
+
+def test_features_of_search_hits_and_gathers() -> None:
+    bank = np.stack([np.full((1, 70, 70), v, np.float32) for v in (2000, 2100, 2300, 2600, 3000, 4000)])
+    D = np.array([[0.9, 0.7, 0.6, 0.5, 0.4, 0.3], [0.8, -1, -1, -1, -1, -1]], np.float32)
+    I = np.array([[0, 1, 2, 3, 4, 5], [5, -1, -1, -1, -1, -1]])
+    g = np.concatenate([_gathers(1.0), _gathers(0.1)])
+    f = query_features(D, I, lambda rows: bank[rows], g)
+    assert list(FEATURE_NAMES) == ["top1_score", "margin", "log_spread_mae", "log_late_energy"]
+    assert f[0, :2] == pytest.approx([0.9, 0.2])
+    assert f[0, 2] == pytest.approx(np.log1p(spread_mae(bank[:5])))  # the first five only
+    assert spread_mae(bank[:3]) == pytest.approx((100 + 300 + 200) / 3)
+    assert f[0, 3] == pytest.approx(0.0, abs=1e-9)  # late power equals the mean power
+    assert f[1].tolist() == pytest.approx([0.8, 0.0, 0.0, np.log10(0.01 / (0.4 + 0.6 * 0.01))])
+    assert np.isnan(late_energy(np.zeros((1, 5, 1000, 70), np.float32)))[0]
+    assert top1_mae(bank[[0, 1]], bank[[1, 1]]).tolist() == [100.0, 0.0]
+
+
+def test_roughness_tells_noise_from_band_limited_signal() -> None:
+    t = np.arange(1000) * 0.001
+    rng = np.random.default_rng(0)
+    signal = np.broadcast_to(np.sin(2 * np.pi * 15 * t)[None, :, None], (5, 1000, 70)).astype(np.float32)
+    noise = rng.standard_normal((5, 1000, 70)).astype(np.float32)
+    r = roughness(np.stack([signal, noise, np.zeros_like(signal), signal + noise * np.sqrt(0.5)]))
+    assert r[0] < 0.02 and 1.9 < r[1] < 2.1 and r[2] == np.inf
+    assert r[3] == pytest.approx((0.0089 * 0.5 + 2 * 0.5) / 1.0, abs=0.02)  # 0 dB: at the limit's edge
+    assert NOISE_ROUGHNESS > r[3]
+
+
+def test_assess_without_calibration_gives_null_confidence_and_flags_noise_and_zeros() -> None:
+    D, I = np.ones((3, 5), np.float32), np.zeros((3, 5), np.int64)
+    t = np.arange(1000) * 0.001
+    g = np.zeros((3, 5, 1000, 70), np.float32)
+    g[0] += np.sin(2 * np.pi * 15 * t)[None, :, None]
+    g[1] = np.random.default_rng(0).standard_normal((5, 1000, 70))
+    conf, ood = assess(None, D, I, lambda rows: np.zeros((len(rows), 1, 70, 70)), g)
+    assert conf == [None, None, None] and ood == [False, True, True]
+
+
+def test_assess_flags_queries_far_from_the_in_distribution_ones() -> None:
+    X, y = _synthetic(2000, 0)
+    cal = fit_calibration(X, y, np.ones(len(X), bool))
+    # typical scores, margin and late energy; the spread log1p(MAE) of the five models decides: 0 is far below 3..6
+    bank = np.stack([np.full((1, 70, 70), 2000 + 100 * i, np.float32) for i in range(5)] + [np.full((1, 70, 70), 2000)])
+    D = np.array([[0.85, 0.8, 0.79, 0.78, 0.77]] * 2, np.float32)
+    I = np.array([[0, 1, 2, 3, 4], [5, 5, 5, 5, 5]])
+    conf, ood = assess(cal, D, I, lambda rows: bank[rows], _gathers(np.sqrt(0.004), 2))  # log_late_energy -2
+    assert all(0.0 <= c <= 1.0 for c in conf) and ood == [False, True]
+    assert spread_mae(bank[:5]) == pytest.approx(200.0)
