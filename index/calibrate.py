@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from seisbind.bundle import MANIFEST, BundleError, EncoderBundle, OnnxEncoder
+from seisbind.bundle import MANIFEST, BundleError, EncoderBundle, OnnxEncoder, copy_bundle_files
 from seisbind.calibration import (
     CALIBRATION_FILE,
     EVENT_MAE_MPS,
@@ -26,7 +26,7 @@ from seisbind.calibration import (
     query_features,
     top1_mae,
 )
-from seisbind.files import PathLike, fsync_path, read_json, replace_folder, sha256_file, write_json_atomic
+from seisbind.files import PathLike, read_json, replace_folder, sha256_file, write_json_atomic
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.provenance import portable_path
 
@@ -102,9 +102,7 @@ def write_calibrated_bundle(bundle_dir: PathLike, calibration: Calibration, out:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        for name in manifest.get("sha256", {}):
-            shutil.copy2(src / name, tmp / name)
-            fsync_path(tmp / name)
+        copy_bundle_files(src, tmp, manifest, skip=(CALIBRATION_FILE,))
         write_json_atomic(tmp / CALIBRATION_FILE, calibration.to_dict())
         manifest["calibration"] = {"file": CALIBRATION_FILE, "sha256": sha256_file(tmp / CALIBRATION_FILE),
                                    "event_top1_mae_mps": EVENT_MAE_MPS}

@@ -18,10 +18,9 @@ import torch
 from seisbind.bundle import (
     CPU,
     MANIFEST,
-    MODALITIES,
-    ONNX_FILES,
     REFINER_FILE,
     BundleManifest,
+    copy_bundle_files,
     finish_manifest,
     read_manifest,
 )
@@ -77,8 +76,9 @@ def refiner_parity(net: RefinerNet, path: Path, gathers: np.ndarray, models: np.
 
 def export_refiner(net: RefinerNet, cfg: RefinerTrainConfig, data: RefinerData, out: str | os.PathLike[str],
                    metrics: dict[str, Any], parity_rows: int = 8) -> BundleManifest:
-    """Write a new encoder bundle at ``out``: the encoders of ``cfg.encoders`` (copied unchanged, so its
-    bundle_id and the indexes built with it stay valid) plus ``refiner.onnx``; returns its manifest.
+    """Write a new encoder bundle at ``out``: the bundle ``cfg.encoders`` (its encoders, variants and calibration
+    copied unchanged, so its bundle_id and the indexes built with it stay valid) plus ``refiner.onnx``; returns its
+    manifest.
 
     Raises:
         ParityError: the ONNX refiner does not reproduce torch on held-out pairs.
@@ -90,8 +90,7 @@ def export_refiner(net: RefinerNet, cfg: RefinerTrainConfig, data: RefinerData, 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
-        for m in MODALITIES:
-            shutil.copyfile(src / ONNX_FILES[m], tmp / ONNX_FILES[m])
+        copy_bundle_files(src, tmp, manifest.raw, skip=(REFINER_FILE,))
         export_refiner_onnx(net, tmp / REFINER_FILE)
         rows = np.arange(min(parity_rows, len(data.val)))
         g = raw_gathers(data.datasets, data.val.pairs[rows])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from seisbind.calibration import Calibration, CalibrationError, load_calibration
 from seisbind.cores import usable_cores
-from seisbind.files import PathLike, checksum_mismatch, read_json, sha256_file, write_json_atomic
+from seisbind.files import PathLike, checksum_mismatch, fsync_path, read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -186,6 +187,26 @@ def finish_manifest(folder: PathLike, doc: dict[str, Any]) -> BundleManifest:
     doc = {**doc, "sha256": hashes, "bundle_id": compute_bundle_id(hashes)}
     write_json_atomic(folder / MANIFEST, doc)
     return BundleManifest.from_dict(doc, folder / MANIFEST)
+
+
+def bundle_files(doc: dict[str, Any]) -> list[str]:
+    """Every file a manifest document names: the hashed graphs (encoders, refiner), the variants and the
+    calibration file."""
+    names = list(dict(doc.get("sha256") or {}))
+    names += [str(v["file"]) for vs in dict(doc.get("variants") or {}).values() for v in dict(vs).values()]
+    calibration = doc.get("calibration")
+    if isinstance(calibration, dict) and isinstance(calibration.get("file"), str):
+        names.append(calibration["file"])
+    return list(dict.fromkeys(names))
+
+
+def copy_bundle_files(src: PathLike, dst: PathLike, doc: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Copy (and fsync) every file the manifest document ``doc`` names from bundle ``src`` into folder ``dst``,
+    except ``skip``: a copy of a bundle keeps its variants, refiner and calibration."""
+    for name in bundle_files(doc):
+        if name not in skip:
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+            fsync_path(Path(dst) / name)
 
 
 def select_providers(available: list[str] | None = None) -> list[str]:
