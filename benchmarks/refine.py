@@ -55,7 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--max-seconds", type=float, default=120.0)
-    p.add_argument("--noise-db", type=float, default=10.0)
+    p.add_argument("--noise-db", type=float, default=10.0,
+                   help="SNR of the white noise added to the queries, dB; 0 or less: no noise (run both)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
@@ -95,7 +96,7 @@ def prepare_index(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def fine_gathers(models: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
     """Query gathers [n,5,1000,70] of models [n,70,70]: the 5 m / 0.5 ms simulation sampled at 10 m / 1 ms, plus
-    white Gaussian noise at ``noise_db`` per gather."""
+    white Gaussian noise at ``noise_db`` per gather (none if ``noise_db`` <= 0)."""
     import torch
 
     from model.augment import add_noise
@@ -103,6 +104,8 @@ def fine_gathers(models: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
 
     fine = simulate_line(refine_model(models, 2), dx=FINE_DX, dt=FINE_DT, nt=FINE_NT, source_x_m=SOURCES_M,
                          receiver_x_m=np.arange(140) * FINE_DX, batch_size=2)[:, :, ::2, ::2]
+    if noise_db <= 0:
+        return np.ascontiguousarray(fine)
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(fine))
     return add_noise(x, torch.full((len(x),), noise_db), g).numpy()
@@ -237,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.cache.mkdir(parents=True, exist_ok=True)
     bundle, index = prepare_index(args)
     config = FwiConfig(iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed)
-    figures: dict[str, Any] = {"noise_db": args.noise_db, "forward_model": FORWARD_MODEL, "k": args.k,
+    figures: dict[str, Any] = {"noise_db": args.noise_db if args.noise_db > 0 else None,
+                               "forward_model": FORWARD_MODEL, "k": args.k,
                                "bank_size": 2 * args.bank_per_family, "fwi_config": asdict(config),
                                "threads": args.threads}
     seconds: list[float] = []
