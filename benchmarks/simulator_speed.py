@@ -3,7 +3,7 @@ simulator, the two changes between them on their own, and the plain torch refere
 forward and forward+backward, measured side by side in the same run, interleaved, on the same threads.
 
     python -m benchmarks.simulator_speed [--threads 2] [--runs 5] [--batch 8] [--grad-batch 2] [--reference-batch 1]
-    python -m benchmarks.simulator_speed --smoke     # one model per call; result in a temporary folder
+    python -m benchmarks.simulator_speed --smoke     # one model per call, 150 time steps; a temporary folder
 
 Variants (``VARIANTS``): ``old`` = one deepwave call per batch, each time step spread over the torch threads, PML 20
 cells (the simulator up to issue 15); ``shot_parallel`` = the same physics with the shots spread over worker
@@ -56,6 +56,7 @@ class Config:
     write: bool
     smoke: bool = False
     out: Path | None = None
+    time_steps: int = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -67,17 +68,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--reference-batch", type=int, default=1, help="models per reference call (it is slow)")
     p.add_argument("--family", default="curvevel-a", help="synthetic family of the test models")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-steps", type=int, default=1000, help="time steps per simulation (1000: 1 s at 1 ms)")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only, write no result file")
     add_output_args(p)
     a = p.parse_args(argv)
     if a.smoke:
-        a.batch, a.grad_batch, a.reference_batch = 1, 1, 1
+        a.batch, a.grad_batch, a.reference_batch, a.time_steps = 1, 1, 1, 150
     if a.runs < 3:
         p.error(f"--runs {a.runs}: need at least 3 for a median with min/max")
     if min(a.threads, a.batch, a.grad_batch, a.reference_batch) < 1:
         p.error("--threads, --batch, --grad-batch and --reference-batch must be >= 1")
     return Config(a.threads, a.runs, a.batch, a.grad_batch, a.reference_batch, a.family, a.seed, a.write,
-                  a.smoke, a.out)
+                  a.smoke, a.out, a.time_steps)
 
 
 def timed(fn: Callable[[], object], n_models: int) -> tuple[float, float]:
@@ -87,15 +89,15 @@ def timed(fn: Callable[[], object], n_models: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / n_models, (time.process_time() - c0) / n_models
 
 
-def forward(v: torch.Tensor, settings: dict[str, int | None]) -> torch.Tensor:
+def forward(v: torch.Tensor, settings: dict[str, int | None], nt: int) -> torch.Tensor:
     with torch.no_grad():
-        return simulate_torch(v, **settings)  # type: ignore[arg-type]
+        return simulate_torch(v, nt, **settings)  # type: ignore[arg-type]
 
 
-def forward_backward(v: torch.Tensor, settings: dict[str, int | None]) -> torch.Tensor:
+def forward_backward(v: torch.Tensor, settings: dict[str, int | None], nt: int) -> torch.Tensor:
     """Gradient of the sum of squared data with respect to the velocity."""
     x = v.clone().requires_grad_(True)
-    (simulate_torch(x, **settings) ** 2).sum().backward()  # type: ignore[arg-type]
+    (simulate_torch(x, nt, **settings) ** 2).sum().backward()  # type: ignore[arg-type]
     assert x.grad is not None
     return x.grad
 
@@ -115,12 +117,13 @@ def measure(cfg: Config, v: torch.Tensor) -> dict[str, dict[str, list[float]]]:
     series: dict[str, Callable[[], object]] = {}
     sizes: dict[str, int] = {}
     for name, settings in VARIANTS.items():
-        series[name], sizes[name] = functools.partial(forward, vf, settings), cfg.batch
-        series[f"{name}_grad"] = functools.partial(forward_backward, vg, settings)
+        series[name], sizes[name] = functools.partial(forward, vf, settings, cfg.time_steps), cfg.batch
+        series[f"{name}_grad"] = functools.partial(forward_backward, vg, settings, cfg.time_steps)
         sizes[f"{name}_grad"] = cfg.grad_batch
-    series["reference"], sizes["reference"] = functools.partial(simulate_reference, vr), cfg.reference_batch
+    series["reference"] = functools.partial(simulate_reference, vr, cfg.time_steps)
+    sizes["reference"] = cfg.reference_batch
     for settings in VARIANTS.values():  # warm-up: allocations, thread pools
-        forward(v[:1], settings)
+        forward(v[:1], settings, cfg.time_steps)
     times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in series}
     for r in range(cfg.runs):  # interleaved, in an order that rotates each round, so all see the same load
         keys = list(series)
@@ -134,18 +137,19 @@ def measure(cfg: Config, v: torch.Tensor) -> dict[str, dict[str, list[float]]]:
 def agreement(cfg: Config, v: torch.Tensor) -> dict[str, float]:
     """How far the default is from the previous simulator (data and gradient) and from the torch reference."""
     vg = v[:max(cfg.grad_batch, 1)]
-    new, old = forward(vg, VARIANTS["new"]), forward(vg, VARIANTS["old"])
-    g_new, g_old = forward_backward(vg, VARIANTS["new"]), forward_backward(vg, VARIANTS["old"])
+    nt = cfg.time_steps
+    new, old = forward(vg, VARIANTS["new"], nt), forward(vg, VARIANTS["old"], nt)
+    g_new, g_old = forward_backward(vg, VARIANTS["new"], nt), forward_backward(vg, VARIANTS["old"], nt)
     vr = v[:cfg.reference_batch]
-    ref = simulate_reference(vr)
+    ref = simulate_reference(vr, nt)
     return {
         "relative_l2_vs_old": relative_l2(new, old),
         "shot_parallel_max_abs_difference_vs_old": float(
-            (forward(vg, VARIANTS["shot_parallel"]) - old).abs().max()),
+            (forward(vg, VARIANTS["shot_parallel"], nt) - old).abs().max()),
         "gradient_cosine_vs_old": correlation(g_new, g_old),
         "gradient_relative_l2_vs_old": relative_l2(g_new, g_old),
-        "reference_agreement_correlation": correlation(forward(vr, VARIANTS["new"]), ref),
-        "old_reference_agreement_correlation": correlation(forward(vr, VARIANTS["old"]), ref),
+        "reference_agreement_correlation": correlation(forward(vr, VARIANTS["new"], nt), ref),
+        "old_reference_agreement_correlation": correlation(forward(vr, VARIANTS["old"], nt), ref),
     }
 
 
@@ -175,7 +179,7 @@ def summarise(cfg: Config, times: dict[str, dict[str, list[float]]], agree: dict
         "variants": variants,
         "variant_settings": VARIANTS,
         "threads": cfg.threads, "runs": cfg.runs, "batch": cfg.batch, "grad_batch": cfg.grad_batch,
-        "reference_batch": cfg.reference_batch, "shots_per_model": 5, "time_steps": 1000,
+        "reference_batch": cfg.reference_batch, "shots_per_model": 5, "time_steps": cfg.time_steps,
         "models": f"{cfg.family} seed {cfg.seed}", "device": "cpu",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
