@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from seisbind.bundle import CPU, FULL, OnnxEncoder, read_manifest  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
-from benchmarks._common import REPO, add_output_args, simulate_first_models, write_result  # noqa: E402
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, simulate_first_models, write_result  # noqa: E402
 
 BATCHES = (1, 8)
 SPEEDUP_TARGET, R1_TOLERANCE, MRE_TOLERANCE = 3.0, 0.005, 0.001
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=None, help="trained encoder bundle with seismic variants")
     p.add_argument("--openfwi-dir", type=Path,
-                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")))
+                   default=default_openfwi_dir())
     p.add_argument("--cache", type=Path, default=None,
                    help="simulated test gathers, <cache>/<family>/test (default .cache/openfwi_vel, shared with "
                         "benchmarks.openfwi_vel)")

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, add_output_args, write_result
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, write_result
 
 ID_FAMILIES = ("flatvel_a", "curvevel_a")
 """The training geology: the real OpenFWI families the bundle was trained on."""
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bank", type=Path, action="append", default=[],
                    help="velocity models of the bank (the bundle's training models): folder or .npy; repeatable")
     p.add_argument("--openfwi-dir", type=Path,
-                   default=Path(os.environ.get("SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")),
+                   default=default_openfwi_dir(),
                    help="folder with <family>/test_vmodel.zip (real OpenFWI velocity models)")
     p.add_argument("--work", type=Path, default=None,
                    help="simulated sets and the index, resumable (default .cache/ood; with --smoke a temporary folder)")

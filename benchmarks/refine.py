@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from seisbind.files import save_npy_atomic, write_json_atomic  # noqa: E402
 from seisbind.openfwi import read_models  # noqa: E402
 
-from benchmarks._common import REPO, add_output_args, write_result  # noqa: E402
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, write_result  # noqa: E402
 
 VEL_FAMILIES = ("flatvel_a", "curvevel_a")
 HELDOUT = ("flatfault-a", "curvefault-a")
@@ -45,8 +45,7 @@ METHODS = ("retrieved_top1", "topk_mean", "learned", "fwi_from_given", "fwi_from
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--openfwi-dir", type=Path, default=Path(os.environ.get(
-        "SEISBIND_OPENFWI_DIR", REPO.parent / "shared" / "data" / "openfwi")))
+    p.add_argument("--openfwi-dir", type=Path, default=default_openfwi_dir())
     p.add_argument("--bundle", type=Path, default=REPO / "runs" / "ofv" / "bundle", help="trained encoder bundle")
     p.add_argument("--cache", type=Path, default=REPO / ".cache" / "refine", help="bank, index, queries, results")
     p.add_argument("--bank-per-family", type=int, default=6000, help="first N training models per family")
