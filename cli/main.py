@@ -20,7 +20,7 @@ from cli.calibrate import calibrate  # torch-free
 from cli.refine import refine_command  # torch-free at import
 from cli.refiner_command import train_refiner
 from cli.worker_command import refine_worker  # imports the queue only when run
-from model.config import Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
+from model.config import AugmentConfig, Device, ModelConfig, RunError, Switch, TrainConfig  # torch-free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SeisBind: search seismic data by physics.")
 
@@ -193,6 +193,12 @@ def train(
                                         help="learning-rate multiplier of the logit scales"),
     val_fraction: float = typer.Option(TrainConfig.default("val_fraction"), "--val-fraction",
                                        help="pairs held out for validation R@1"),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="perturb every batch like field data: noise, dead traces, scaling, polarity, "
+                                      "time shifts, source wavelet (model.config.AugmentConfig)"),
+    bn_batches: int = typer.Option(TrainConfig.default("bn_batches"), "--bn-batches",
+                                   help="training batches BatchNorm statistics are recomputed from before each "
+                                        "validation (0: running averages)"),
     amp: Switch = typer.Option(TrainConfig.default("amp"), "--amp", help="bf16 autocast"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
     model_config: Optional[Path] = typer.Option(None, "--model-config",
@@ -211,7 +217,8 @@ def train(
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
-                          val_fraction=val_fraction, amp=amp, threads=threads,
+                          val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches,
+                          augment=AugmentConfig() if augment else None,
                           model=mcfg, preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)
     except (OpenFWIError, RunError, ValueError, OSError, RuntimeError) as e:

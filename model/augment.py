@@ -1,7 +1,11 @@
 """Field-like augmentations of raw shot gathers, batched in torch on CPU or GPU, applied on the fly.
 
 Gathers are [batch, shots, time, receivers] (OpenFWI: [b, 5, 1000, 70], dt = 1 ms) in any floating dtype; every
-function returns a new tensor of the same shape, dtype and device. Randomness comes only from the given
+function returns a new tensor of the same shape, dtype and device. Training augments the seismic front end's
+decimated gathers (dt = 8 ms, ``SeismicFrontEnd.decimate``), which is exact for everything linear (the front end's
+low-pass and decimation commute with filters, scaling, muting and time shifts, and the signal lies below its
+cut-off); white noise is the one thing the low-pass changes, so ``white_gain`` turns a raw-rate SNR into the power
+the low-pass leaves of it. Randomness comes only from the given
 ``torch.Generator``: numbers are drawn on the generator's device, so the same seed on the same device gives the
 same result. ``apply`` chains them in the order the field imposes: the source wavelet first (it acts on the clean
 signal), then time shifts, amplitude and polarity, additive noise, and dead traces last (a dead channel records
@@ -58,17 +62,23 @@ def band_limit(noise: torch.Tensor, band_hz: tuple[float, float], dt: float = DT
 
 
 def add_noise(x: torch.Tensor, snr_db: torch.Tensor, generator: torch.Generator,
-              band_hz: tuple[float, float] | None = None, band: torch.Tensor | None = None) -> torch.Tensor:
+              band_hz: tuple[float, float] | None = None, band: torch.Tensor | None = None, dt: float = DT,
+              white_gain: float = 1.0) -> torch.Tensor:
     """Gathers plus Gaussian noise at exactly ``snr_db`` [b] per gather: 10 log10(mean(x^2) / mean(n^2)) over the
     gather. White noise, or band-limited to ``band_hz`` for the gathers flagged in ``band`` [b] bool (all, if
-    ``band`` is None and ``band_hz`` is given). A gather of zeros stays zeros (its SNR is undefined)."""
+    ``band`` is None and ``band_hz`` is given). White noise gets ``white_gain`` times the power (for decimated
+    gathers: the front end's ``white_noise_gain``, what its low-pass leaves of raw-rate white noise). A gather of
+    zeros stays zeros (its SNR is undefined)."""
     _check(x)
     noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32).to(x.device)
     if band_hz is not None:
         flag = torch.ones(len(x), dtype=torch.bool) if band is None else band
         if flag.any():
-            noise = torch.where(_per_gather(flag, x) > 0, band_limit(noise, band_hz), noise)
-    target = _power(x) / 10 ** (_per_gather(snr_db, x).reshape(-1) / 10)
+            noise = torch.where(_per_gather(flag, x) > 0, band_limit(noise, band_hz, dt), noise)
+        gain = torch.where(flag.to(x.device), 1.0, white_gain)
+    else:
+        gain = torch.full((len(x),), white_gain, device=x.device)
+    target = _power(x) * gain / 10 ** (_per_gather(snr_db, x).reshape(-1) / 10)
     k = torch.sqrt(target / _power(noise).clamp(min=1e-30))
     return (x.float() + noise * _per_gather(k, x)).to(x.dtype)
 
@@ -85,13 +95,27 @@ def mute_traces(x: torch.Tensor, counts: torch.Tensor, generator: torch.Generato
 
 
 def time_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Gathers with shot j of gather i delayed by ``shifts[i, j]`` samples (negative: earlier), zero-padded."""
+    """Gathers with shot j of gather i delayed by ``shifts[i, j]`` samples (negative: earlier), zero-padded.
+    Whole samples move exactly; fractional ones by a band-limited (Fourier) shift with zero padding."""
     _check(x)
+    if bool(((shifts - shifts.round()).abs() > 1e-6).any()):
+        return _fourier_shift(x, shifts)
+    shifts = shifts.round().long()
     b, s, t, r = x.shape
     src = torch.arange(t, device=x.device)[None, None, :] - shifts.to(x.device).reshape(b, s, 1)
     valid = (src >= 0) & (src < t)
     out = torch.gather(x, 2, src.clamp(0, t - 1)[..., None].expand(b, s, t, r))
     return out * valid[..., None].to(x.dtype)
+
+
+def _fourier_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Band-limited delay by fractional ``shifts`` [b, s] samples (zero-padded to twice the length, no wrap)."""
+    b, s, t, r = x.shape
+    n_fft = 1 << (2 * t - 1).bit_length()
+    f = torch.fft.rfftfreq(n_fft, device=x.device)  # cycles per sample
+    phase = torch.exp(-2j * math.pi * f[None, None, :] * shifts.to(x.device, torch.float32).reshape(b, s, 1))
+    spec = torch.fft.rfft(x.float(), n=n_fft, dim=2) * phase[..., None]
+    return torch.fft.irfft(spec, n=n_fft, dim=2)[:, :, :t].to(x.dtype)
 
 
 def ricker_ratio(freq: torch.Tensor, peak_hz: torch.Tensor, source_hz: float = PEAK_FREQUENCY) -> torch.Tensor:
@@ -120,8 +144,10 @@ def _between(lo: float, hi: float, n: int, generator: torch.Generator) -> torch.
     return lo + (hi - lo) * _rand((n,), generator)
 
 
-def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig | None = None) -> torch.Tensor:
-    """Every augmentation of ``cfg`` (default ``AugmentConfig()``), each hitting a gather with its probability.
+def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig | None = None, dt: float = DT,
+          white_gain: float = 1.0) -> torch.Tensor:
+    """Every augmentation of ``cfg`` (default ``AugmentConfig()``), each hitting a gather with its probability,
+    on gathers sampled every ``dt`` seconds (``white_gain``: see :func:`add_noise`).
 
     The random draws do not depend on the data: the same seed (generator device), batch size and settings give the
     same perturbations. Returns a new tensor of the input's shape, dtype and device.
@@ -143,10 +169,10 @@ def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig 
                           device=generator.device).cpu() * hit["mute_p"]
     x = gathers
     if hit["wavelet_p"].any():
-        x = torch.where(_per_gather(hit["wavelet_p"], x) > 0, change_wavelet(x, peak), x)
-    x = time_shift(x, shifts)
+        x = torch.where(_per_gather(hit["wavelet_p"], x) > 0, change_wavelet(x, peak, dt=dt), x)
+    x = time_shift(x, shifts * (1e-3 / dt))
     x = (x.float() * _per_gather(factor, x)).to(gathers.dtype)
     if hit["noise_p"].any():
-        noisy = add_noise(x, snr, generator, cfg.band_hz, hit["band_p"] & hit["noise_p"])
+        noisy = add_noise(x, snr, generator, cfg.band_hz, hit["band_p"] & hit["noise_p"], dt, white_gain)
         x = torch.where(_per_gather(hit["noise_p"], x) > 0, noisy, x)
     return mute_traces(x, mutes, generator)

@@ -85,7 +85,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 SWITCHES: tuple[str, ...] = get_args(Switch)
 
 RESUME_KEYS = ("data", "seed", "batch_size", "lr", "weight_decay", "warmup_fraction", "lambda1", "lambda2",
-               "soft_tau_mps", "scale_lr_mult", "val_fraction", "mirror_p", "model")
+               "soft_tau_mps", "scale_lr_mult", "val_fraction", "mirror_p", "augment", "model")
 """Settings a resumed run must share with the checkpoint (the others, e.g. epochs or device, may change)."""
 
 
@@ -127,6 +127,13 @@ class TrainConfig:
     """Pairs held out for the per-epoch validation R@1."""
     mirror_p: float = 0.5
     """Probability of mirroring a pair (gathers and model together)."""
+    augment: AugmentConfig | None = field(default_factory=lambda: AugmentConfig())
+    """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``); None
+    trains on the clean simulations (runs stored before augmentation existed read as None)."""
+    bn_batches: int = 8
+    """Before every validation, recompute the BatchNorm statistics from this many training batches with the
+    current weights ("precise BN"; 0: keep the running averages). The running averages mix ~10 steps of fast-moving
+    weights; with them validation R@1 swung between 0.08 and 0.9 from epoch to epoch while the loss fell smoothly."""
     amp: Switch = "auto"
     """bf16 autocast (CPU with AVX512-BF16/AMX, CUDA); auto = on where the hardware supports it."""
     channels_last: Switch = "auto"
@@ -154,6 +161,7 @@ class TrainConfig:
              f"lambda1, lambda2 >= 0 and not both 0 (got {self.lambda1}, {self.lambda2})"),
             (0 <= self.val_fraction < 1, f"0 <= val fraction < 1 (got {self.val_fraction})"),
             (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
+            (self.bn_batches >= 0, f"bn batches >= 0 (got {self.bn_batches})"),
             (self.device in DEVICES, f"device one of {', '.join(DEVICES)} (got {self.device!r})"),
             (self.amp in SWITCHES, f"amp one of {', '.join(SWITCHES)} (got {self.amp!r})"),
             (self.channels_last in SWITCHES,
@@ -175,6 +183,7 @@ class TrainConfig:
         d = asdict(self)
         d["data"] = list(self.data)
         d["model"] = self.model.to_dict()
+        d["augment"] = None if self.augment is None else self.augment.to_dict()
         return d
 
     @classmethod
@@ -182,6 +191,9 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("soft_tau_mps", 0.0)  # stored before soft targets existed: one-hot
+        d.setdefault("bn_batches", 0)
+        aug = d.get("augment")  # stored before augmentation existed: none
+        d["augment"] = None if aug is None else AugmentConfig.from_dict(aug)
         d["data"] = tuple(d["data"])
         d["model"] = ModelConfig.from_dict(d["model"])
         return cls(**d)
@@ -233,3 +245,15 @@ class AugmentConfig:
         for ok, want in checks:
             if not ok:
                 raise ValueError(f"invalid augmentation setting: need {want}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown augmentation settings {sorted(unknown)}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)

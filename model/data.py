@@ -32,7 +32,7 @@ from seisbind.provenance import portable_path
 
 from model.encoders import DATA_MAX, DATA_MIN, SeismicFrontEnd
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the front end's computation changes, so that old cache entries are ignored."""
 
 
@@ -40,7 +40,8 @@ CACHE_FORMAT = 1
 class TensorPairs:
     """Preprocessed training pairs in memory.
 
-    pre: [N, 5, T', 70] float32, preprocessed gathers; velocity: [N, 1, 70, 70] float32 m/s;
+    pre: [N, 5, T', 70] float32, preprocessed gathers (log-normalised, or with ``linear`` only decimated, as
+    training holds them to augment them); velocity: [N, 1, 70, 70] float32 m/s;
     descriptors: [N, 8] float32 (DESCRIPTOR_UNITS); sources: (file, row) of every pair.
     """
 
@@ -58,21 +59,25 @@ class TensorPairs:
                            [self.sources[int(i)] for i in idx_t])
 
 
-def cache_path(cache_dir: str | os.PathLike[str], data_file: Path, encoder: SeismicFrontEnd) -> Path:
-    """Cache entry of one data file's preprocessed gathers (path, size, mtime and front-end settings in the key)."""
+def cache_path(cache_dir: str | os.PathLike[str], data_file: Path, encoder: SeismicFrontEnd,
+               linear: bool = False) -> Path:
+    """Cache entry of one data file's preprocessed gathers (path, size, mtime, front-end settings and stage in the
+    key)."""
     st = data_file.stat()
     c = encoder.cfg
     ident = [str(data_file.resolve()), st.st_size, st.st_mtime_ns, c.decimation, c.lowpass_hz, c.lowpass_taps,
-             DATA_MIN, DATA_MAX, CACHE_FORMAT]
+             DATA_MIN, DATA_MAX, CACHE_FORMAT, linear]
     return Path(cache_dir) / (hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32] + ".npy")
 
 
-def _cached(cache_dir: str | os.PathLike[str] | None, data_file: Path, encoder: SeismicFrontEnd | None) -> bool:
-    return cache_dir is not None and encoder is not None and cache_path(cache_dir, data_file, encoder).is_file()
+def _cached(cache_dir: str | os.PathLike[str] | None, data_file: Path, encoder: SeismicFrontEnd | None,
+            linear: bool) -> bool:
+    return (cache_dir is not None and encoder is not None
+            and cache_path(cache_dir, data_file, encoder, linear).is_file())
 
 
 def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicFrontEnd | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> list[PairedDataset]:
+                 cache_dir: str | os.PathLike[str] | None = None, linear: bool = False) -> list[PairedDataset]:
     """Open and fully validate every paired folder (shapes, dtypes, counts, NaN/Inf, velocities > 0); folders
     whose data files all have a preprocessing-cache entry (checked when it was made) get shape and count checks.
 
@@ -81,7 +86,7 @@ def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicFron
         raise OpenFWIError("no data folder given (--data DIR)")
     out = []
     for f in folders:
-        all_cached = all(_cached(cache_dir, pf.data, encoder) for pf in find_pairs(f))
+        all_cached = all(_cached(cache_dir, pf.data, encoder, linear) for pf in find_pairs(f))
         ds = open_dataset(f, check_values=not all_cached)
         if len(ds) == 0:
             raise OpenFWIError(f"{f}: holds no samples")
@@ -89,18 +94,20 @@ def open_folders(folders: Sequence[str | os.PathLike[str]], encoder: SeismicFron
     return out
 
 
-def _preprocess_file(d: np.ndarray, encoder: SeismicFrontEnd, chunk: int) -> np.ndarray:
+def _preprocess_file(d: np.ndarray, encoder: SeismicFrontEnd, chunk: int, linear: bool) -> np.ndarray:
     parts = []
+    stage = encoder.decimate if linear else encoder.preprocess
     with torch.no_grad():
         for s in range(0, len(d), chunk):
-            parts.append(encoder.preprocess(torch.from_numpy(np.array(d[s:s + chunk], dtype=np.float32))).numpy())
+            parts.append(stage(torch.from_numpy(np.array(d[s:s + chunk], dtype=np.float32))).numpy())
     return np.concatenate(parts)
 
 
 def load_pairs(datasets: Sequence[PairedDataset], encoder: SeismicFrontEnd, chunk: int = 100,
-               progress_cb: object | None = None, cache_dir: str | os.PathLike[str] | None = None) -> TensorPairs:
-    """Run the seismic front end over every gather (in chunks, no gradient; or read the cached result) and
-    collect everything in memory."""
+               progress_cb: object | None = None, cache_dir: str | os.PathLike[str] | None = None,
+               linear: bool = False) -> TensorPairs:
+    """Run the seismic front end (with ``linear``, its decimation only) over every gather (in chunks, no
+    gradient; or read the cached result) and collect everything in memory."""
     total = sum(len(d) for d in datasets)
     t_out = encoder.decimated_length
     pre = torch.empty((total, 5, t_out, 70), dtype=torch.float32)
@@ -110,7 +117,7 @@ def load_pairs(datasets: Sequence[PairedDataset], encoder: SeismicFrontEnd, chun
     for ds in datasets:
         for pf, d, m in zip(ds.files, ds.data, ds.models):
             n = len(m)
-            entry = cache_path(cache_dir, pf.data, encoder) if cache_dir is not None else None
+            entry = cache_path(cache_dir, pf.data, encoder, linear) if cache_dir is not None else None
             got = None
             if entry is not None and entry.is_file():
                 try:
@@ -120,7 +127,7 @@ def load_pairs(datasets: Sequence[PairedDataset], encoder: SeismicFrontEnd, chun
                 if got is not None and got.shape != (n, 5, t_out, 70):
                     got = None
             if got is None:
-                got = _preprocess_file(d, encoder, chunk)
+                got = _preprocess_file(d, encoder, chunk, linear)
                 if entry is not None:
                     save_npy_atomic(entry, got)
             pre[i:i + n] = torch.from_numpy(got)

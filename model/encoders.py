@@ -115,16 +115,38 @@ class SeismicFrontEnd(nn.Module):
         k, s = self.cfg.lowpass_taps if self.cfg.decimation > 1 else 1, self.cfg.decimation
         return _out_size(NT, k, s, k // 2)
 
-    def preprocess(self, gathers: torch.Tensor) -> torch.Tensor:
-        """Fixed front end: [batch, 5, 1000, 70] raw -> [batch, 5, T', 70] low-passed, decimated, log-normalised
-        to [-1, 1] (float32). Deterministic, no parameters."""
+    @property
+    def decimated_dt(self) -> float:
+        """Sample interval of the decimated gathers, s."""
+        return DT * self.cfg.decimation
+
+    @property
+    def white_noise_gain(self) -> float:
+        """Power gain of the low-pass on white noise (sum of the squared taps): white noise of power p at the raw
+        rate has power p * gain after :meth:`decimate`, while the signal (all below the cut-off) keeps its power."""
+        return float(self.lowpass.double().pow(2).sum())
+
+    def decimate(self, gathers: torch.Tensor) -> torch.Tensor:
+        """The linear part of the front end: [batch, 5, 1000, 70] raw -> [batch, 5, T', 70] low-passed and
+        decimated, still in amplitude units (float32)."""
         b = gathers.shape[0]
         x = gathers.reshape(b * N_SHOTS, 1, NT, N_RECEIVERS).float()
         if self.cfg.decimation > 1:
             k = self.lowpass.shape[2]
             x = F.conv2d(x, self.lowpass, stride=(self.cfg.decimation, 1), padding=(k // 2, 0))
-        x = log_minmax(x, DATA_MIN, DATA_MAX)
         return x.reshape(b, N_SHOTS, x.shape[2], N_RECEIVERS)
+
+    @staticmethod
+    def normalise(decimated: torch.Tensor) -> torch.Tensor:
+        """The pointwise part of the front end: decimated gathers -> log-normalised to [-1, 1]."""
+        return log_minmax(decimated.float(), DATA_MIN, DATA_MAX)
+
+    def preprocess(self, gathers: torch.Tensor) -> torch.Tensor:
+        """Fixed front end: [batch, 5, 1000, 70] raw -> [batch, 5, T', 70] low-passed, decimated, log-normalised
+        to [-1, 1] (float32). Deterministic, no parameters. Being linear up to the log, its :meth:`decimate` part
+        commutes with amplitude scaling, muting, filtering and time shifts, which lets training augment decimated
+        gathers (``model.augment``)."""
+        return self.normalise(self.decimate(gathers))
 
     def forward(self, gathers: torch.Tensor) -> torch.Tensor:
         return self.preprocess(gathers)

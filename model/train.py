@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from torch import nn
 
 from seisbind.files import write_json_atomic
 from seisbind.progress import progress
-from seisbind.retrieval_metrics import recall_at_k, true_ranks
 
+from model.batches import Batch, augment_seed, autocast, make_batch, recompute_batchnorm, validate
 from model.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint, write_metrics
 from model.config import RunError, TrainConfig
-from model.data import TensorPairs, folder_summary, load_pairs, mirror, open_folders, split_indices
+from model.data import TensorPairs, folder_summary, load_pairs, open_folders, split_indices
 from model.distributed import StopFlag, agree_any, barrier, init_distributed, shutdown
 from model.encoders import SeisBindModel, create_model
 from model.loss import TriModalLoss
@@ -62,61 +62,16 @@ def epoch_order(seed: int, epoch: int, n: int, mirror_p: float) -> tuple[torch.T
     return torch.randperm(n, generator=g), torch.rand(n, generator=g) < mirror_p
 
 
-def make_batch(pairs: TensorPairs, rows: torch.Tensor, flips: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gathers, models and descriptors of ``rows``, with the flagged pairs mirrored."""
-    pre, vel = pairs.pre[rows], pairs.velocity[rows]
-    if bool(flips.any()):
-        mp, mv = mirror(pre[flips], vel[flips])
-        pre[flips], vel[flips] = mp, mv
-    mf = torch.channels_last if channels_last else torch.contiguous_format
-    return (pre.to(device).contiguous(memory_format=mf), vel.to(device).contiguous(memory_format=mf),
-            pairs.descriptors[rows].to(device))
-
-
-@torch.no_grad()
-def embed_pre(model: SeisBindModel, pairs: TensorPairs, rows: np.ndarray, device: torch.device,
-              amp: bool, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eval-mode embeddings (seismic from preprocessed gathers, velocity, physics) of ``rows``, float32 numpy."""
-    was = model.training
-    model.eval()
-    out: list[list[np.ndarray]] = [[], [], []]
-    for s in range(0, len(rows), batch):
-        r = torch.as_tensor(rows[s:s + batch])
-        with _autocast(device, amp):
-            embs = model(pairs.pre[r].to(device), pairs.velocity[r].to(device), pairs.descriptors[r].to(device))[:3]
-        for o, e in zip(out, embs):
-            o.append(e.float().cpu().numpy())
-    model.train(was)
-    return tuple(np.concatenate(o) for o in out)  # type: ignore[return-value]
-
-
 def train_loss(ddp: nn.Module, model: SeisBindModel, loss_fn: TriModalLoss, pre: torch.Tensor, vel: torch.Tensor,
                desc: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward one (local) batch through ``ddp`` (the model, or its DDP wrapper) and score it with ``loss_fn``.
     With lambda2 = 0 the physics encoder runs outside the graph (no gradient), only to log its loss."""
-    with _autocast(device, amp):
+    with autocast(device, amp):
         s_emb, v_emb, p_emb, scale = ddp(pre, vel, desc if loss_fn.lambda2 > 0 else None)
         if p_emb is None:
             with torch.no_grad():
                 p_emb = model.physics(desc)
     return loss_fn(s_emb, v_emb, p_emb, scale, vel)
-
-
-def _autocast(device: torch.device, amp: bool) -> Any:
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def validate(model: SeisBindModel, pairs: TensorPairs, rows: np.ndarray, device: torch.device, amp: bool
-             ) -> dict[str, float]:
-    """Validation R@1/R@5 (seismic->velocity, velocity->physics) on the held-out pairs."""
-    if len(rows) == 0:
-        return {}
-    s, v, p = embed_pre(model, pairs, rows, device, amp)
-    sv, vp = recall_at_k(true_ranks(s, v), (1, 5)), recall_at_k(true_ranks(v, p), (1, 5))
-    return {"val_sv_R@1": sv["R@1"], "val_sv_R@5": sv["R@5"], "val_vp_R@1": vp["R@1"], "val_vp_R@5": vp["R@5"]}
 
 
 @dataclass
@@ -239,14 +194,15 @@ def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                   started: float) -> Session:
     """Model, data (validated in full before any work), optimiser and state, restored from ``ckpt`` if given."""
     model = create_model(cfg.model, seed=cfg.seed)
-    datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache)
+    datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache, linear=True)
     if rank == 0:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(cfg.out) / "config.json", cfg.to_dict())
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     bar = progress(sum(len(d) for d in datasets), "preprocess", enabled=cfg.progress and rank == 0)
-    pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update, cache_dir=cfg.preprocess_cache)
+    pairs = load_pairs(datasets, model.seismic, progress_cb=bar.update, cache_dir=cfg.preprocess_cache,
+                       linear=True)
     bar.close()
     data_summary = folder_summary(cfg.data, datasets)
     del datasets  # unmap the raw files (14 GB for the benchmark); only the preprocessed copy is needed
@@ -333,7 +289,8 @@ def optimiser_step(s: Session, rows: torch.Tensor, flips: torch.Tensor) -> float
     """One AdamW step on the batch ``rows`` (``flips``: pairs to mirror) at the scheduled learning rate; returns
     the loss."""
     cfg, st = s.cfg, s.state
-    pre, vel, desc = make_batch(s.pairs, rows, flips, s.device, s.channels_last)
+    pre, vel, desc = make_batch(s.pairs, rows, flips, s.device, s.channels_last, s.model.seismic, cfg.augment,
+                                augment_seed(cfg.seed, st.global_step, s.rank))
     frac = st.global_step / s.total_steps
     if s.budget_s:
         frac = max(frac, s.elapsed() / s.budget_s)
@@ -356,6 +313,16 @@ def optimiser_step(s: Session, rows: torch.Tensor, flips: torch.Tensor) -> float
     return value
 
 
+def batchnorm_batches(s: Session) -> Iterator[Batch]:
+    """The first ``bn_batches`` training batches of this epoch's order, perturbed as in training (their own draws)."""
+    perm, flips = epoch_order(s.cfg.seed, s.state.epoch, len(s.tr_rows), s.cfg.mirror_p)
+    local_b = s.cfg.batch_size // s.world
+    for i in range(min(s.cfg.bn_batches, s.steps_per_epoch)):
+        mine = perm[i * s.cfg.batch_size + s.rank * local_b:i * s.cfg.batch_size + (s.rank + 1) * local_b]
+        yield make_batch(s.pairs, torch.as_tensor(s.tr_rows)[mine], flips[mine], s.device, s.channels_last,
+                         s.model.seismic, s.cfg.augment, augment_seed(s.cfg.seed, s.state.global_step + i, s.rank, 1))
+
+
 def end_epoch(s: Session, stop_reason: str | None) -> None:
     """Log the epoch (or the part of it done before the time budget ran out) with its validation R@k, mark the
     run finished when the schedule is over, checkpoint."""
@@ -366,6 +333,9 @@ def end_epoch(s: Session, stop_reason: str | None) -> None:
            "step": st.global_step, "loss": st.loss_sum / st.loss_count if st.loss_count else None,
            "logit_scale": scale, "temperature": 1 / scale, "logit_scale_vp": float(s.model.scale_vp().detach()),
            "lr": s.opt.param_groups[0]["lr"], "elapsed_min": s.elapsed() / 60}
+    if s.cfg.bn_batches:
+        row.update(validate(s.model, s.pairs, s.val_rows, s.device, s.amp, suffix="_running_bn"))
+        recompute_batchnorm(s.model, batchnorm_batches(s), s.amp, s.device)
     row.update(validate(s.model, s.pairs, s.val_rows, s.device, s.amp))
     st.loss_sum, st.loss_count = 0.0, 0
     st.history.append(row)

@@ -52,7 +52,8 @@ def test_tiny_run_lowers_the_loss_and_logs_every_epoch(tiny_run):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "temperature", "logit_scale", "lr"} <= set(rows[0])
-    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
+    # every batch is perturbed afresh (the default augmentation), so the loss falls less than on clean pairs
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.2, [r["loss"] for r in rows]
 
 
 def test_exported_bundle_matches_torch_on_the_training_pairs(tiny_run, data, tmp_path):
@@ -102,6 +103,25 @@ def test_time_budget_stops_and_marks_the_run_finished(data, tmp_path):
     assert summary["finished"] and summary["stopped"] == "time_budget" and summary["epochs"] < 1000
     last = load_checkpoint(tmp_path / "run")["history"][-1]
     assert 0 <= last["val_sv_R@1"] <= 1
+    assert 0 <= last["val_sv_R@1_running_bn"] <= 1, "validation with the running BatchNorm averages is logged too"
+
+
+def test_recomputed_batchnorm_statistics_are_the_exact_average_over_the_batches() -> None:
+    from model.batches import recompute_batchnorm
+    from model.encoders import create_model
+
+    model = create_model(ModelConfig.tiny(), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 5, 125, 70, generator=gen) * 2 - 1, 1500 + 3000 * torch.rand(4, 1, 70, 70, generator=gen),
+                torch.rand(4, 8, generator=gen)) for _ in range(3)]
+    bn = model.velocity.stem[1]
+    inputs = []
+    hook = model.velocity.stem[0].register_forward_hook(lambda m, i, o: inputs.append(o.detach()))
+    assert recompute_batchnorm(model, iter(batches), amp=False, device=torch.device("cpu")) == 3
+    hook.remove()
+    want = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
+    torch.testing.assert_close(bn.running_mean, want)
+    assert bn.momentum == 0.1 and model.training, "momentum and mode are restored"
 
 
 def _corrupt(folder: Path, how: str) -> Path:
