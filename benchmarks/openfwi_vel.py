@@ -12,6 +12,8 @@ several times slower.
 
 Run from the repository root:
     python -m benchmarks.openfwi_vel                       # full: 90 min headline + 2 x 25 min ablation
+    python -m benchmarks.openfwi_vel --budget-min 40 --ablation-budget-min 0   # headline only (keeps the
+                                                           # result file's earlier ablation, marked as such)
     python -m benchmarks.openfwi_vel --budget-min 2 --ablation-budget-min 1 --train-chunks 1 --test-chunks 1 \\
         --work /tmp/openfwi_vel_check --no-write          # quick end-to-end check
     python -m benchmarks.openfwi_vel --smoke               # about a minute: 24 + 8 models per family
@@ -221,7 +223,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ablation["matched_lambda2_0.1"] = arms[0.1]
         ablation["budget_min"] = args.ablation_budget_min
         result["ablation_lambda2_0"] = ablation
+    else:
+        carry_over_ablation(args, result)
     return result
+
+
+def carry_over_ablation(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Without an ablation in this run, keep the one of the existing result file, marked as an earlier run's."""
+    old_path = (args.out or RESULTS_DIR) / f"{args.name}.json"
+    if args.smoke or not old_path.is_file():
+        return
+    old = json.loads(old_path.read_text())
+    if "ablation_lambda2_0" in old:
+        result["ablation_lambda2_0"] = old["ablation_lambda2_0"]
+        result["ablation_lambda2_0"]["carried_over"] = {
+            "note": "not rerun with this headline run; from the earlier run below",
+            "headline_run": old.get("headline_run") or {k: old.get(k) for k in ("command", "git_commit", "date")},
+            "machine": old.get("machine")}
 
 
 def headline(r: dict[str, Any]) -> dict[str, Any]:
