@@ -300,6 +300,7 @@ def quickstart(
 
     from cli import quickstart as qs
     from cli.pipeline import PipelineError
+    from cli.quickstart_text import instructions
 
     try:
         cfg = qs.preset(preset, train_minutes)
@@ -313,7 +314,7 @@ def quickstart(
         invalid_settings(e)
     except (PipelineError, OpenFWIError, BundleError, ValueError, OSError, RuntimeError) as e:
         fail(str(e))
-    typer.echo(qs.instructions(done["layout"], done["results"], settings.host, settings.port))
+    typer.echo(instructions(done["layout"], done["results"], settings.host, settings.port))
     if no_serve:
         again = f"seisbind quickstart --workdir {workdir}" + (f" --preset {preset}" if preset != "default" else "") \
             + (f" --train-minutes {train_minutes:g}" if train_minutes is not None else "")

@@ -3,20 +3,22 @@
 The steps, each cached in the work folder and skipped on a later run when it finished before with the same
 settings and its outputs are still there (a stamp per step, ``stamps/<step>.json``, written last):
 
-1. ``train-data``: synthetic velocity models of the families and their shot gathers (the project's simulator);
-2. ``test-data``: a held-out split, simulated the same way from another seed;
-3. ``bank``: velocity models only (no gathers needed), the bank the service searches;
-4. ``train``: a small model on the CPU under a time budget (an interrupted run resumes from its checkpoint);
-5. ``export``: the encoder bundle;
-6. ``index``: the bank embedded into a FAISS index version;
-7. ``evaluate``: retrieval on the held-out split (R@1/R@5) and descriptor inference from the bank;
-8. ``example``: a query gather (.npy) for the copy-paste requests;
+1. ``train-data``, ``test-data``, ``calib-data``: synthetic velocity models of the families and their shot
+   gathers (the project's simulator), and two held-out splits simulated the same way from other seeds;
+2. ``bank``: velocity models only (no gathers needed), the bank the service searches;
+3. ``train``: a small model on the CPU under a time budget (an interrupted run resumes from its checkpoint);
+4. ``export``, ``index``: the encoder bundle, and the bank embedded into a FAISS index version;
+5. ``calibrate``: the bundle's confidence and out-of-distribution flag fitted on the calibration split searched
+   against that index (``seisbind calibrate``); where the split is too small or uniform to fit, the step records
+   why and the service answers with a null confidence;
+6. ``evaluate``: retrieval on the held-out split (R@1/R@5) and descriptor inference from the bank;
+7. ``example``: a query gather (.npy) for the copy-paste requests;
 
 then it serves the index (``seisbind serve``) unless told not to. Every file is written atomically and every step
 resumes, so Ctrl-C loses at most the step in progress. Torch is imported only by the steps that need it: a
 second run goes straight to serving.
 
-Work folder: ``data/{train,test}/<family>`` (OpenFWI layout), ``bank/<family>.npy``, ``run/`` (training),
+Work folder: ``data/{train,test,calib}/<family>`` (OpenFWI layout), ``bank/<family>.npy``, ``run/`` (training),
 ``bundle/``, ``indexes/``, ``report/`` (report.json of ``seisbind evaluate``), ``example/``, ``stamps/``.
 """
 
@@ -49,6 +51,8 @@ class QuickstartConfig:
     """Simulated (gathers, model) training pairs per family."""
     test_per_family: int
     """Held-out simulated pairs per family (the R@k queries; their models are the gallery)."""
+    calib_per_family: int
+    """Held-out simulated pairs per family the confidence is fitted on (0: no calibration)."""
     bank_per_family: int
     """Velocity models per family in the served bank (no gathers: the bank is velocity models only)."""
     train_minutes: float
@@ -67,6 +71,8 @@ class QuickstartConfig:
         for name in ("train_per_family", "test_per_family", "bank_per_family", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
+        if self.calib_per_family < 0:
+            raise ValueError(f"calib_per_family = {self.calib_per_family}: must be >= 0")
         if self.train_per_family * len(self.families) < 2 * self.batch_size:
             raise ValueError(f"{self.train_per_family} training pairs per family are too few for batches of "
                              f"{self.batch_size}")
@@ -78,15 +84,18 @@ QUICK_MODEL = {"seis_trunk": (8, 16, 32), "seis_width": 64, "vel_width": 16, "ph
 """A narrow version of the benchmark architecture: trains in minutes on two CPU cores."""
 
 PRESETS = {
-    # About 10 minutes from nothing to serving on a 2-core laptop CPU.
-    "default": QuickstartConfig(families=("flatvel-a", "curvevel-a"), train_per_family=400, test_per_family=50,
-                                bank_per_family=2500, train_minutes=4.0, epochs=100, batch_size=32,
-                                model=QUICK_MODEL),
+    # About 12 minutes from nothing to serving on a 2-core laptop CPU; every geology family, so that a fresh
+    # install answers on all of them, and a calibrated confidence.
+    "default": QuickstartConfig(families=FAMILY_NAMES, train_per_family=200, test_per_family=30,
+                                calib_per_family=40, bank_per_family=1000, train_minutes=6.0, epochs=100,
+                                batch_size=32, model=QUICK_MODEL),
     # A few minutes (docker compose smoke runs).
     "small": QuickstartConfig(families=("flatvel-a", "curvevel-a"), train_per_family=64, test_per_family=16,
-                              bank_per_family=500, train_minutes=1.0, epochs=30, batch_size=16, model=QUICK_MODEL),
+                              calib_per_family=0, bank_per_family=500, train_minutes=1.0, epochs=30, batch_size=16,
+                              model=QUICK_MODEL),
     # Seconds of work, for tests: the whole pipeline on a handful of models.
-    "tiny": QuickstartConfig(families=("flatvel-a",), train_per_family=16, test_per_family=8, bank_per_family=48,
+    "tiny": QuickstartConfig(families=("flatvel-a",), train_per_family=16, test_per_family=8, calib_per_family=8,
+                             bank_per_family=48,
                              train_minutes=0.5, epochs=1, batch_size=8,
                              model={"seis_trunk": (4, 8, 8), "seis_width": 16, "vel_width": 8, "phys_hidden": 32}),
 }
@@ -232,6 +241,27 @@ def _index_valid(layout: Layout, result: dict[str, Any], bundle_id: str) -> bool
     return read_version_manifest(layout.indexes / version).bundle_id == bundle_id
 
 
+def _calibrate(layout: Layout, folders: list[str]) -> dict[str, Any]:
+    from seisbind.calibration import CalibrationError
+
+    from index.calibrate import calibrate
+
+    if not folders:
+        return {"calibrated": False, "reason": "no calibration split (calib_per_family = 0)"}
+    try:
+        cal, _ = calibrate(layout.bundle, layout.indexes, folders, [], layout.bundle)
+    except CalibrationError as e:  # too few queries, or all of one outcome: serve without a confidence
+        return {"calibrated": False, "reason": str(e)}
+    return {"calibrated": True, **{k: cal.fit[k] for k in ("n", "event_rate", "ece_on_fit", "index_version")}}
+
+
+def _calibrated(layout: Layout, result: dict[str, Any]) -> bool:
+    try:
+        return ("calibration" in read_manifest(layout.bundle, verify=True).raw) == result["calibrated"]
+    except BundleError:
+        return False
+
+
 def _evaluate(layout: Layout, test_folders: list[str], threads: int | None) -> dict[str, Any]:
     from model.evaluate import evaluate, onnx_embedder
 
@@ -257,7 +287,7 @@ def _write_example(layout: Layout, test_folder: str) -> dict[str, Any]:
 def build_steps(layout: Layout, cfg: QuickstartConfig, pipe: Pipeline, threads: int | None) -> list[Callable[[], Step]]:
     """The steps in order; each is created when its turn comes, so it can use the results of those before it."""
     fams = list(cfg.families)
-    train_seed, test_seed = cfg.seed * 1000, cfg.seed * 1000 + 500
+    train_seed, test_seed, calib_seed = cfg.seed * 1000, cfg.seed * 1000 + 500, cfg.seed * 1000 + 700
     r = pipe.results
     return [
         lambda: Step("train-data", f"simulate {cfg.train_per_family * len(fams)} training pairs ({', '.join(fams)})",
@@ -268,6 +298,11 @@ def build_steps(layout: Layout, cfg: QuickstartConfig, pipe: Pipeline, threads: 
                      {"families": fams, "count": cfg.test_per_family, "seed": test_seed},
                      lambda: _simulate(layout, cfg, "test", cfg.test_per_family, test_seed, threads),
                      lambda res: all(_simulated(Path(f), cfg.test_per_family) for f in res["folders"])),
+        lambda: Step("calib-data", f"simulate {cfg.calib_per_family * len(fams)} held-out calibration pairs",
+                     {"families": fams, "count": cfg.calib_per_family, "seed": calib_seed},
+                     lambda: (_simulate(layout, cfg, "calib", cfg.calib_per_family, calib_seed, threads)
+                              if cfg.calib_per_family else {"folders": [], "pairs": 0}),
+                     lambda res: all(_simulated(Path(f), cfg.calib_per_family) for f in res["folders"])),
         lambda: Step("bank", f"generate a bank of {cfg.bank_per_family * len(fams)} velocity models",
                      {"families": fams, "count": cfg.bank_per_family, "seed": cfg.seed},
                      lambda: _make_bank(layout, cfg),
@@ -282,6 +317,10 @@ def build_steps(layout: Layout, cfg: QuickstartConfig, pipe: Pipeline, threads: 
         lambda: Step("index", "build the index of the bank", {"bank": r["bank"], "bundle_id": r["export"]["bundle_id"]},
                      lambda: _build_index(layout),
                      lambda res: _index_valid(layout, res, r["export"]["bundle_id"])),
+        lambda: Step("calibrate", "fit the confidence on the calibration split",
+                     {"calib": r["calib-data"], "index": r["index"]},
+                     lambda: _calibrate(layout, r["calib-data"]["folders"]),
+                     lambda res: _calibrated(layout, res)),
         lambda: Step("evaluate", "evaluate retrieval on the held-out split",
                      {"test": r["test-data"], "bundle_id": r["export"]["bundle_id"], "bank": r["bank"]},
                      lambda: _evaluate(layout, r["test-data"]["folders"], threads),
@@ -322,39 +361,6 @@ def prepare(workdir: str | os.PathLike[str], cfg: QuickstartConfig, threads: int
             pipe.do(make(), i, len(makers))
     write_json_atomic(layout.root / "quickstart.json", {"config": asdict(cfg), "results": pipe.results})
     return {"layout": layout, "results": pipe.results, "ran": pipe.ran}
-
-
-def instructions(layout: Layout, results: dict[str, dict[str, Any]], host: str, port: int) -> str:
-    """Retrieval quality, where the API docs are, and requests to copy and paste."""
-    ev, idx = results["evaluate"], results["index"]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    base = f"http://{shown}:{port}"
-    query = results["example"]["query"]
-    return "\n".join([
-        "",
-        f"SeisBind quickstart (work folder {layout.root})",
-        f"  held-out retrieval, seismic -> velocity ({ev['queries']} test gathers vs their {ev['gallery_size']} "
-        f"models): R@1 {ev['R@1']:.3f}  R@5 {ev['R@5']:.3f}  R@10 {ev['R@10']:.3f}",
-        f"  descriptors inferred from the 5 nearest of {ev['bank_size']} bank models: "
-        f"mean relative error {100 * ev['descriptor_mre']:.1f} %",
-        f"  encoders {results['export']['bundle_id'][:12]}, index version {idx['version']} ({ev['bank_size']} models)",
-        f"  report: {ev['report']}",
-        "",
-        f"Web page: {base}/   (the example gather is behind its 'Use the bundled example' button)",
-        f"API docs: {base}/docs",
-        "",
-        "Try it (the example gather is a held-out test gather, float32 [1, 5, 1000, 70]):",
-        f"  curl -s -X POST '{base}/retrieve?k=5' -H 'Content-Type: application/x-npy' \\",
-        f"       --data-binary @{query}",
-        "",
-        "From Python:",
-        "  import numpy as np",
-        "  from service.client import SeisBindClient",
-        f"  with SeisBindClient('{base}') as client:",
-        f"      hits = client.retrieve(np.load('{query}'), k=5)",
-        "      print([(n['id'], round(n['score'], 3)) for n in hits['results'][0]['neighbors']])",
-        "",
-    ])
 
 
 def serving_settings(layout: Layout, host: str | None = None, port: int | None = None) -> Any:

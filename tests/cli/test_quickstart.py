@@ -18,7 +18,8 @@ from seisbind.bundle import read_manifest
 
 from cli.quickstart import PRESETS, QuickstartConfig, preset
 
-STEPS = ("train-data", "test-data", "bank", "train", "export", "index", "evaluate", "example")
+STEPS = ("train-data", "test-data", "calib-data", "bank", "train", "export", "index", "calibrate", "evaluate",
+         "example")
 
 # Runs the CLI and reports whether torch got imported (a cached run must go straight to serving).
 DRIVER = """
@@ -68,6 +69,17 @@ def test_first_run_builds_every_artifact(first_run: tuple[Path, subprocess.Compl
     assert report["p1"]["gallery_size"] == cfg.test_per_family * len(cfg.families)
     query = np.load(workdir / "example" / "query.npy")
     assert query.shape == (1, 5, 1000, 70) and query.dtype == np.float32 and np.abs(query).max() > 0
+    # the tiny preset's 8 calibration queries are too few to fit: recorded, and the bundle served without one
+    cal = json.loads((workdir / "stamps" / "calibrate.json").read_text())["result"]
+    assert cal["calibrated"] is False and "at least 20" in cal["reason"], cal
+    assert "calibration" not in manifest.raw
+
+
+def test_the_default_preset_covers_every_family_and_calibrates() -> None:
+    from model.families import FAMILY_NAMES
+
+    cfg = PRESETS["default"]
+    assert set(cfg.families) == set(FAMILY_NAMES) and cfg.calib_per_family * len(cfg.families) >= 40
 
 
 def test_first_run_prints_quality_docs_and_requests(first_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -114,7 +126,7 @@ def test_ctrl_c_keeps_finished_steps_and_the_next_run_resumes(tmp_path: Path) ->
     assert proc.stderr is not None
     for line in proc.stderr:  # interrupt while the test split is being simulated
         seen.append(line)
-        if line.startswith("[2/8]"):
+        if line.startswith(f"[2/{len(STEPS)}]"):
             proc.send_signal(signal.SIGINT)
             break
     rest = proc.stderr.read()
@@ -124,7 +136,7 @@ def test_ctrl_c_keeps_finished_steps_and_the_next_run_resumes(tmp_path: Path) ->
     assert not (workdir / "stamps" / "test-data.json").exists()
     again = quickstart(workdir, "--preset", "tiny")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[1/8] simulate 16 training pairs (flatvel-a): cached" in again.stderr
+    assert f"[1/{len(STEPS)}] simulate 16 training pairs (flatvel-a): cached" in again.stderr
     assert again.stderr.count(": cached") == 1 and "R@1" in again.stdout
 
 
@@ -145,10 +157,12 @@ def test_unknown_preset_is_refused(tmp_path: Path) -> None:
 def test_config_checks() -> None:
     assert preset("default", train_minutes=1.5).train_minutes == 1.5
     with pytest.raises(ValueError, match="families \\['marmousi'\\]"):
-        QuickstartConfig(families=("marmousi",), train_per_family=8, test_per_family=2, bank_per_family=4,
+        QuickstartConfig(families=("marmousi",), train_per_family=8, test_per_family=2, calib_per_family=0,
+                         bank_per_family=4,
                          train_minutes=1, epochs=1, batch_size=2)
     with pytest.raises(ValueError, match="too few for batches of 64"):
-        QuickstartConfig(families=("flatvel-a",), train_per_family=8, test_per_family=2, bank_per_family=4,
+        QuickstartConfig(families=("flatvel-a",), train_per_family=8, test_per_family=2, calib_per_family=0,
+                         bank_per_family=4,
                          train_minutes=1, epochs=1, batch_size=64)
     with pytest.raises(ValueError, match="train_minutes = 0: must be > 0"):
         preset("tiny", train_minutes=0)
