@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="soft seismic-velocity positives: softmax(-MAE/tau) over the batch's models; 0 = one-hot")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
+    p.add_argument("--arch", choices=("default", "narrow"), default="default",
+                   help="architecture: ModelConfig() or ModelConfig.narrow() (a third of the seismic channels)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
     p.add_argument("--train-chunks", type=int, default=None,
                    help="use only the first N 500-pair chunks of each training folder (quick checks)")
@@ -144,7 +146,8 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
                       scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
-                      model=ModelConfig(vp_scale=not args.shared_scale), time_budget_min=budget_min,
+                      model=ModelConfig.narrow(vp_scale=not args.shared_scale) if args.arch == "narrow"
+                      else ModelConfig(vp_scale=not args.shared_scale), time_budget_min=budget_min,
                       threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)
     t0 = time.monotonic()
     summary = train(cfg)

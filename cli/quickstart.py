@@ -38,6 +38,7 @@ from seisbind.bundle import BundleError, read_manifest
 from seisbind.files import write_json_atomic
 
 from cli.pipeline import Pipeline, PipelineError, Step, workdir_lock
+from model.config import NARROW  # torch-free
 from model.families import FAMILY_NAMES  # numpy only: a cached run never imports torch
 
 
@@ -80,8 +81,8 @@ class QuickstartConfig:
             raise ValueError(f"train_minutes = {self.train_minutes}: must be > 0")
 
 
-QUICK_MODEL = {"seis_trunk": (8, 16, 32), "seis_width": 64, "vel_width": 16, "phys_hidden": 128}
-"""A narrow version of the benchmark architecture: trains in minutes on two CPU cores."""
+QUICK_MODEL = dict(NARROW)
+"""The narrow architecture: trains in minutes on two CPU cores."""
 
 PRESETS = {
     # About 12 minutes from nothing to serving on a 2-core laptop CPU; every geology family, so that a fresh
