@@ -6,7 +6,10 @@ descriptor error on ``openfwi-vel`` (P1 gallery = the FlatVel-A and CurveVel-A t
 training models, k = 5). The velocity graph is the bundle's full-precision one for every row.
 
 The trained bundle gives speed and quality; the default (wider) architecture's speed is measured on an untrained
-export of it with the same variants (calibrated on synthetic gathers: its speed only means something).
+export of it with the same variants (calibrated on synthetic gathers: its speed only means something), timed in the
+same interleaved rounds. A bundle of another architecture (e.g. ``ModelConfig.narrow()``) is a smaller encoder:
+its cost is then compared with today's default, the default architecture's full graph, and with ``--reference``
+(a ``retrieval_openfwi_vel.json`` of the full-precision default bundle) its quality with that bundle's.
 
 Run from the repository root (a bundle exported with ``seisbind export --variant fast --variant int8``):
     flock /tmp/seisbind-cpu.lock python -m benchmarks.encode --bundle BUNDLE
@@ -36,6 +39,8 @@ from seisbind.provenance import portable_path  # noqa: E402
 from benchmarks._common import REPO, add_output_args, default_openfwi_dir, simulate_first_models, write_result  # noqa: E402
 
 BATCHES = (1, 8)
+ARCH_PREFIX = "default_architecture/"
+"""Names of the untrained default-architecture graphs among the timed ones."""
 SPEEDUP_TARGET, R1_TOLERANCE, MRE_TOLERANCE = 3.0, 0.005, 0.001
 
 
@@ -54,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=10, help="timed runs per round, graph and batch size")
     p.add_argument("--no-default-architecture", action="store_true",
                    help="skip the untrained default-architecture speed measurement")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="retrieval_openfwi_vel.json of the full-precision default-architecture bundle: the R@1 and "
+                        "descriptor error a smaller encoder is held to")
     p.add_argument("--no-write", action="store_true")
     add_output_args(p)
     args = p.parse_args(argv)
@@ -90,16 +98,17 @@ def time_graphs(encoders: dict[str, OnnxEncoder], gathers: np.ndarray, rounds: i
     for name in encoders:
         row: dict[str, Any] = {}
         for b in BATCHES:
-            w, c = wall[(name, b)], cpu[(name, b)]
+            w, cp = wall[(name, b)], cpu[(name, b)]
             row[f"ms_per_gather_batch{b}"] = round(statistics.median(w), 3)
             row[f"ms_per_gather_batch{b}_min_max"] = [round(min(w), 3), round(max(w), 3)]
-            row[f"cpu_ms_per_gather_batch{b}"] = round(statistics.median(c), 3)
+            row[f"cpu_ms_per_gather_batch{b}"] = round(statistics.median(cp), 3)
         out[name] = row
     for name, row in out.items():
+        full = out[name[:name.rfind("/") + 1] + FULL]  # the full graph of the same bundle
         for b in BATCHES:
-            row[f"speedup_vs_full_batch{b}"] = round(out[FULL][f"ms_per_gather_batch{b}"]
+            row[f"speedup_vs_full_batch{b}"] = round(full[f"ms_per_gather_batch{b}"]
                                                      / row[f"ms_per_gather_batch{b}"], 3)
-            row[f"cpu_speedup_vs_full_batch{b}"] = round(out[FULL][f"cpu_ms_per_gather_batch{b}"]
+            row[f"cpu_speedup_vs_full_batch{b}"] = round(full[f"cpu_ms_per_gather_batch{b}"]
                                                          / row[f"cpu_ms_per_gather_batch{b}"], 3)
     return out
 
@@ -180,7 +189,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                           REPO / ".cache" / "openfwi_vel"))
         gathers = np.asarray(tests[0].data[0][:max(BATCHES)], np.float32)
         encoders = graphs(bundle)
-        speed = time_graphs(encoders, gathers, args.rounds, args.reps)
+        timed = dict(encoders)
+        if not args.no_default_architecture:
+            arch = export_untrained(work / "default", tiny=args.smoke)
+            timed.update({ARCH_PREFIX + k: v for k, v in graphs(arch).items()})
+        speed = time_graphs(timed, gathers, args.rounds, args.reps)
         q = quality(bundle, encoders, tests, bank)
         default = manifest.default_variants.get("seismic", FULL)
         result: dict[str, Any] = {name: {**speed[name], **q[name]} for name in encoders}
@@ -191,14 +204,34 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               "train_minutes": manifest.training.get("train_minutes"),
                               "variants": manifest.variants.get("seismic")})
         if not args.no_default_architecture:
-            arch = export_untrained(work / "default", tiny=args.smoke)
             result["default_architecture"] = {
                 "bundle": "untrained " + ("tiny architecture (smoke)" if args.smoke else
                                           "default architecture (model.config.ModelConfig()), seed 0") +
                           ", variants calibrated on synthetic gathers: speed only",
-                **time_graphs(graphs(arch), gathers, args.rounds, args.reps)}
+                **{k[len(ARCH_PREFIX):]: v for k, v in speed.items() if k.startswith(ARCH_PREFIX)}}
     result["targets"] = targets(result)
+    if args.reference is not None and "default_architecture" in result:
+        result["smaller_encoder"] = smaller_encoder(result, json.loads(args.reference.read_text()))
     return result
+
+
+def smaller_encoder(r: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's default graph against today's default encoder: cost against the default architecture's full
+    graph (same interleaved rounds), quality against the reference run's full-precision bundle."""
+    d, today = r[r["default"]], r["default_architecture"][FULL]
+    ref_r1, ref_mre = ref["p1"]["seismic_to_velocity"]["R@1"], ref["p2"]["descriptor_mre"]
+    out = {"graph": r["default"], "reference": {
+               "R@1": ref_r1, "descriptor_mre": ref_mre, "queries": ref["p1"].get("queries"),
+               "model_config": ref.get("encoders", {}).get("model_config"),
+               "run": {k: ref.get(k) for k in ("command", "git_commit", "date", "machine")}},
+           "speedup_vs_today_batch1": today["ms_per_gather_batch1"] / d["ms_per_gather_batch1"],
+           "cpu_speedup_vs_today_batch1": today["cpu_ms_per_gather_batch1"] / d["cpu_ms_per_gather_batch1"],
+           "speedup_vs_today_batch8": today["ms_per_gather_batch8"] / d["ms_per_gather_batch8"],
+           "R@1_drop": ref_r1 - d["R@1"], "descriptor_mre_rise": d["descriptor_mre"] - ref_mre}
+    out["met"] = {"speedup >= 3": out["speedup_vs_today_batch1"] >= SPEEDUP_TARGET,
+                  "R@1 within 0.005": out["R@1_drop"] <= R1_TOLERANCE,
+                  "descriptor error within 0.1 points": out["descriptor_mre_rise"] <= MRE_TOLERANCE}
+    return out
 
 
 def targets(r: dict[str, Any]) -> dict[str, Any]:

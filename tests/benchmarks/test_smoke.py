@@ -117,8 +117,16 @@ def test_ingest_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
 
 
 def test_encode_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
-    doc = run_smoke("encode", tmp_path, "--openfwi-dir", str(openfwi_dir))
+    ref = tmp_path / "reference" / "retrieval_openfwi_vel.json"
+    ref.parent.mkdir()
+    ref.write_text(json.dumps({"p1": {"seismic_to_velocity": {"R@1": 0.5}, "queries": 16},
+                               "p2": {"descriptor_mre": 0.2}, "git_commit": "abc"}))
+    doc = run_smoke("encode", tmp_path, "--openfwi-dir", str(openfwi_dir), "--reference", str(ref))
     assert doc["default"] == "int8" and doc["queries"] == 16 and doc["bank_size"] == 128
+    small = doc["smaller_encoder"]
+    assert small["graph"] == "int8" and small["reference"]["R@1"] == 0.5 and small["speedup_vs_today_batch1"] > 0
+    assert small["R@1_drop"] == pytest.approx(0.5 - doc["int8"]["R@1"])
+    assert doc["default_architecture"]["full"]["speedup_vs_full_batch1"] == 1.0
     for graphs in (doc, doc["default_architecture"]):
         for name in ("full", "fast", "int8"):
             assert graphs[name]["ms_per_gather_batch1"] > 0 and graphs[name]["ms_per_gather_batch8"] > 0
