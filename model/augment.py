@@ -74,7 +74,8 @@ def add_noise(x: torch.Tensor, snr_db: torch.Tensor, generator: torch.Generator,
     if band_hz is not None:
         flag = torch.ones(len(x), dtype=torch.bool) if band is None else band
         if flag.any():
-            noise = torch.where(_per_gather(flag, x) > 0, band_limit(noise, band_hz, dt), noise)
+            rows = flag.nonzero().squeeze(1).to(noise.device)
+            noise[rows] = band_limit(noise[rows], band_hz, dt)
         gain = torch.where(flag.to(x.device), 1.0, white_gain)
     else:
         gain = torch.full((len(x),), white_gain, device=x.device)
@@ -128,15 +129,20 @@ def ricker_ratio(freq: torch.Tensor, peak_hz: torch.Tensor, source_hz: float = P
 
 
 def change_wavelet(x: torch.Tensor, peak_hz: torch.Tensor, source_hz: float = PEAK_FREQUENCY,
-                   dt: float = DT) -> torch.Tensor:
+                   dt: float = DT, shifts: torch.Tensor | None = None) -> torch.Tensor:
     """Gathers recorded with a ``source_hz`` Ricker source, converted to a ``peak_hz`` [b] Ricker (same peak time):
     a zero-phase filter, the ratio of the two Ricker spectra, applied in the frequency domain with zero padding
-    (no wrap-around). Exact for noise-free data below MAX_GAIN_HZ, since the data are linear in the source."""
+    (no wrap-around). Exact for noise-free data below MAX_GAIN_HZ, since the data are linear in the source. With
+    ``shifts`` [b, s] (samples, fractional allowed), each shot is also delayed in the same pass."""
     _check(x)
-    nt = x.shape[2]
+    b, s, nt, _ = x.shape
     n_fft = 1 << (2 * nt - 1).bit_length()
-    h = ricker_ratio(torch.fft.rfftfreq(n_fft, dt, device=x.device), peak_hz.to(x.device), source_hz)
-    spec = torch.fft.rfft(x.float(), n=n_fft, dim=2) * h[:, None, :, None]
+    f = torch.fft.rfftfreq(n_fft, dt, device=x.device)
+    h = ricker_ratio(f, peak_hz.to(x.device), source_hz)[:, None, :].to(torch.complex64)
+    if shifts is not None:
+        cycles = torch.fft.rfftfreq(n_fft, device=x.device)[None, None, :]  # per sample
+        h = h * torch.exp(-2j * math.pi * cycles * shifts.to(x.device, torch.float32).reshape(b, s, 1))
+    spec = torch.fft.rfft(x.float(), n=n_fft, dim=2) * h[..., None]
     return torch.fft.irfft(spec, n=n_fft, dim=2)[:, :, :nt].to(x.dtype)
 
 
@@ -167,12 +173,18 @@ def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig 
     snr = _between(*cfg.snr_db, b, generator).cpu()
     mutes = torch.randint(cfg.mute_traces[0], cfg.mute_traces[1] + 1, (b,), generator=generator,
                           device=generator.device).cpu() * hit["mute_p"]
-    x = gathers
-    if hit["wavelet_p"].any():
-        x = torch.where(_per_gather(hit["wavelet_p"], x) > 0, change_wavelet(x, peak, dt=dt), x)
-    x = time_shift(x, shifts * (1e-3 / dt))
+    x = gathers.clone()
+    shifts_t = shifts * (1e-3 / dt)  # samples at dt
+    whole = bool(((shifts_t - shifts_t.round()).abs() < 1e-6).all())
+    spectral = hit["wavelet_p"] | (hit["shift_p"] & (shifts != 0).any(1) & (not whole))
+    if spectral.any():  # only the gathers it changes: one FFT pass for the wavelet and fractional shifts
+        rows = spectral.nonzero().squeeze(1).to(x.device)
+        x[rows] = change_wavelet(x[rows], peak[spectral], dt=dt, shifts=None if whole else shifts_t[spectral])
+    if whole:
+        x = time_shift(x, shifts_t)
     x = (x.float() * _per_gather(factor, x)).to(gathers.dtype)
-    if hit["noise_p"].any():
-        noisy = add_noise(x, snr, generator, cfg.band_hz, hit["band_p"] & hit["noise_p"], dt, white_gain)
-        x = torch.where(_per_gather(hit["noise_p"], x) > 0, noisy, x)
+    noisy = hit["noise_p"]
+    if noisy.any():
+        rows = noisy.nonzero().squeeze(1).to(x.device)
+        x[rows] = add_noise(x[rows], snr[noisy], generator, cfg.band_hz, hit["band_p"][noisy], dt, white_gain)
     return mute_traces(x, mutes, generator)

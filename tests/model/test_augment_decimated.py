@@ -78,3 +78,11 @@ def test_apply_on_decimated_gathers_keeps_shape_and_dtype_and_is_deterministic(f
     b = apply(dec, torch.Generator().manual_seed(3), cfg, front.decimated_dt, front.white_noise_gain)
     assert a.shape == dec.shape and a.dtype == dec.dtype and torch.equal(a, b) and not torch.equal(a, dec)
     assert torch.isfinite(front.normalise(a)).all()
+
+
+def test_wavelet_change_and_fractional_shift_in_one_pass_equal_the_two_in_turn(front, raw) -> None:
+    dec = front.decimate(raw)
+    peak, shifts = torch.full((len(raw),), 18.0), torch.rand(len(raw), 5) - 0.5
+    both = change_wavelet(dec, peak, dt=front.decimated_dt, shifts=shifts)
+    apart = time_shift(change_wavelet(dec, peak, dt=front.decimated_dt), shifts)
+    assert rel(both, apart) < 1e-4
