@@ -206,3 +206,13 @@ def test_preprocess_cache_gives_the_same_pairs_and_a_changed_file_is_checked_aga
     save_npy_atomic(folder / "data" / "data1.npy", d)
     with pytest.raises(OpenFWIError, match="data1.npy: holds NaN or Inf"):
         open_folders([folder], enc, cache)
+
+
+def test_cli_train_options_reach_the_stored_config(data, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--narrow", "--no-augment",
+                                   "--bn-batches", "0", "--epochs", "1", "--batch-size", "16", "--threads", "1",
+                                   "--amp", "off", "--val-fraction", "0"])
+    assert res.exit_code == 0, res.output
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert cfg.model == ModelConfig.narrow() and cfg.augment is None and cfg.bn_batches == 0
