@@ -4,7 +4,8 @@ its fit, the expected calibration error, and the calibration file an encoder bun
 
 ``confidence`` is the probability of the event "the top-1 bank model lies within ``EVENT_MAE_MPS`` (150 m/s) mean
 absolute error of the true model". It is a logistic regression on four features of the query's ``FEATURE_K`` (5) nearest
-bank entries and its gather, fitted on held-out gathers whose true models are known, searched against an index:
+bank entries and its gather, plus log(1 + the query's out-of-distribution distance, below), fitted on held-out
+gathers whose true models are known, searched against an index:
 
 * ``top1_score``: cosine similarity of the best match;
 * ``margin``: top-1 minus top-2 score;
@@ -12,7 +13,11 @@ bank entries and its gather, fitted on held-out gathers whose true models are kn
   each other cannot all be close to the truth);
 * ``log_late_energy``: log10 of the gather's mean power after ``LATE_S`` (0.4 s) over its mean power: the share of
   reflected and diving energy after the direct wave (a gather without reflections, e.g. of a smooth gradient,
-  carries little information about layers, whatever its neighbours look like).
+  carries little information about layers, whatever its neighbours look like);
+* ``log1p_ood_distance`` (derived from the four): how unlike the in-distribution held-out queries the query is.
+  Without it one logistic fitted on the training geology and other families together had to average them: queries
+  of the training geology got too little confidence and those of other families (e.g. smooth gradients, which
+  look like good matches and never are) too much. Calibration files written before it (format 1) still load.
 
 ``out_of_distribution`` is raised when the Mahalanobis distance of a query's features from those of held-out
 in-distribution queries exceeds the ``OOD_QUANTILE`` quantile of theirs (so about 3 % of in-distribution queries
@@ -34,12 +39,16 @@ from seisbind.acquisition import DT
 from seisbind.files import PathLike, read_json, sha256_file
 
 CALIBRATION_FILE = "calibration.json"
-FORMAT = "seisbind-calibration/1"
+FORMAT = "seisbind-calibration/2"
+FORMATS = ("seisbind-calibration/1", FORMAT)
+"""Readable formats: 1 has no distance input to the logistic model."""
 EVENT_MAE_MPS = 150.0
 """The event ``confidence`` is the probability of: top-1 model within this mean absolute error of the truth."""
 FEATURE_K = 5
 """Neighbours the features are computed from (the service searches at least this many)."""
 FEATURE_NAMES = ("top1_score", "margin", "log_spread_mae", "log_late_energy")
+DISTANCE_INPUT = "log1p_ood_distance"
+"""The logistic model's fifth input (format 2): log(1 + Calibration.ood_distance)."""
 LATE_S = 0.4
 """Start of the late part of a gather, seconds (after the direct wave has crossed most of the spread)."""
 OOD_QUANTILE = 0.97
@@ -163,9 +172,20 @@ class Calibration:
     ood_threshold: float
     fit: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def uses_distance(self) -> bool:
+        """Whether the logistic model also takes the OOD distance (format 2)."""
+        return len(self.weights) == len(FEATURE_NAMES) + 1
+
+    def inputs(self, features: np.ndarray) -> np.ndarray:
+        """The logistic model's inputs: the features [b, 4], and log(1 + OOD distance) where it uses it."""
+        X = np.asarray(features, np.float64)
+        return np.hstack([X, np.log1p(self.ood_distance(X))[:, None]]) if self.uses_distance else X
+
     def confidence(self, features: np.ndarray) -> np.ndarray:
         """P(top-1 within EVENT_MAE_MPS of the truth) for feature rows [b, 4] (NaN rows -> 0)."""
-        z = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
+        with np.errstate(invalid="ignore"):
+            z = ((self.inputs(features) - self.mean) / self.scale) @ self.weights + self.bias
         return np.nan_to_num(_sigmoid(z), nan=0.0)
 
     def ood_distance(self, features: np.ndarray) -> np.ndarray:
@@ -182,7 +202,8 @@ class Calibration:
         """The calibration file's document."""
         return {"format": FORMAT, "event": {"top1_mae_mps": EVENT_MAE_MPS}, "features": list(FEATURE_NAMES),
                 "feature_k": FEATURE_K,
-                "logistic": {"mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "logistic": {"inputs": list(FEATURE_NAMES) + [DISTANCE_INPUT] * self.uses_distance,
+                             "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                              "weights": self.weights.tolist(), "bias": self.bias},
                 "ood": {"center": self.ood_center.tolist(), "precision": self.ood_precision.tolist(),
                         "threshold": self.ood_threshold, "quantile": OOD_QUANTILE},
@@ -191,17 +212,19 @@ class Calibration:
     @classmethod
     def from_dict(cls, doc: Any, source: PathLike = CALIBRATION_FILE) -> "Calibration":
         """Validate a parsed calibration file; CalibrationError naming ``source`` and the problem."""
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise CalibrationError(f"{source}: not a {FORMAT} document")
+        if not isinstance(doc, dict) or doc.get("format") not in FORMATS:
+            raise CalibrationError(f"{source}: not a {' or '.join(FORMATS)} document")
         if tuple(doc.get("features", ())) != FEATURE_NAMES or doc.get("feature_k") != FEATURE_K:
             raise CalibrationError(f"{source}: features {doc.get('features')} (k={doc.get('feature_k')}), this "
                                    f"version computes {list(FEATURE_NAMES)} (k={FEATURE_K}): recalibrate")
         try:
             lg, ood = doc["logistic"], doc["ood"]
             d = len(FEATURE_NAMES)
+            d_in = d + (doc["format"] == FORMAT)
             mean, scale, weights = (np.asarray(lg[k], np.float64) for k in ("mean", "scale", "weights"))
             center, precision = np.asarray(ood["center"], np.float64), np.asarray(ood["precision"], np.float64)
-            if any(a.shape != (d,) for a in (mean, scale, weights, center)) or precision.shape != (d, d):
+            if (any(a.shape != (d_in,) for a in (mean, scale, weights)) or center.shape != (d,)
+                    or precision.shape != (d, d)):
                 raise ValueError("array of the wrong shape")
             cal = cls(mean, scale, weights, float(lg["bias"]), center, precision, float(ood["threshold"]),
                       dict(doc.get("fit", {})))
@@ -226,17 +249,19 @@ def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: 
     if y.min() == y.max():
         raise CalibrationError(f"every query has the same outcome (top-1 {'within' if y[0] else 'beyond'} "
                                f"{EVENT_MAE_MPS:g} m/s): a probability cannot be fitted; use more varied data")
-    mean, scale = X.mean(0), X.std(0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    weights, bias = fit_logistic((X - mean) / scale, y)
     Xi = X[ind]
     center = Xi.mean(0)
-    cov = np.cov(Xi, rowvar=False) + 1e-9 * np.diag(scale ** 2)
+    cov = np.cov(Xi, rowvar=False) + 1e-9 * np.diag(np.maximum(X.std(0), 1e-6) ** 2)
     precision = np.linalg.inv(cov)
-    diff = Xi - center
+    diff = X - center
     dist = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", diff, precision, diff), 0.0))
+    A = np.hstack([X, np.log1p(dist)[:, None]])  # the logistic's inputs (Calibration.inputs)
+    mean, scale = A.mean(0), A.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    weights, bias = fit_logistic((A - mean) / scale, y)
     fit = dict(info or {})
-    cal = Calibration(mean, scale, weights, bias, center, precision, float(np.quantile(dist, OOD_QUANTILE)), fit)
+    cal = Calibration(mean, scale, weights, bias, center, precision, float(np.quantile(dist[ind], OOD_QUANTILE)),
+                      fit)
     fit.update(n=int(len(X)), n_in_distribution=int(ind.sum()), event_rate=float(y.mean()),
                ece_on_fit=expected_calibration_error(cal.confidence(X), y),
                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))

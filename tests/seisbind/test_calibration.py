@@ -163,3 +163,39 @@ def test_assess_flags_queries_far_from_the_in_distribution_ones() -> None:
     conf, ood = assess(cal, D, I, lambda rows: bank[rows], _gathers(np.sqrt(0.004), 2))  # log_late_energy -2
     assert all(0.0 <= c <= 1.0 for c in conf) and ood == [False, True]
     assert spread_mae(bank[:5]) == pytest.approx(200.0)
+
+
+def test_the_distance_input_lowers_confidence_for_queries_unlike_the_training_geology() -> None:
+    """In distribution the event follows the top-1 score; a second population (other geology) has the same scores
+    but never the event and lies far away in feature space: with the OOD distance as an input, the fit gives
+    that population low confidence and stays calibrated on both."""
+    rng = np.random.default_rng(3)
+    n = 600
+    X_in = rng.normal(0, 1, (n, len(FEATURE_NAMES)))
+    y_in = rng.uniform(0, 1, n) < 1 / (1 + np.exp(-2 * X_in[:, 0]))
+    X_out = rng.normal(0, 1, (n, len(FEATURE_NAMES)))
+    X_out[:, 1:] += 4.0  # unlike the training geology in the other features, same top-1 scores
+    y_out = np.zeros(n, bool)
+    cal = fit_calibration(np.vstack([X_in, X_out]), np.concatenate([y_in, y_out]),
+                          np.arange(2 * n) < n)
+    assert cal.uses_distance and cal.to_dict()["logistic"]["inputs"][-1] == "log1p_ood_distance"
+    c_in, c_out = cal.confidence(X_in), cal.confidence(X_out)
+    assert c_out.mean() < 0.05 < c_in.mean()
+    assert expected_calibration_error(c_in, y_in) < 0.06 and expected_calibration_error(c_out, y_out) < 0.06
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.confidence(X_out), c_out)
+
+
+def test_a_format_1_file_without_the_distance_input_still_loads() -> None:
+    cal = fit_calibration(*_synthetic(400, 1), np.ones(400, bool))
+    doc = cal.to_dict()
+    doc["format"] = "seisbind-calibration/1"
+    lg = doc["logistic"]
+    for key in ("mean", "scale", "weights"):
+        lg[key] = lg[key][:len(FEATURE_NAMES)]
+    del lg["inputs"]
+    old = Calibration.from_dict(doc)
+    assert not old.uses_distance
+    X = _synthetic(50, 2)[0]
+    z = ((X - np.array(lg["mean"])) / np.array(lg["scale"])) @ np.array(lg["weights"]) + lg["bias"]
+    np.testing.assert_allclose(old.confidence(X), 1 / (1 + np.exp(-z)), rtol=1e-9)
