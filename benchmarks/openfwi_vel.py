@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_output_args(p)
     args = p.parse_args(argv)
     if args.smoke:
-        args.budget_min, args.ablation_budget_min, args.epochs, args.batch_size = 0.5, 0.25, 1, 16
+        args.budget_min, args.ablation_budget_min, args.epochs, args.batch_size = 0.25, 0.1, 1, 16
         args.train_chunks = args.test_chunks = None
     return args
 
