@@ -5,9 +5,6 @@ write the bundle with its calibration file. Torch-free (ONNX Runtime and FAISS).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ from seisbind.calibration import (
     query_features,
     top1_mae,
 )
-from seisbind.files import PathLike, read_json, replace_folder, sha256_file, write_json_atomic
+from seisbind.files import PathLike, read_json, sha256_file, staged_folder, write_json_atomic
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.provenance import portable_path
 
@@ -99,19 +96,12 @@ def write_calibrated_bundle(bundle_dir: PathLike, calibration: Calibration, out:
     in a temporary sibling folder and renamed into place: an interruption leaves the old bundle whole."""
     src, out = Path(bundle_dir).resolve(), Path(out).resolve()
     manifest = read_json(src / MANIFEST, BundleError, "an encoder bundle")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out, MANIFEST, "an encoder bundle") as tmp:
         copy_bundle_files(src, tmp, manifest, skip=(CALIBRATION_FILE,))
         write_json_atomic(tmp / CALIBRATION_FILE, calibration.to_dict())
         manifest["calibration"] = {"file": CALIBRATION_FILE, "sha256": sha256_file(tmp / CALIBRATION_FILE),
                                    "event_top1_mae_mps": EVENT_MAE_MPS}
         write_json_atomic(tmp / MANIFEST, manifest)
-        os.chmod(tmp, 0o755)
-        replace_folder(tmp, out, marker=MANIFEST, kind="an encoder bundle")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     EncoderBundle(out)  # verifies the result: hashes, bundle id, calibration file
     return out
 

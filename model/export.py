@@ -5,8 +5,6 @@ into place, so a reader never sees half a bundle)."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +29,7 @@ from seisbind.bundle import (
 )
 from seisbind.cores import usable_cores
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
-from seisbind.files import replace_folder
+from seisbind.files import staged_folder
 from seisbind.provenance import git_commit, portable_path
 
 from model.config import ModelConfig
@@ -157,12 +155,9 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
     if default_variant not in (None, FULL, *seismic_variants):
         raise ValueError(f"default variant {default_variant!r} is neither 'full' nor among the exported variants "
                          f"{list(seismic_variants)}")
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").float().eval()
     inputs = parity_inputs if parity_inputs is not None else synthetic_inputs()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out_dir, MANIFEST, "an encoder bundle") as tmp:
         parity = {}
         for m, enc in _encoders(model).items():
             x = np.ascontiguousarray(inputs[m], np.float32)
@@ -177,11 +172,6 @@ def export_bundle(model: SeisBindModel, out_dir: str | os.PathLike[str], *, trai
             doc["variants"] = {"seismic": variants}
             doc["default_variants"] = {"seismic": default_variant or list(variants)[-1]}
         manifest = finish_manifest(tmp, doc)
-        os.chmod(tmp, 0o755)
-        replace_folder(tmp, out, marker=MANIFEST, kind="an encoder bundle")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -6,8 +6,6 @@ written into a temporary sibling folder and renamed into place (a reader never s
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from seisbind.bundle import (
     finish_manifest,
     read_manifest,
 )
-from seisbind.files import replace_folder
+from seisbind.files import staged_folder
 from seisbind.openfwi import PairedDataset
 from seisbind.provenance import git_commit, portable_path
 from seisbind.refiner import REFINER_INPUTS, REFINER_OUTPUT, LearnedRefiner
@@ -85,11 +83,9 @@ def export_refiner(net: RefinerNet, cfg: RefinerTrainConfig, data: RefinerData, 
         BundleError: the source bundle is missing or corrupt.
         FileExistsError: ``out`` exists and is not an encoder bundle.
     """
-    src, dst = Path(cfg.encoders), Path(out).resolve()
+    src = Path(cfg.encoders)
     manifest = read_manifest(src, verify=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    try:
+    with staged_folder(out, MANIFEST, "an encoder bundle") as tmp:
         copy_bundle_files(src, tmp, manifest.raw, skip=(REFINER_FILE,))
         export_refiner_onnx(net, tmp / REFINER_FILE)
         rows = np.arange(min(parity_rows, len(data.val)))
@@ -106,9 +102,4 @@ def export_refiner(net: RefinerNet, cfg: RefinerTrainConfig, data: RefinerData, 
                    "metrics": metrics}
         doc = {k: v for k, v in manifest.raw.items() if k not in ("sha256", "bundle_id")}
         new = finish_manifest(tmp, {**doc, "refiner": section})
-        os.chmod(tmp, 0o755)
-        replace_folder(tmp, dst, marker=MANIFEST, kind="an encoder bundle")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return new

@@ -135,3 +135,20 @@ def checksum_mismatch(folder: PathLike, expected: Mapping[str, str]) -> str | No
         if got != want:
             return f"{path}: sha256 {got[:12]}… does not match the manifest's {str(want)[:12]}… (corrupt or replaced)"
     return None
+
+
+@contextmanager
+def staged_folder(out: PathLike, marker: str, kind: str) -> Iterator[Path]:
+    """A temporary sibling folder of ``out`` to write ``kind`` (e.g. an encoder bundle, whose ``marker`` file it
+    holds) into. On a clean exit it replaces ``out`` (:func:`replace_folder`: an interruption leaves the old one
+    whole); on an error it is removed."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        replace_folder(tmp, out, marker=marker, kind=kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
