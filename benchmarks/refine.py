@@ -180,23 +180,26 @@ def one_gather(gathers: np.ndarray, truth: np.ndarray, models: np.ndarray, score
 
 def run_dataset(args: argparse.Namespace, dataset: str, bundle_dir: Path, index: Path, config: Any) -> dict[str, Any]:
     """Per-gather results of one dataset (resumed from the cache) and the learned refiner's time per gather."""
-    from seisbind.bundle import EncoderBundle
+    from seisbind.bundle import REFINER_FILE, EncoderBundle
 
     from index.searcher import Searcher
 
     truth, gathers = queries(args, dataset)
     bundle = EncoderBundle(bundle_dir)
     searcher = Searcher.load(index, expected_bundle_id=bundle.bundle_id)
-    D, I = searcher.search(bundle.seismic.encode(gathers), args.k)
+    refiner = bundle.refiner
+    D, I = searcher.search(bundle.seismic.encode(gathers), max(args.k, refiner.k if refiner is not None else 0))
     models = searcher.velocity_models(I)[:, :, 0]
-    refiner = getattr(bundle, "refiner", None)
     learned, learned_ms = None, None
-    if refiner is not None:
+    if refiner is not None:  # the refiner takes its own k neighbours; the top-k mean and the FWI starts take --k
         t0 = time.perf_counter()
-        learned = np.asarray(refiner.refine(gathers, models, D), np.float32).reshape(len(gathers), 70, 70)
+        learned = np.asarray(refiner.refine(gathers, models[:, :refiner.k], D[:, :refiner.k]),
+                             np.float32).reshape(len(gathers), 70, 70)
         learned_ms = 1000 * (time.perf_counter() - t0) / len(gathers)
-    key = hashlib.sha256(json.dumps([asdict(config), bundle.bundle_id, args.k, args.bank_per_family, dataset,
-                                     len(truth), args.noise_db, args.seed]).encode()).hexdigest()[:12]
+    D, models = D[:, :args.k], models[:, :args.k]
+    refiner_sha = dict(bundle.manifest.raw["sha256"]).get(REFINER_FILE)  # the same encoders, another refiner
+    key = hashlib.sha256(json.dumps([asdict(config), bundle.bundle_id, refiner_sha, args.k, args.bank_per_family,
+                                     dataset, len(truth), args.noise_db, args.seed]).encode()).hexdigest()[:12]
     path = args.cache / f"results-{dataset}-{key}.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     for j in range(len(rows), len(truth)):

@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="holds the refiner run and the new bundle (rerun to resume a finished run)")
     p.add_argument("--budget-min", type=float, default=12.0, help="training time budget, minutes")
     p.add_argument("--threads", type=int, default=2, help="threads for training")
-    p.add_argument("--k", type=int, default=5, help="neighbours per query")
+    p.add_argument("--k", type=int, default=20, help="neighbours per query")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing-runs", type=int, default=200, help="timed refiner calls at batch 1")

@@ -50,8 +50,6 @@ def learned_models(bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.n
     if bundle.refiner is None:
         raise RefineError(f"{bundle.dir}: the encoder bundle has no refiner.onnx (learned refiner); use --method fwi "
                           "with --start top1, topk or smooth, or export a bundle with a refiner")
-    if bundle.refiner.k != models.shape[1]:
-        raise RefineError(f"the learned refiner expects k={bundle.refiner.k} neighbours, --k is {models.shape[1]}")
     return np.asarray(bundle.refiner.refine(gathers, models, D), np.float32).reshape(len(gathers), 70, 70)
 
 
@@ -69,9 +67,10 @@ def check_choice(method: str, start: Optional[str]) -> str:
     return start or "topk"
 
 
-def retrieve(encoders: Path, index: Path, gathers: np.ndarray, k: int) -> tuple[Any, np.ndarray, np.ndarray,
-                                                                                np.ndarray, list[list[str]]]:
-    """(bundle, D [n,k] scores, I [n,k] entries, models [n,k,70,70] m/s, ids) of the top-k bank models."""
+def retrieve(encoders: Path, index: Path, gathers: np.ndarray, k: int, for_refiner: bool = False
+             ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[list[str]]]:
+    """(bundle, D [n,K] scores, I [n,K] entries, models [n,K,70,70] m/s, ids) of the top-K bank models: K = k, or
+    with ``for_refiner`` at least the bundle's learned refiner's k."""
     from seisbind.bundle import EncoderBundle
 
     from index.searcher import Searcher
@@ -80,17 +79,21 @@ def retrieve(encoders: Path, index: Path, gathers: np.ndarray, k: int) -> tuple[
     searcher = Searcher.load(index, expected_bundle_id=bundle.bundle_id)
     if not 1 <= k <= searcher.count:
         raise RefineError(f"--k {k}: must be in 1..{searcher.count} (the index's size)")
+    if for_refiner and bundle.refiner is not None:
+        k = max(k, min(bundle.refiner.k, searcher.count))
     D, I = searcher.search(bundle.seismic.encode(gathers), k)
     models = searcher.velocity_models(I)[:, :, 0]
     return bundle, D, I, models, [[searcher.ids[int(i)] for i in row] for row in I]
 
 
-def start_models(kind: str, bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """Start models [n,70,70] m/s of ``kind`` for every gather set."""
+def start_models(kind: str, bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.ndarray, k: int
+                 ) -> np.ndarray:
+    """Start models [n,70,70] m/s of ``kind`` for every gather set, from its best ``k`` neighbours (the learned
+    refiner takes as many of the retrieved ones as its graph needs)."""
     from seisbind.start_models import start_model
 
     learned = learned_models(bundle, gathers, models, D) if kind == "learned" else None
-    return np.stack([start_model(kind, models[j], D[j], None if learned is None else learned[j])
+    return np.stack([start_model(kind, models[j, :k], D[j, :k], None if learned is None else learned[j])
                      for j in range(len(gathers))])
 
 
@@ -163,8 +166,8 @@ def refine(encoders: Path, index: Path, gathers_path: Path, out: Path, method: s
     kind = check_choice(method, start)
     config = config or FwiConfig()
     gathers = load_gathers(gathers_path)
-    bundle, D, I, models, ids = retrieve(encoders, index, gathers, k)
-    starts = start_models(kind, bundle, gathers, models, D)
+    bundle, D, I, models, ids = retrieve(encoders, index, gathers, k, kind == "learned")
+    starts = start_models(kind, bundle, gathers, models, D, k)
     fwi_config = config if method != "learned" else dataclasses.replace(config, iterations=0)
     results = run_fwi(gathers, starts, fwi_config, quiet)
     meta = {"method": method, "start": kind, "k": k, "gathers_file": str(gathers_path),

@@ -1,10 +1,12 @@
 """The learned refiner network (docs/learned_refiner.md): gathers + k retrieved bank models + their scores ->
 a velocity model in m/s.
 
-It starts from the similarity-weighted mean of the neighbours (the same weighting as
-seisbind.neighbours.neighbour_weights, so the same model as the "topk" start) and adds a residual bounded by
-``max_residual_mps`` (tanh), predicted by a small U-Net over: the k neighbours and their mean (normalised to
-[-1, 1]), their scores as constant planes, and a gather feature map on the model grid. The gather branch runs the
+A small U-Net looks at the k neighbours and their similarity-weighted mean (normalised to [-1, 1]), their scores
+as constant planes, and a gather feature map on the model grid, and predicts k + 1 maps: per-cell logits added to
+the log of the neighbours' similarity weights (the same weighting as seisbind.neighbours.neighbour_weights), whose
+softmax over the neighbours mixes them cell by cell, and a residual bounded by ``max_residual_mps`` (tanh) added
+to the mix. Mixing cell by cell is what the neighbours allow: on held-out openfwi-vel pairs the best of 20
+neighbours per cell is 21 m/s from the truth while their weighted mean is 171 m/s away. The gather branch runs the
 seismic encoder's own front end (model.encoders.SeismicFrontEnd), convolutions over (time, receiver) and a learned
 linear map from the decimated time axis onto the 70 depth cells (receivers sit on the model's 70 lateral cells).
 The last convolution starts at zero, so an untrained refiner returns exactly the neighbours' weighted mean.
@@ -64,7 +66,7 @@ class RefinerNet(nn.Module):
         self.enc3 = _block(2 * w, 4 * w, stride=2)
         self.dec2 = _block(6 * w, 2 * w)
         self.dec1 = _block(3 * w, w)
-        self.head = nn.Conv2d(w, 1, 3, 1, 1)
+        self.head = nn.Conv2d(w, cfg.k + 1, 3, 1, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]
 
@@ -91,8 +93,11 @@ class RefinerNet(nn.Module):
         d2 = self.dec2(torch.cat([F.interpolate(e3, size=(e2.shape[2], e2.shape[3]), mode="bilinear",
                                                 align_corners=False), e2], 1))
         d1 = self.dec1(torch.cat([F.interpolate(d2, size=(NZ, NX), mode="bilinear", align_corners=False), e1], 1))
-        residual = torch.tanh(self.head(d1)[:, 0]) * self.cfg.max_residual_mps
-        return (mean + residual).clamp(V_MIN, V_MAX)
+        out = self.head(d1)
+        logits = out[:, :k] + torch.log(similarity_weights(scores))[:, :, None, None]
+        mixed = (torch.softmax(logits, dim=1) * models.float()).sum(1)
+        residual = torch.tanh(out[:, k]) * self.cfg.max_residual_mps
+        return (mixed + residual).clamp(V_MIN, V_MAX)
 
     def forward(self, gathers: torch.Tensor, models: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.preprocess(gathers), models, scores)

@@ -15,7 +15,7 @@ class RefinerConfig:
     """The refiner network: a bounded residual on top of the similarity-weighted mean of the k neighbours, from a
     small U-Net over the neighbours, their mean, their scores and a gather feature map brought to the model grid."""
 
-    k: int = 5
+    k: int = 20
     """Retrieved neighbours per query (the graph's fixed k)."""
     decimation: int = 8
     """Time stride of the seismic front end (the encoder's, see model.encoders.SeismicFrontEnd)."""

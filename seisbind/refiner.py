@@ -88,9 +88,10 @@ class LearnedRefiner:
                  intra_op_threads or usable_cores())
 
     def check_inputs(self, gathers: Any, models: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Validate one batch; returns contiguous float32 (gathers [N,5,1000,70], models [N,k,70,70], scores [N,k]).
-        ``models`` may also be [N,k,1,70,70]. Raises TypeError for a non-float dtype, ValueError naming the input
-        for a wrong shape, a batch size that differs between inputs, a wrong number of neighbours, or NaN/Inf."""
+        """Validate one batch; returns contiguous float32 (gathers [N,5,1000,70], models [N,k,70,70], scores [N,k]):
+        of K >= k neighbours given (best first), the best k. ``models`` may also be [N,K,1,70,70]. Raises TypeError
+        for a non-float dtype, ValueError naming the input for a wrong shape, a batch size that differs between
+        inputs, fewer than k neighbours, or NaN/Inf."""
         g = _float_array(gathers, "gathers")
         m = _float_array(models, "models")
         s = _float_array(scores, "scores")
@@ -105,14 +106,16 @@ class LearnedRefiner:
         n = len(g)
         if len(m) != n or len(s) != n:
             raise ValueError(f"batch sizes differ: gathers {n}, models {len(m)}, scores {len(s)}")
-        if m.shape[1] != self.k or s.shape[1] != self.k:
+        if m.shape[1] != s.shape[1] or m.shape[1] < self.k:
             raise ValueError(f"models/scores: {m.shape[1]}/{s.shape[1]} neighbours per query, the refiner needs "
-                             f"k={self.k} (retrieve with k >= {self.k} and pass the best {self.k})")
+                             f"k={self.k} (retrieve at least {self.k}, best first)")
+        m, s = m[:, :self.k], s[:, :self.k]  # the best k
         return _finite(g, "gathers"), _finite(m, "models"), _finite(s, "scores")
 
     def refine(self, gathers: np.ndarray, models: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Refined velocity models: gathers [N,5,1000,70] (raw training-scale amplitudes), models [N,k,70,70] m/s
-        (the retrieved neighbours, best first), scores [N,k] (their cosine similarities) -> [N,70,70] float32 m/s.
+        """Refined velocity models: gathers [N,5,1000,70] (raw training-scale amplitudes), models [N,K,70,70] m/s
+        (the retrieved neighbours, best first, K >= k: the best k are used), scores [N,K] (their cosine
+        similarities) -> [N,70,70] float32 m/s.
         Raises TypeError/ValueError as :meth:`check_inputs`."""
         g, m, s = self.check_inputs(gathers, models, scores)
         if len(g) == 0:

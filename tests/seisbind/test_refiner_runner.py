@@ -86,11 +86,16 @@ def test_refiner_runs_and_keeps_the_bundle_id(plain_bundle: Path, refiner_bundle
     # [N, k, 1, 70, 70] is accepted too, and an empty batch gives an empty answer
     np.testing.assert_allclose(b.refiner.refine(g, m[:, :, None], s), out)
     assert b.refiner.refine(g[:0], m[:0], s[:0]).shape == (0, 70, 70)
+    # more neighbours than k: the best k (the first) are used, the rest ignored
+    _, extra_m, extra_s = _inputs(4, k=2, seed=1)
+    np.testing.assert_allclose(b.refiner.refine(g, np.concatenate([m, extra_m], 1), np.concatenate([s, extra_s], 1)),
+                               out)
 
 
 @pytest.mark.parametrize("change, error, match", [
     (lambda g, m, s: (g[:, :4], m, s), ValueError, "gathers: shape"),
     (lambda g, m, s: (g, m[:, :2], s[:, :2]), ValueError, "k=3"),
+    (lambda g, m, s: (g, m, s[:, :2]), ValueError, "3/2 neighbours"),
     (lambda g, m, s: (g, m[:, :, :60], s), ValueError, "models: shape"),
     (lambda g, m, s: (g, m, s[:, :, None]), ValueError, "scores: shape"),
     (lambda g, m, s: (g, m[:1], s), ValueError, "batch sizes differ"),
