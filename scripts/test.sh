@@ -20,6 +20,10 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[cpu,train,dev]"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# Two test processes at once (pytest-xdist), whole files per process so module fixtures are built once: much of the
+# suite waits on servers, Redis, browsers and subprocesses. OpenMP threads sleep rather than spin while they wait,
+# so the two processes' threads share the cores instead of fighting for them.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 ruff check .          # lint and import order (pyproject.toml [tool.ruff])
 mypy                  # types of the library and the command line (pyproject.toml [tool.mypy])
-python -m pytest -q "$@"
+python -m pytest -q -n "${SEISBIND_TEST_WORKERS:-2}" --dist loadfile "$@"
