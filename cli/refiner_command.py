@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from model.config import RunError
+from model.config import AugmentConfig, RunError
 from model.refiner_config import RefinerConfig, RefinerTrainConfig  # torch-free
 
 _T = RefinerTrainConfig.default
@@ -32,6 +32,8 @@ def train_refiner(
                                                     help="stop (annealed) after this many minutes"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch and ONNX Runtime intra-op threads"),
     width: int = typer.Option(RefinerConfig.width, "--width", help="base width of the refiner's U-Net"),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="perturb the training gathers like field data (noise, muting, wavelet, ...)"),
 ) -> None:
     """Train the learned refiner (gathers + retrieved neighbours -> velocity model); resumes when --out holds a
     compatible run; with --bundle-out, exports it into a copy of the encoder bundle."""
@@ -46,7 +48,8 @@ def train_refiner(
         cfg = RefinerTrainConfig(data=tuple(str(d.resolve()) for d in data), encoders=str(encoders.resolve()),
                                  out=str(out), model=RefinerConfig(k=k, width=width), epochs=epochs,
                                  batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                                 time_budget_min=time_budget_min, threads=threads)
+                                 time_budget_min=time_budget_min, threads=threads,
+                                 augment=AugmentConfig() if augment else None)
         summary = run_training(cfg, str(bundle_out) if bundle_out else None)
     except (OpenFWIError, BundleError, RunError, ParityError, FileExistsError, ValueError, OSError) as e:
         fail(str(e))

@@ -9,6 +9,8 @@ from typing import Any
 
 from seisbind.acquisition import DT
 
+from model.config import AugmentConfig
+
 
 @dataclass(frozen=True)
 class RefinerConfig:
@@ -79,6 +81,9 @@ class RefinerTrainConfig:
     """torch and ONNX Runtime intra-op threads (default: the usable cores)."""
     mirror_p: float = 0.5
     """Probability of the left-right mirror augmentation per pair."""
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``, as the
+    encoders are trained); None trains on the clean simulations (runs stored before it existed read as None)."""
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -94,6 +99,7 @@ class RefinerTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["data"] = list(self.data)
+        d["augment"] = None if self.augment is None else self.augment.to_dict()
         return d
 
     @classmethod
@@ -105,6 +111,8 @@ class RefinerTrainConfig:
         d["data"] = tuple(d["data"])
         if isinstance(d.get("model"), dict):
             d["model"] = RefinerConfig.from_dict(d["model"])
+        aug = d.get("augment")  # stored before augmentation existed: none
+        d["augment"] = None if aug is None else AugmentConfig.from_dict(aug)
         return cls(**d)
 
     @classmethod

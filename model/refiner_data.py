@@ -23,7 +23,8 @@ from model.refiner import RefinerNet
 
 @dataclass
 class NeighbourSplit:
-    """One split's pairs with their neighbours. pre: [n, 5, T', 70] preprocessed gathers; truth: [n, 70, 70] m/s;
+    """One split's pairs with their neighbours. pre: [n, 5, T', 70] gathers decimated by the refiner's front end
+    (still linear in the amplitudes: augmented, then normalised per batch); truth: [n, 70, 70] m/s;
     scores: [n, k] cosine similarities and rows: [n, k] rows of the bank (the training split), best first;
     pairs: the rows of these pairs in the whole data set."""
 
@@ -89,10 +90,10 @@ def _split(pre: torch.Tensor, truth: torch.Tensor, pairs: np.ndarray, D: np.ndar
 
 def load_refiner_data(folders: Sequence[str | os.PathLike[str]], bundle: EncoderBundle, net: RefinerNet, k: int,
                       val_fraction: float, seed: int) -> RefinerData:
-    """Open and check the folders, preprocess the gathers with the refiner's front end, embed everything with the
+    """Open and check the folders, decimate the gathers with the refiner's front end, embed everything with the
     bundle, split off the held-out pairs and retrieve every pair's k neighbours from the training models."""
     datasets = open_folders(list(folders))
-    pairs = load_pairs(datasets, net.front)
+    pairs = load_pairs(datasets, net.front, linear=True)
     seis, vel = embed_datasets(bundle, datasets)
     train_idx, val_idx = split_indices(len(pairs), val_fraction, seed)
     if len(val_idx) == 0:

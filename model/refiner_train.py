@@ -1,5 +1,6 @@
 """Training of the learned refiner (``seisbind train-refiner``, docs/learned_refiner.md): L1 loss in m/s on the
-training pairs with neighbours retrieved from a bank without the pair's own model (model.refiner_data), validation
+training pairs with neighbours retrieved from a bank without the pair's own model (model.refiner_data), the gathers
+mirrored and perturbed like field data on the fly (model.augment, as the encoders are trained), validation
 on the held-out pairs (MAE of the retrieved top-1, of the similarity-weighted top-k mean and of the refiner), a time
 budget over which the learning rate is annealed, an atomic checkpoint after every epoch (rerun the same command to
 resume), and the best validation state exported into a new encoder bundle (model.refiner_export)."""
@@ -19,8 +20,10 @@ import torch
 from seisbind.bundle import EncoderBundle
 from seisbind.files import write_json_atomic
 
+from model import augment
+from model.batches import augment_seed
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_metrics
-from model.config import RunError
+from model.config import AugmentConfig, RunError
 from model.data import mirror
 from model.optim import lr_factor
 from model.refiner import RefinerNet, create_refiner
@@ -48,16 +51,22 @@ class RefinerState:
     finished: bool = False
 
 
-def neighbour_batch(split: NeighbourSplit, bank: torch.Tensor, rows: torch.Tensor, flips: torch.Tensor | None = None
+def neighbour_batch(net: RefinerNet, split: NeighbourSplit, bank: torch.Tensor, rows: torch.Tensor,
+                    flips: torch.Tensor | None = None, augment_cfg: AugmentConfig | None = None,
+                    generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(preprocessed gathers, neighbour models [b, k, 70, 70] m/s, scores, truth [b, 70, 70]) of ``rows``, with the
-    flagged pairs mirrored left-right (gathers, neighbours and truth together)."""
-    pre, models = split.pre[rows], bank[split.rows[rows]]
+    """(normalised gathers, neighbour models [b, k, 70, 70] m/s, scores, truth [b, 70, 70]) of ``rows``, with the
+    flagged pairs mirrored left-right (gathers, neighbours and truth together) and, given ``augment_cfg``, the
+    gathers perturbed like field data before the front end's normalisation (draws from ``generator``)."""
+    dec, models = split.pre[rows], bank[split.rows[rows]]
     scores, truth = split.scores[rows], split.truth[rows]
     if flips is not None and bool(flips.any()):
-        mp, mm = mirror(pre[flips], models[flips])
-        pre[flips], models[flips], truth[flips] = mp, mm, truth[flips].flip(-1)
-    return pre, models, scores, truth
+        mp, mm = mirror(dec[flips], models[flips])
+        dec[flips], models[flips], truth[flips] = mp, mm, truth[flips].flip(-1)
+    if augment_cfg is not None:
+        dec = augment.apply(dec, generator or torch.Generator(), augment_cfg, net.front.decimated_dt,
+                            net.front.white_noise_gain)
+    return net.front.normalise(dec), models, scores, truth
 
 
 @torch.no_grad()
@@ -67,7 +76,7 @@ def predict(net: RefinerNet, split: NeighbourSplit, bank: torch.Tensor, batch: i
     net.eval()
     out = []
     for s in range(0, len(split), batch):
-        pre, models, scores, _ = neighbour_batch(split, bank, torch.arange(s, min(s + batch, len(split))))
+        pre, models, scores, _ = neighbour_batch(net, split, bank, torch.arange(s, min(s + batch, len(split))))
         out.append(net.forward_features(pre, models, scores))
     net.train(was)
     return torch.cat(out) if out else torch.zeros((0, 70, 70))
@@ -95,7 +104,7 @@ def _resume(cfg: RefinerTrainConfig) -> dict[str, Any] | None:
     ckpt = load_checkpoint(out)
     if ckpt.get("kind") != "refiner":
         raise RunError(f"{out}: holds a training run that is not a refiner's; choose another --out")
-    old, new = ckpt["config"], cfg.to_dict()
+    old, new = RefinerTrainConfig.from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
     diff = [k for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
     if diff:
         raise RunError(f"{out}: holds a refiner run with different settings ({', '.join(diff)}); use another --out "
@@ -123,7 +132,8 @@ def _epoch(net: RefinerNet, opt: torch.optim.Optimizer, data: RefinerData, cfg: 
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(frac, WARMUP)
         rows = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        pre, models, scores, truth = neighbour_batch(data.train, data.bank, rows, flips[rows])
+        pre, models, scores, truth = neighbour_batch(net, data.train, data.bank, rows, flips[rows], cfg.augment,
+                                                     augment_seed(cfg.seed, state.step, 0))
         loss = (net.forward_features(pre, models, scores) - truth).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

@@ -16,13 +16,13 @@ from seisbind.bundle import EncoderBundle, read_manifest
 from seisbind.neighbours import neighbour_weights
 from seisbind.openfwi import open_dataset
 
-from model.config import RunError
+from model.config import AugmentConfig, RunError
 from model.export import ParityError, export_untrained_bundle
 from model.refiner import create_refiner, similarity_weights, weighted_mean
 from model.refiner_config import RefinerConfig, RefinerTrainConfig
-from model.refiner_data import neighbours_excluding
+from model.refiner_data import NeighbourSplit, neighbours_excluding
 from model.refiner_export import export_refiner_onnx, refiner_parity
-from model.refiner_train import train_refiner
+from model.refiner_train import neighbour_batch, train_refiner
 from tests.model_fixtures import fake_gathers, layered_models, write_dataset
 
 
@@ -69,6 +69,29 @@ def test_training_neighbours_never_include_the_pair_itself() -> None:
     assert (I2[:, 0] == np.arange(3)).all()  # without exclusion a query finds itself
     with pytest.raises(ValueError, match="too small"):
         neighbours_excluding(bank, bank[:4], 4, own=np.arange(30))
+
+
+def test_training_batches_are_perturbed_like_field_data_and_validation_is_clean() -> None:
+    net = create_refiner(RefinerConfig.tiny(k=3), seed=0)
+    g = torch.from_numpy(fake_gathers(layered_models(4, 5)))
+    with torch.no_grad():
+        dec = net.front.decimate(g)
+    models, scores = _neighbours(4, 3, seed=3)
+    split = NeighbourSplit(dec, torch.from_numpy(layered_models(4, 6)[:, 0]), torch.from_numpy(scores),
+                           torch.arange(12).reshape(4, 3), np.arange(4))
+    bank = torch.from_numpy(models.reshape(12, 70, 70))
+    rows = torch.arange(4)
+    clean = neighbour_batch(net, split, bank, rows)
+    torch.testing.assert_close(clean[0], net.front.normalise(dec))  # what predict() and the ONNX graph see
+    torch.testing.assert_close(clean[0], net.preprocess(g))
+    noisy = AugmentConfig(noise_p=1.0, snr_db=(0.0, 0.0), wavelet_p=0, shift_p=0, scale_p=0, polarity_p=0, mute_p=0)
+    a = neighbour_batch(net, split, bank, rows, None, noisy, torch.Generator().manual_seed(1))
+    b = neighbour_batch(net, split, bank, rows, None, noisy, torch.Generator().manual_seed(1))
+    assert a[0].shape == clean[0].shape and a[0].dtype == torch.float32
+    torch.testing.assert_close(a[0], b[0])  # a function of the generator: a resumed run draws the same
+    assert not torch.allclose(a[0], clean[0]) and torch.equal(split.pre, dec)  # the stored gathers are untouched
+    for x, y in zip(a[1:], clean[1:]):
+        torch.testing.assert_close(x, y)  # neighbours, scores and truth as they were
 
 
 def test_onnx_export_matches_torch_and_a_changed_model_fails_parity(tmp_path: Path) -> None:
