@@ -33,6 +33,8 @@ class Setup:
     id_folders: dict[str, Path]
     family_folders: dict[str, Path]
     gallery_models: np.ndarray
+    calibration_folders: dict[str, Path]
+    """The in-distribution calibration sets: ``--id-data`` where given, else ``id_folders``."""
 
 
 def log(msg: str) -> None:
@@ -107,13 +109,19 @@ def prepare(args: argparse.Namespace, families: list[str]) -> Setup:
         args.bank = [*id_folders.values(), *fam_folders.values()]
     bank = bank_folder(work, args.bank)
     searcher = index_for(args.bundle, bank, work / f"index_{EncoderBundle(args.bundle).bundle_id}")
-    return Setup(EncoderBundle(args.bundle), searcher, id_folders, fam_folders, gallery(args))
+    calib = {id_name(f): f for f in args.id_data} or id_folders
+    return Setup(EncoderBundle(args.bundle), searcher, id_folders, fam_folders, gallery(args), calib)
+
+
+def id_name(folder: Path) -> str:
+    """The family an in-distribution folder holds (the first of ``ID_FAMILIES`` in its path), else its name."""
+    return next((f for f in ID_FAMILIES if f in Path(folder).parts), Path(folder).name)
 
 
 def query_sets(setup: Setup) -> tuple[list[QuerySet], list[QuerySet]]:
     """The in-distribution and the other-geology query sets: features and top-1 MAE of every gather."""
     enc, s = setup.bundle.seismic, setup.searcher
-    ids = [collect_folder(enc, s, f, True, name) for name, f in setup.id_folders.items()]
+    ids = [collect_folder(enc, s, f, True, name) for name, f in setup.calibration_folders.items()]
     log("in-distribution sets searched")
     fams = [collect_folder(enc, s, f, False, name) for name, f in setup.family_folders.items()]
     log("family sets searched")

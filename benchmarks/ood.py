@@ -2,8 +2,9 @@
 was not trained on, and whether its confidence means what it says. Writes ``benchmarks/results/retrieval_ood.json``.
 
 * ``calibration``: held-out gathers of the training geology (the ``openfwi-vel`` test models, FlatVel-A and
-  CurveVel-A, simulated) and of the other geology families (``seisbind simulate --family``), each searched
-  against the bank (the bundle's training models). Every set is split in two by row parity: the calibration is
+  CurveVel-A, simulated: the first ``--id-count`` of each, or the folders given with ``--id-data``) and of the
+  other geology families (``seisbind simulate --family``), each searched against the bank (the bundle's training
+  models). Every set is split in two by row parity: the calibration is
   fitted on the even rows (``index.calibrate``, the code of ``seisbind calibrate``) and evaluated on the odd ones:
   expected calibration error (10 bins) in distribution and on the families, the out-of-distribution flag rate per
   set, mean confidence in and out of distribution. Also leave-one-family-out (each family's confidence from a
@@ -15,7 +16,7 @@ was not trained on, and whether its confidence means what it says. Writes ``benc
 The ``heldout`` section (bundles trained without a family) is not written by this script yet.
 
 Run from the repository root (heavy: under ``flock /tmp/seisbind-cpu.lock`` on a shared machine):
-    python -m benchmarks.ood --bundle BUNDLE --bank BANK_FOLDER [--bank ...]
+    python -m benchmarks.ood --bundle BUNDLE --bank BANK_FOLDER [--bank ...] [--id-data TEST_FOLDER ...]
     python -m benchmarks.ood --smoke       # about a minute: tiny sets, a tiny model trained on the spot
 """
 
@@ -46,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None,
                    help="simulated sets and the index, resumable (default .cache/ood; with --smoke a temporary folder)")
     p.add_argument("--id-count", type=int, default=300, help="test models simulated per in-distribution family")
+    p.add_argument("--id-data", type=Path, action="append", default=[],
+                   help="held-out paired folder of the training geology (e.g. .cache/openfwi_vel/flatvel_a/test: "
+                   "every test model, simulated) for the calibration sets instead of the first --id-count test "
+                   "models (which the noise and muted curves keep); repeatable")
     p.add_argument("--family-count", type=int, default=100, help="models simulated per other geology family")
     p.add_argument("--families", nargs="*", default=None, help="other geology families (default: every family of "
                    "seisbind simulate except flatvel-a and curvevel-a)")
@@ -126,7 +131,7 @@ def calibration_section(id_sets: list[QuerySet], fam_sets: list[QuerySet]) -> tu
                                      "families": evaluate_on(id_only, [h["eval"] for h in fh.values()])},
         "fit": {"n": cal.fit["n"], "n_in_distribution": cal.fit["n_in_distribution"],
                 "event_rate": cal.fit["event_rate"], "ood_quantile": OOD_QUANTILE,
-                "weights": cal.weights.tolist(), "bias": cal.bias,
+                "inputs": list(cal.inputs), "weights": cal.weights.tolist(), "bias": cal.bias,
                 "protocol": "fit on the even rows of every set, evaluated on the odd rows"},
     }
     for part in ("in_distribution", "families"):
@@ -170,6 +175,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result["setup"] = {"bundle": "a tiny model trained by --smoke" if args.smoke else portable_path(args.bundle),
                        "bundle_id": setup.bundle.bundle_id, "bank_size": setup.searcher.count,
                        "in_distribution": {s.name: len(s.mae) for s in id_sets},
+                       "in_distribution_data": {n: portable_path(f) for n, f in setup.calibration_folders.items()},
                        "families": {s.name: len(s.mae) for s in fam_sets},
                        "family_seed": args.seed, "event": "top-1 bank model within 150 m/s MAE of the true model",
                        "heldout": "not measured here: needs bundles trained without each family"}

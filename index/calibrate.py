@@ -35,7 +35,7 @@ BATCH = 16
 
 @dataclass(frozen=True)
 class QuerySet:
-    """Held-out queries of one dataset: features [n, 4], top-1 MAE [n] (m/s) and whether they count as in
+    """Held-out queries of one dataset: features [n, 7], top-1 MAE [n] (m/s) and whether they count as in
     distribution (their features set the OOD threshold)."""
 
     name: str
@@ -55,14 +55,14 @@ class QuerySet:
 def search_features(searcher: Searcher, embeddings: np.ndarray,
                     gathers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Search the embeddings [b, dim] of gathers [b, 5, 1000, 70] for the FEATURE_K nearest entries: (features
-    [b, 4], D, I)."""
+    [b, 7], D, I)."""
     D, I = searcher.search(embeddings, min(FEATURE_K, searcher.count))  # noqa: E741 - faiss naming
     return query_features(D, I, searcher.velocity_models, gathers), D, I
 
 
 def collect(encoder: OnnxEncoder, searcher: Searcher, gathers: np.ndarray, models: np.ndarray,
             batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Features [n, 4] and top-1 MAE [n] of gathers [n, 5, 1000, 70] whose true models [n, 1, 70, 70] are known."""
+    """Features [n, 7] and top-1 MAE [n] of gathers [n, 5, 1000, 70] whose true models [n, 1, 70, 70] are known."""
     feats, maes = [], []
     for s in range(0, len(gathers), batch):
         g = np.asarray(gathers[s:s + batch], np.float32)

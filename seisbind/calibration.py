@@ -1,28 +1,24 @@
 """Calibrated confidence and the out-of-distribution flag of seismic queries, in one place (docs/api.md,
-docs/formats.md): the features of a query's search hits, the logistic model that turns them into a probability,
-its fit, the expected calibration error, and the calibration file an encoder bundle may carry. Numpy only.
+docs/formats.md): the logistic model that turns a query's features (``seisbind.calibration_features``: of its
+search hits, their bank models and its gather) into a probability, its fit, the expected calibration error, and the
+calibration file an encoder bundle may carry. Numpy only.
 
 ``confidence`` is the probability of the event "the top-1 bank model lies within ``EVENT_MAE_MPS`` (150 m/s) mean
-absolute error of the true model". It is a logistic regression on four features of the query's ``FEATURE_K`` (5) nearest
-bank entries and its gather, plus log(1 + the query's out-of-distribution distance, below), fitted on held-out
-gathers whose true models are known, searched against an index:
-
-* ``top1_score``: cosine similarity of the best match;
-* ``margin``: top-1 minus top-2 score;
-* ``log_spread_mae``: log(1 + mean pairwise MAE, m/s) of the top-5 bank models (neighbours that disagree with
-  each other cannot all be close to the truth);
-* ``log_late_energy``: log10 of the gather's mean power after ``LATE_S`` (0.4 s) over its mean power: the share of
-  reflected and diving energy after the direct wave (a gather without reflections, e.g. of a smooth gradient,
-  carries little information about layers, whatever its neighbours look like);
-* ``log1p_ood_distance`` (derived from the four): how unlike the in-distribution held-out queries the query is.
-  Without it one logistic fitted on the training geology and other families together had to average them: queries
-  of the training geology got too little confidence and those of other families (e.g. smooth gradients, which
-  look like good matches and never are) too much. Calibration files written before it (format 1) still load.
+absolute error of the true model". It is a logistic regression fitted on held-out gathers whose true models are
+known, searched against an index. Its inputs (format 3): the seven ``FEATURE_NAMES``, ``log1p_ood_distance`` (log(1
++ the query's out-of-distribution distance, below): how unlike the in-distribution held-out queries it is) and
+``log_excess_ood_distance`` (log of that distance over the OOD threshold where it exceeds it, else 0). The excess
+lets queries beyond the threshold lose confidence faster than the mild trend within it: within the training
+geology a smooth, agreed-upon answer is a likely hit, on smooth-gradient geology (far out) never.
 
 ``out_of_distribution`` is raised when the Mahalanobis distance of a query's features from those of held-out
-in-distribution queries exceeds the ``OOD_QUANTILE`` quantile of theirs (so about 3 % of in-distribution queries
-are flagged), when the gather is mostly white noise (``roughness``), and, by the service, when the gather earned
-a plausibility warning (service.plausibility).
+in-distribution queries exceeds the ``OOD_QUANTILE`` quantile of theirs, when the gather is mostly white noise
+(``roughness``), and, by the service, when the gather earned a plausibility warning (service.plausibility). The
+threshold and the distances the logistic model is fitted on are cross-fitted (``OOD_FOLDS``): each in-distribution
+row's distance comes from a center and covariance fitted without it, as a new query's would (in-sample distances
+are biased low, most for the outlying rows that stretch the covariance).
+
+Calibration files of format 1 (four features, no distance input) and 2 (four features and the distance) still load.
 """
 
 from __future__ import annotations
@@ -35,24 +31,40 @@ from typing import Any
 
 import numpy as np
 
-from seisbind.acquisition import DT
+from seisbind.calibration_features import (
+    FEATURE_K,
+    FEATURE_NAMES,
+    LATE_S,
+    NOISE_ROUGHNESS,
+    late_energy,
+    lateral_variation,
+    query_features,
+    reflectivity,
+    roughness,
+    shot_asymmetry,
+    spread_mae,
+)
 from seisbind.files import PathLike, read_json, sha256_file
 
+__all__ = ["FEATURE_K", "FEATURE_NAMES", "LATE_S", "NOISE_ROUGHNESS", "late_energy", "lateral_variation",
+           "query_features", "reflectivity", "roughness", "shot_asymmetry", "spread_mae"]
+
 CALIBRATION_FILE = "calibration.json"
-FORMAT = "seisbind-calibration/2"
-FORMATS = ("seisbind-calibration/1", FORMAT)
-"""Readable formats: 1 has no distance input to the logistic model."""
+FORMAT = "seisbind-calibration/3"
+FORMATS = ("seisbind-calibration/1", "seisbind-calibration/2", FORMAT)
+"""Readable formats: 1 and 2 read the first four features, 1 without the distance input."""
 EVENT_MAE_MPS = 150.0
 """The event ``confidence`` is the probability of: top-1 model within this mean absolute error of the truth."""
-FEATURE_K = 5
-"""Neighbours the features are computed from (the service searches at least this many)."""
-FEATURE_NAMES = ("top1_score", "margin", "log_spread_mae", "log_late_energy")
+V2_FEATURES = FEATURE_NAMES[:4]
+"""The features of formats 1 and 2."""
 DISTANCE_INPUT = "log1p_ood_distance"
-"""The logistic model's fifth input (format 2): log(1 + Calibration.ood_distance)."""
-LATE_S = 0.4
-"""Start of the late part of a gather, seconds (after the direct wave has crossed most of the spread)."""
+"""log(1 + Calibration.ood_distance): an input of the logistic model since format 2."""
+EXCESS_INPUT = "log_excess_ood_distance"
+"""log(distance / threshold) where positive, else 0: an input of the logistic model since format 3."""
 OOD_QUANTILE = 0.97
 """Quantile of the held-out in-distribution distances used as the OOD threshold (leaves room under 5 %)."""
+OOD_FOLDS = 5
+"""Folds of the cross-fitted in-distribution distances (threshold and logistic inputs of the fit)."""
 ECE_BINS = 10
 L2_PENALTY = 1e-3
 """Ridge penalty of the logistic fit (on standardised features): keeps separable data finite."""
@@ -60,44 +72,6 @@ L2_PENALTY = 1e-3
 
 class CalibrationError(ValueError):
     """A calibration file that is missing, corrupt, or cannot be fitted from the data given."""
-
-
-def spread_mae(models: np.ndarray) -> float:
-    """Mean pairwise mean absolute error (m/s) among velocity models [k, ...]; 0 for fewer than two."""
-    k = len(models)
-    if k < 2:
-        return 0.0
-    flat = np.asarray(models, np.float32).reshape(k, -1)
-    total = sum(float(np.abs(flat[i] - flat[j]).mean()) for i in range(k) for j in range(i + 1, k))
-    return total / (k * (k - 1) / 2)
-
-
-def late_energy(gathers: np.ndarray) -> np.ndarray:
-    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero)."""
-    g = np.asarray(gathers)
-    start = int(round(LATE_S / DT))
-    late = np.einsum("bstr,bstr->b", g[:, :, start:], g[:, :, start:], dtype=np.float64) / max(g.shape[2] - start, 1)
-    total = np.einsum("bstr,bstr->b", g, g, dtype=np.float64) / g.shape[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
-
-
-def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
-                   velocity_models: Callable[[np.ndarray], np.ndarray], gathers: np.ndarray) -> np.ndarray:
-    """The ``FEATURE_NAMES`` of each query [b, 4] from its search hits and its gathers [b, 5, 1000, 70]: D [b, k]
-    cosine scores (best first), I [b, k] bank rows (-1: unfilled, ignored), ``velocity_models(rows)`` -> the bank's
-    models of those rows. Uses the first ``FEATURE_K`` hits; with one hit the margin and spread are 0."""
-    out = np.zeros((len(D), len(FEATURE_NAMES)))
-    out[:, 3] = late_energy(gathers)
-    for q, (d_row, i_row) in enumerate(zip(np.asarray(D), np.asarray(I))):
-        keep = i_row >= 0
-        d_row, i_row = d_row[keep][:FEATURE_K], i_row[keep][:FEATURE_K]
-        if not len(i_row):
-            out[q] = np.nan
-            continue
-        margin = float(d_row[0] - d_row[1]) if len(d_row) > 1 else 0.0
-        out[q, :3] = (float(d_row[0]), margin, np.log1p(spread_mae(velocity_models(i_row))))
-    return out
 
 
 def top1_mae(top1_models: np.ndarray, true_models: np.ndarray) -> np.ndarray:
@@ -158,10 +132,16 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, penalty: float = L2_PENALTY,
     return theta[:d], float(theta[d])
 
 
+def _inputs_of(format_: str, features: tuple[str, ...]) -> tuple[str, ...]:
+    """The logistic model's inputs a format 1 or 2 file implies (they are not stored in format 1)."""
+    return features + ((DISTANCE_INPUT,) if format_ == "seisbind-calibration/2" else ())
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted calibration: the logistic model (on standardised features) and the OOD distance and threshold.
-    ``fit`` records what it was fitted on (index, counts, data, the fit's own figures)."""
+    """A fitted calibration: the logistic model (on standardised inputs) and the OOD distance and threshold.
+    ``features`` names the ``FEATURE_NAMES`` it reads, ``inputs`` the logistic model's inputs (features, then
+    ``DISTANCE_INPUT`` and ``EXCESS_INPUT`` where used). ``fit`` records what it was fitted on."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -171,39 +151,48 @@ class Calibration:
     ood_precision: np.ndarray
     ood_threshold: float
     fit: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURE_NAMES
+    inputs: tuple[str, ...] = (*FEATURE_NAMES, DISTANCE_INPUT, EXCESS_INPUT)
 
     @property
     def uses_distance(self) -> bool:
-        """Whether the logistic model also takes the OOD distance (format 2)."""
-        return len(self.weights) == len(FEATURE_NAMES) + 1
+        """Whether the logistic model also takes the OOD distance (formats 2 and 3)."""
+        return DISTANCE_INPUT in self.inputs
 
-    def inputs(self, features: np.ndarray) -> np.ndarray:
-        """The logistic model's inputs: the features [b, 4], and log(1 + OOD distance) where it uses it."""
-        X = np.asarray(features, np.float64)
-        return np.hstack([X, np.log1p(self.ood_distance(X))[:, None]]) if self.uses_distance else X
+    def selected(self, features: np.ndarray) -> np.ndarray:
+        """The columns of ``query_features`` rows [b, 7] this calibration reads [b, len(features)]."""
+        return np.asarray(features, np.float64)[:, [FEATURE_NAMES.index(f) for f in self.features]]
+
+    def design(self, features: np.ndarray, distance: np.ndarray | None = None) -> np.ndarray:
+        """The logistic model's inputs [b, len(inputs)] of feature rows [b, 7]; ``distance`` [b] replaces the OOD
+        distance (the fit's cross-fitted ones)."""
+        X = self.selected(features)
+        d = self.ood_distance(features) if distance is None else np.asarray(distance, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            derived = {DISTANCE_INPUT: np.log1p(d), EXCESS_INPUT: np.maximum(np.log(d / self.ood_threshold), 0.0)}
+        return np.column_stack([X[:, self.features.index(n)] if n in self.features else derived[n]
+                                for n in self.inputs])
 
     def confidence(self, features: np.ndarray) -> np.ndarray:
-        """P(top-1 within EVENT_MAE_MPS of the truth) for feature rows [b, 4] (NaN rows -> 0)."""
+        """P(top-1 within EVENT_MAE_MPS of the truth) for ``query_features`` rows [b, 7] (NaN rows -> 0)."""
         with np.errstate(invalid="ignore"):
-            z = ((self.inputs(features) - self.mean) / self.scale) @ self.weights + self.bias
+            z = ((self.design(features) - self.mean) / self.scale) @ self.weights + self.bias
         return np.nan_to_num(_sigmoid(z), nan=0.0)
 
     def ood_distance(self, features: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of feature rows [b, 4] from the in-distribution held-out queries (NaN -> inf)."""
-        diff = np.asarray(features, np.float64) - self.ood_center
-        d2 = np.einsum("bi,ij,bj->b", diff, self.ood_precision, diff)
-        return np.nan_to_num(np.sqrt(np.maximum(d2, 0.0)), nan=np.inf)
+        """Mahalanobis distance of ``query_features`` rows [b, 7] from the in-distribution held-out queries
+        (NaN -> inf)."""
+        return _mahalanobis(self.selected(features), self.ood_center, self.ood_precision)
 
     def out_of_distribution(self, features: np.ndarray) -> np.ndarray:
         """True where a query's features lie beyond the threshold: unlike the in-distribution held-out queries."""
         return self.ood_distance(features) > self.ood_threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """The calibration file's document."""
-        return {"format": FORMAT, "event": {"top1_mae_mps": EVENT_MAE_MPS}, "features": list(FEATURE_NAMES),
+        """The calibration file's document (format 3)."""
+        return {"format": FORMAT, "event": {"top1_mae_mps": EVENT_MAE_MPS}, "features": list(self.features),
                 "feature_k": FEATURE_K,
-                "logistic": {"inputs": list(FEATURE_NAMES) + [DISTANCE_INPUT] * self.uses_distance,
-                             "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "logistic": {"inputs": list(self.inputs), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                              "weights": self.weights.tolist(), "bias": self.bias},
                 "ood": {"center": self.ood_center.tolist(), "precision": self.ood_precision.tolist(),
                         "threshold": self.ood_threshold, "quantile": OOD_QUANTILE},
@@ -211,37 +200,79 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, doc: Any, source: PathLike = CALIBRATION_FILE) -> "Calibration":
-        """Validate a parsed calibration file; CalibrationError naming ``source`` and the problem."""
+        """Validate a parsed calibration file (formats 1 to 3); CalibrationError naming ``source`` and the problem."""
         if not isinstance(doc, dict) or doc.get("format") not in FORMATS:
             raise CalibrationError(f"{source}: not a {' or '.join(FORMATS)} document")
-        if tuple(doc.get("features", ())) != FEATURE_NAMES or doc.get("feature_k") != FEATURE_K:
+        features = tuple(doc.get("features") or ())
+        known = V2_FEATURES if doc["format"] != FORMAT else FEATURE_NAMES
+        if (doc["format"] != FORMAT and features != V2_FEATURES) or not set(features) <= set(known) \
+                or not features or doc.get("feature_k") != FEATURE_K:
             raise CalibrationError(f"{source}: features {doc.get('features')} (k={doc.get('feature_k')}), this "
                                    f"version computes {list(FEATURE_NAMES)} (k={FEATURE_K}): recalibrate")
         try:
-            lg, ood = doc["logistic"], doc["ood"]
-            d = len(FEATURE_NAMES)
-            d_in = d + (doc["format"] == FORMAT)
-            mean, scale, weights = (np.asarray(lg[k], np.float64) for k in ("mean", "scale", "weights"))
-            center, precision = np.asarray(ood["center"], np.float64), np.asarray(ood["precision"], np.float64)
-            if (any(a.shape != (d_in,) for a in (mean, scale, weights)) or center.shape != (d,)
-                    or precision.shape != (d, d)):
-                raise ValueError("array of the wrong shape")
-            cal = cls(mean, scale, weights, float(lg["bias"]), center, precision, float(ood["threshold"]),
-                      dict(doc.get("fit", {})))
+            cal = _parse(doc, features)
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"{source}: malformed calibration: {e!r}") from e
-        values = np.concatenate([mean, scale, weights, center, precision.ravel(), [cal.bias, cal.ood_threshold]])
-        if not np.isfinite(values).all() or (cal.scale <= 0).any():
+        values = np.concatenate([cal.mean, cal.scale, cal.weights, cal.ood_center, cal.ood_precision.ravel(),
+                                 [cal.bias, cal.ood_threshold]])
+        if not np.isfinite(values).all() or (cal.scale <= 0).any() or cal.ood_threshold <= 0:
             raise CalibrationError(f"{source}: malformed calibration: non-finite values or a non-positive scale")
         return cal
 
 
+def _parse(doc: dict[str, Any], features: tuple[str, ...]) -> Calibration:
+    """The Calibration of a document whose format and features are checked; ValueError/KeyError when malformed."""
+    lg, ood = doc["logistic"], doc["ood"]
+    inputs = tuple(lg["inputs"]) if doc["format"] == FORMAT else _inputs_of(doc["format"], features)
+    if any(n not in (*features, DISTANCE_INPUT, EXCESS_INPUT) for n in inputs) or len(set(inputs)) != len(inputs):
+        raise ValueError(f"unknown or repeated logistic inputs {list(inputs)}")
+    mean, scale, weights = (np.asarray(lg[k], np.float64) for k in ("mean", "scale", "weights"))
+    center, precision = np.asarray(ood["center"], np.float64), np.asarray(ood["precision"], np.float64)
+    d, d_in = len(features), len(inputs)
+    if any(a.shape != (d_in,) for a in (mean, scale, weights)) or center.shape != (d,) or precision.shape != (d, d):
+        raise ValueError("array of the wrong shape")
+    return Calibration(mean, scale, weights, float(lg["bias"]), center, precision, float(ood["threshold"]),
+                       dict(doc.get("fit", {})), features, inputs)
+
+
+def _mahalanobis(X: np.ndarray, center: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances of rows [b, d] (NaN -> inf)."""
+    diff = X - center
+    d2 = np.einsum("bi,ij,bj->b", diff, precision, diff)
+    return np.nan_to_num(np.sqrt(np.maximum(d2, 0.0)), nan=np.inf)
+
+
+def _gaussian(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Center and precision (inverse covariance, lightly regularised: a constant column stays invertible) of rows
+    [n, d]."""
+    cov = np.cov(X, rowvar=False) + np.diag(1e-9 * X.var(0) + 1e-10)
+    return X.mean(0), np.linalg.inv(cov)
+
+
+def held_out_distances(X: np.ndarray, in_distribution: np.ndarray,
+                       folds: int = OOD_FOLDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(center, precision, distances [n]) of rows X [n, d]: the Gaussian of the in-distribution rows, and every
+    row's Mahalanobis distance from it, cross-fitted for the in-distribution rows (each fold's from a Gaussian fitted
+    on the other folds), so that they are distributed as a new in-distribution query's would be."""
+    center, precision = _gaussian(X[in_distribution])
+    dist = _mahalanobis(X, center, precision)
+    rows = np.flatnonzero(in_distribution)
+    for k in range(folds):
+        held = rows[k::folds]
+        c, p = _gaussian(X[np.setdiff1d(rows, held)])
+        dist[held] = _mahalanobis(X[held], c, p)
+    return center, precision, dist
+
+
 def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: np.ndarray,
                     info: dict[str, Any] | None = None) -> Calibration:
-    """Fit the confidence (logistic regression of ``outcome`` on every query's features) and the OOD threshold
-    (on the queries marked ``in_distribution``). features [n, 4], outcome [n] 0/1, in_distribution [n] bool.
-    Raises CalibrationError when the data cannot support a fit (too few queries, a single outcome)."""
+    """Fit the confidence (logistic regression of ``outcome`` on every query's inputs) and the OOD threshold (on
+    the queries marked ``in_distribution``, cross-fitted). features [n, 7] (``query_features``), outcome [n] 0/1,
+    in_distribution [n] bool. Raises CalibrationError when the data cannot support a fit (too few queries, a
+    single outcome)."""
     X, y, ind = np.asarray(features, np.float64), np.asarray(outcome, np.float64), np.asarray(in_distribution, bool)
+    if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+        raise CalibrationError(f"features of shape {X.shape}: expected [n, {len(FEATURE_NAMES)}] ({FEATURE_NAMES})")
     ok = np.isfinite(X).all(1)
     X, y, ind = X[ok], y[ok], ind[ok]
     if len(X) < 20 or ind.sum() < 20:
@@ -249,19 +280,16 @@ def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: 
     if y.min() == y.max():
         raise CalibrationError(f"every query has the same outcome (top-1 {'within' if y[0] else 'beyond'} "
                                f"{EVENT_MAE_MPS:g} m/s): a probability cannot be fitted; use more varied data")
-    Xi = X[ind]
-    center = Xi.mean(0)
-    cov = np.cov(Xi, rowvar=False) + 1e-9 * np.diag(np.maximum(X.std(0), 1e-6) ** 2)
-    precision = np.linalg.inv(cov)
-    diff = X - center
-    dist = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", diff, precision, diff), 0.0))
-    A = np.hstack([X, np.log1p(dist)[:, None]])  # the logistic's inputs (Calibration.inputs)
+    center, precision, dist = held_out_distances(X, ind, min(OOD_FOLDS, int(ind.sum()) // 10))
+    d_in = len(FEATURE_NAMES) + 2
+    shell = Calibration(np.zeros(d_in), np.ones(d_in), np.zeros(d_in), 0.0, center, precision,
+                        float(np.quantile(dist[ind], OOD_QUANTILE)))
+    A = shell.design(X, dist)
     mean, scale = A.mean(0), A.std(0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     weights, bias = fit_logistic((A - mean) / scale, y)
     fit = dict(info or {})
-    cal = Calibration(mean, scale, weights, bias, center, precision, float(np.quantile(dist[ind], OOD_QUANTILE)),
-                      fit)
+    cal = Calibration(mean, scale, weights, bias, center, precision, shell.ood_threshold, fit)
     fit.update(n=int(len(X)), n_in_distribution=int(ind.sum()), event_rate=float(y.mean()),
                ece_on_fit=expected_calibration_error(cal.confidence(X), y),
                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -292,25 +320,8 @@ def summarise(confidence: np.ndarray, outcome: np.ndarray, ood: np.ndarray) -> d
 
 
 def join_features(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Feature blocks [n_i, 4] stacked into one [n, 4] (an empty list gives [0, 4])."""
+    """Feature blocks [n_i, 7] stacked into one [n, 7] (an empty list gives [0, 7])."""
     return np.concatenate(list(parts)) if parts else np.zeros((0, len(FEATURE_NAMES)))
-
-
-NOISE_ROUGHNESS = 1.05
-"""Share of a gather's energy in its sample-to-sample differences above which it is taken for mostly white noise:
-about 0.009 for OpenFWI gathers (a 15 Hz source sampled at 1 ms), 1.0 with white noise as strong as the signal
-(SNR 0 dB, the noisiest level training augmentations reach), 2 for pure white noise."""
-
-
-def roughness(gathers: np.ndarray) -> np.ndarray:
-    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
-    an all-zero gather)."""
-    g = np.asarray(gathers)
-    d = np.diff(g, axis=2)
-    num = np.einsum("bstr,bstr->b", d, d, dtype=np.float64)
-    den = np.einsum("bstr,bstr->b", g, g, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
 
 
 def assess(calibration: Calibration | None, D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming

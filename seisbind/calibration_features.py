@@ -1,0 +1,152 @@
+"""The features of a query that the calibrated confidence and the out-of-distribution flag read
+(``seisbind.calibration``), each computed here and only here, from the query's search hits (their scores and
+their bank models) and its gathers. Used alike by the fit (``index.calibrate``) and the service
+(``seisbind.calibration.assess``). Numpy only.
+
+Of the first ``FEATURE_K`` (5) hits and the gather:
+
+* ``top1_score``: cosine similarity of the best match;
+* ``margin``: top-1 minus top-2 score;
+* ``log_spread_mae``: log(1 + mean pairwise MAE, m/s) of the hits' models (neighbours that disagree with each other
+  cannot all be close to the truth);
+* ``log_late_energy``: log10 of the gather's mean power after ``LATE_S`` (0.4 s) over its mean power: the share of
+  reflected and diving energy after the direct wave;
+* ``log_lateral``: log(1 + mean |dv/dx|, m/s per 10 m cell) of the hits' models: 0 for flat layers, large for
+  curved ones. Within the training geology the same top-1 score means a far likelier hit on a flat-layer query
+  (few free parameters) than on a curved one; none of the first four features tells them apart;
+* ``log_reflectivity``: log10 of the top-1 model's mean (over x) sum over depth of squared normal-incidence
+  reflection coefficients (v2 - v1) / (v2 + v1): how much layering the answer claims. A smooth answer (few weak
+  interfaces) is a likely hit on the training geology, whose smooth models are few-layer ones, and a likely miss
+  on smooth-gradient geology; with the out-of-distribution distance beside it the fit can tell the two apart;
+* ``log_shot_asymmetry``: log10 of how much the gather's shots differ from each other at equal source-receiver
+  offset (``shot_asymmetry``): 0 (the floor, -7) over flat layers, where every shot sees the same earth, and
+  large over laterally varying geology (curved layers, faults, folds, salt). Unlike ``log_lateral`` it is the
+  query's own geology, not its neighbours': the strongest single feature for the families the encoders never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from seisbind.acquisition import DT, SOURCE_X
+
+FEATURE_K = 5
+"""Neighbours the features are computed from (the service searches at least this many)."""
+FEATURE_NAMES = ("top1_score", "margin", "log_spread_mae", "log_late_energy", "log_lateral", "log_reflectivity",
+                 "log_shot_asymmetry")
+"""Columns of ``query_features``, in order; calibration formats 1 and 2 read the first four."""
+GATHER_FEATURES = ("log_late_energy", "log_shot_asymmetry")
+"""The features of the gather itself; the others are of the search hits."""
+LATE_S = 0.4
+"""Start of the late part of a gather, seconds (after the direct wave has crossed most of the spread)."""
+REFLECTIVITY_FLOOR = 1e-12
+"""Added to the summed squared reflection coefficients before the log10 (a constant model: -12)."""
+ASYMMETRY_BLOCK = 20
+"""Samples (ms) averaged before shots are compared: a low-pass that keeps the 15 Hz wavelet (86 % of its amplitude)
+and cuts white noise power 20-fold, so that moderate noise does not pass for lateral variation."""
+ASYMMETRY_FLOOR = 1e-7
+"""Added before the log10 of ``shot_asymmetry``: below the float32 noise of simulated flat-layer gathers (~6e-7)."""
+DEAD_TRACE = 1e-6
+"""A trace with less energy than this share of the gather's mean trace energy is dead (muted) and not compared."""
+
+
+def spread_mae(models: np.ndarray) -> float:
+    """Mean pairwise mean absolute error (m/s) among velocity models [k, ...]; 0 for fewer than two."""
+    k = len(models)
+    if k < 2:
+        return 0.0
+    flat = np.asarray(models, np.float32).reshape(k, -1)
+    total = sum(float(np.abs(flat[i] - flat[j]).mean()) for i in range(k) for j in range(i + 1, k))
+    return total / (k * (k - 1) / 2)
+
+
+def lateral_variation(models: np.ndarray) -> np.ndarray:
+    """Mean |dv/dx| (m/s per cell; x is the last axis) of each velocity model [k, ..., depth, x] -> [k]."""
+    m = np.asarray(models, np.float64)
+    return np.abs(np.diff(m, axis=-1)).reshape(len(m), -1).mean(1)
+
+
+def reflectivity(models: np.ndarray) -> np.ndarray:
+    """log10 of the mean over x of the sum over depth of squared reflection coefficients (v2 - v1) / (v2 + v1)
+    of each velocity model [k, ..., depth, x] (positive velocities) -> [k]."""
+    m = np.asarray(models, np.float64)
+    r = np.diff(m, axis=-2) / (m[..., 1:, :] + m[..., :-1, :])
+    per_column = (r * r).sum(-2).reshape(len(m), -1)
+    return np.log10(per_column.mean(1) + REFLECTIVITY_FLOOR)
+
+
+def late_energy(gathers: np.ndarray) -> np.ndarray:
+    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero)."""
+    g = np.asarray(gathers)
+    start = int(round(LATE_S / DT))
+    late = np.einsum("bstr,bstr->b", g[:, :, start:], g[:, :, start:], dtype=np.float64) / max(g.shape[2] - start, 1)
+    total = np.einsum("bstr,bstr->b", g, g, dtype=np.float64) / g.shape[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
+
+
+def shot_asymmetry(gathers: np.ndarray) -> np.ndarray:
+    """log10(energy of the differences between every two shots' traces at the same signed offset / their energy
+    + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry, every ``ASYMMETRY_BLOCK`` samples
+    averaged; pairs with a dead trace skipped) -> [b]; NaN where nothing is compared (all zero)."""
+    g = np.asarray(gathers, np.float64)
+    t = g.shape[2] // ASYMMETRY_BLOCK * ASYMMETRY_BLOCK
+    g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3)
+    energy = np.einsum("bstr,bstr->bsr", g, g)
+    live = energy > DEAD_TRACE * energy.mean((1, 2), keepdims=True)
+    num, den = np.zeros(len(g)), np.zeros(len(g))
+    for i in range(len(SOURCE_X)):
+        for j in range(i + 1, len(SOURCE_X)):
+            s = SOURCE_X[j] - SOURCE_X[i]
+            a, b = g[:, i, :, :g.shape[3] - s], g[:, j, :, s:]
+            both = live[:, i, :g.shape[3] - s] & live[:, j, s:]
+            num += (((a - b) ** 2).sum(1) * both).sum(1)
+            den += ((energy[:, i, :g.shape[3] - s] + energy[:, j, s:]) * both).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, np.log10(num / np.where(den > 0, den, 1.0) + ASYMMETRY_FLOOR), np.nan)
+
+
+def hit_features(scores: np.ndarray, models: np.ndarray) -> list[float]:
+    """The features of one query's hits (best first, at least one): scores [k] and their bank models [k, ...]:
+    the ``FEATURE_NAMES`` not in ``GATHER_FEATURES``, in order."""
+    margin = float(scores[0] - scores[1]) if len(scores) > 1 else 0.0
+    return [float(scores[0]), margin, float(np.log1p(spread_mae(models))),
+            float(np.log1p(lateral_variation(models).mean())), float(reflectivity(models[:1])[0])]
+
+
+def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
+                   velocity_models: Callable[[np.ndarray], np.ndarray], gathers: np.ndarray) -> np.ndarray:
+    """The ``FEATURE_NAMES`` of each query [b, 7] from its search hits and its gathers [b, 5, 1000, 70]: D [b, k]
+    cosine scores (best first), I [b, k] bank rows (-1: unfilled, ignored), ``velocity_models(rows)`` -> the bank's
+    models of those rows. Uses the first ``FEATURE_K`` hits; with one hit the margin and spread are 0; a query
+    without hits gets a row of NaN."""
+    out = np.full((len(D), len(FEATURE_NAMES)), np.nan)
+    of_gathers = np.column_stack([late_energy(gathers), shot_asymmetry(gathers)])
+    hit_columns = [j for j, name in enumerate(FEATURE_NAMES) if name not in GATHER_FEATURES]
+    gather_columns = [FEATURE_NAMES.index(name) for name in GATHER_FEATURES]
+    for q, (d_row, i_row) in enumerate(zip(np.asarray(D), np.asarray(I))):
+        keep = i_row >= 0
+        d_row, i_row = d_row[keep][:FEATURE_K], i_row[keep][:FEATURE_K]
+        if len(i_row):
+            out[q, hit_columns] = hit_features(d_row, np.asarray(velocity_models(i_row)))
+            out[q, gather_columns] = of_gathers[q]
+    return out
+
+
+NOISE_ROUGHNESS = 1.05
+"""Share of a gather's energy in its sample-to-sample differences above which it is taken for mostly white noise:
+about 0.009 for OpenFWI gathers (a 15 Hz source sampled at 1 ms), 1.0 with white noise as strong as the signal
+(SNR 0 dB, the noisiest level training augmentations reach), 2 for pure white noise."""
+
+
+def roughness(gathers: np.ndarray) -> np.ndarray:
+    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
+    an all-zero gather)."""
+    g = np.asarray(gathers)
+    d = np.diff(g, axis=2)
+    num = np.einsum("bstr,bstr->b", d, d, dtype=np.float64)
+    den = np.einsum("bstr,bstr->b", g, g, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
