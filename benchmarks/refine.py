@@ -193,8 +193,7 @@ def run_dataset(args: argparse.Namespace, dataset: str, bundle_dir: Path, index:
     learned, learned_ms = None, None
     if refiner is not None:  # the refiner takes its own k neighbours; the top-k mean and the FWI starts take --k
         t0 = time.perf_counter()
-        learned = np.asarray(refiner.refine(gathers, models[:, :refiner.k], D[:, :refiner.k]),
-                             np.float32).reshape(len(gathers), 70, 70)
+        learned = np.asarray(refiner.refine(gathers, models, D), np.float32).reshape(len(gathers), 70, 70)
         learned_ms = 1000 * (time.perf_counter() - t0) / len(gathers)
     D, models = D[:, :args.k], models[:, :args.k]
     refiner_sha = dict(bundle.manifest.raw["sha256"]).get(REFINER_FILE)  # the same encoders, another refiner

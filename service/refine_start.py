@@ -65,9 +65,9 @@ def plan(fields: dict[str, Any], refiner: Refiner | None, gathers: int, *, defau
 
 
 def learned_models(refiner: Refiner, gathers: np.ndarray, models: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The learned refiner's models [B,70,70] m/s from its k nearest neighbours (models [B,K,70,70], scores [B,K])."""
-    k = refiner.k
-    return np.asarray(refiner.refine(gathers, models[:, :k], scores[:, :k]), np.float32)
+    """The learned refiner's models [B,70,70] m/s from its k nearest neighbours (models [B,K,70,70], scores [B,K],
+    K >= k: the refiner takes the best k)."""
+    return np.asarray(refiner.refine(gathers, models, scores), np.float32)
 
 
 def start_models(p: Plan, gathers: np.ndarray, models: np.ndarray, scores: np.ndarray,
