@@ -1,7 +1,7 @@
 """Fit an encoder bundle's calibration against an index and store it (``seisbind calibrate``, benchmarks/ood.py):
 encode held-out gathers whose true models are known, search the index as the service does, collect each query's
-features (``seisbind.calibration.query_features``) and outcome (top-1 within 150 m/s MAE of the truth), fit, and
-write the bundle with its calibration file. Torch-free (ONNX Runtime and FAISS)."""
+features (``seisbind.calibration_features.query_features``) and outcome (top-1 within 150 m/s MAE of the truth),
+fit, and write the bundle with its calibration file. Torch-free (ONNX Runtime and FAISS)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,8 @@ from typing import Any
 import numpy as np
 
 from seisbind.bundle import MANIFEST, BundleError, EncoderBundle, OnnxEncoder, copy_bundle_files
-from seisbind.calibration import (
-    CALIBRATION_FILE,
-    EVENT_MAE_MPS,
-    FEATURE_K,
-    Calibration,
-    fit_calibration,
-    join_features,
-    query_features,
-    top1_mae,
-)
+from seisbind.calibration import CALIBRATION_FILE, EVENT_MAE_MPS, Calibration, fit_calibration, join_features, top1_mae
+from seisbind.calibration_features import FEATURE_K, query_features
 from seisbind.files import PathLike, read_json, sha256_file, staged_folder, write_json_atomic
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.provenance import portable_path

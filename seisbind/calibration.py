@@ -34,20 +34,11 @@ import numpy as np
 from seisbind.calibration_features import (
     FEATURE_K,
     FEATURE_NAMES,
-    LATE_S,
     NOISE_ROUGHNESS,
-    late_energy,
-    lateral_variation,
     query_features,
-    reflectivity,
     roughness,
-    shot_asymmetry,
-    spread_mae,
 )
 from seisbind.files import PathLike, read_json, sha256_file
-
-__all__ = ["FEATURE_K", "FEATURE_NAMES", "LATE_S", "NOISE_ROUGHNESS", "late_energy", "lateral_variation",
-           "query_features", "reflectivity", "roughness", "shot_asymmetry", "spread_mae"]
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "seisbind-calibration/3"

@@ -23,7 +23,8 @@ import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.bundle import EncoderBundle
-from seisbind.calibration import FEATURE_K, assess, calibration_info
+from seisbind.calibration import assess, calibration_info
+from seisbind.calibration_features import FEATURE_K
 from seisbind.cores import usable_cores
 from seisbind.descriptors import DESCRIPTOR_NAMES
 

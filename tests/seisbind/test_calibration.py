@@ -13,9 +13,7 @@ from seisbind.acquisition import SOURCE_X
 from seisbind.calibration import (
     DISTANCE_INPUT,
     EXCESS_INPUT,
-    FEATURE_NAMES,
     FORMAT,
-    NOISE_ROUGHNESS,
     OOD_QUANTILE,
     Calibration,
     CalibrationError,
@@ -23,16 +21,20 @@ from seisbind.calibration import (
     expected_calibration_error,
     fit_calibration,
     held_out_distances,
+    load_calibration,
+    reliability,
+    top1_mae,
+)
+from seisbind.calibration_features import (
+    FEATURE_NAMES,
+    NOISE_ROUGHNESS,
     late_energy,
     lateral_variation,
-    load_calibration,
     query_features,
     reflectivity,
-    reliability,
     roughness,
     shot_asymmetry,
     spread_mae,
-    top1_mae,
 )
 from seisbind.files import sha256_file, write_json_atomic
 
