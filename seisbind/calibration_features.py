@@ -45,9 +45,11 @@ REFLECTIVITY_FLOOR = 1e-12
 """Added to the summed squared reflection coefficients before the log10 (a constant model: -12)."""
 ASYMMETRY_BLOCK = 20
 """Samples (ms) averaged before shots are compared: a low-pass that keeps the 15 Hz wavelet (86 % of its amplitude)
-and cuts white noise power 20-fold, so that moderate noise does not pass for lateral variation."""
+and cuts white noise power 20-fold."""
 ASYMMETRY_FLOOR = 1e-7
-"""Added before the log10 of ``shot_asymmetry``: below the float32 noise of simulated flat-layer gathers (~6e-7)."""
+"""Added before the log10 of ``shot_asymmetry`` (flat layers: -7, the floor)."""
+SIGNAL_ROUGHNESS = 0.009
+"""``roughness`` of a noise-free OpenFWI gather (a 15 Hz source sampled at 1 ms); white noise has 2."""
 DEAD_TRACE = 1e-6
 """A trace with less energy than this share of the gather's mean trace energy is dead (muted) and not compared."""
 
@@ -87,23 +89,53 @@ def late_energy(gathers: np.ndarray) -> np.ndarray:
         return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
 
 
+NOISE_ROUGHNESS = 1.05
+"""Share of a gather's energy in its sample-to-sample differences above which it is taken for mostly white noise:
+about 0.009 for OpenFWI gathers (a 15 Hz source sampled at 1 ms), 1.0 with white noise as strong as the signal
+(SNR 0 dB, the noisiest level training augmentations reach), 2 for pure white noise."""
+
+
+def roughness(gathers: np.ndarray) -> np.ndarray:
+    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
+    an all-zero gather)."""
+    g = np.asarray(gathers)
+    d = np.diff(g, axis=2)
+    num = np.einsum("bstr,bstr->b", d, d, dtype=np.float64)
+    den = np.einsum("bstr,bstr->b", g, g, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
+
+
+def _noise_variance(gathers: np.ndarray) -> np.ndarray:
+    """White-noise variance per sample of each gather [b, ...] -> [b], from its ``roughness``: a share (r -
+    SIGNAL_ROUGHNESS) / (2 - SIGNAL_ROUGHNESS) of its mean power (noise-free OpenFWI gathers: 0; pure noise: all)."""
+    g = np.asarray(gathers)
+    power = np.einsum("bstr,bstr->b", g, g, dtype=np.float64) / g[0].size
+    share = np.clip((roughness(g) - SIGNAL_ROUGHNESS) / (2.0 - SIGNAL_ROUGHNESS), 0.0, 1.0)
+    return share * power
+
+
 def shot_asymmetry(gathers: np.ndarray) -> np.ndarray:
     """log10(energy of the differences between every two shots' traces at the same signed offset / their energy
-    + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry, every ``ASYMMETRY_BLOCK`` samples
-    averaged; pairs with a dead trace skipped) -> [b]; NaN where nothing is compared (all zero)."""
+    + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry; every ``ASYMMETRY_BLOCK`` samples
+    averaged; pairs with a dead trace skipped; the white noise's expected share, ``_noise_variance``, taken off both
+    energies, so that noise does not pass for lateral variation) -> [b]; NaN where nothing is compared."""
     g = np.asarray(gathers, np.float64)
+    noise = _noise_variance(g) / ASYMMETRY_BLOCK  # per averaged sample
     t = g.shape[2] // ASYMMETRY_BLOCK * ASYMMETRY_BLOCK
     g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3)
     energy = np.einsum("bstr,bstr->bsr", g, g)
     live = energy > DEAD_TRACE * energy.mean((1, 2), keepdims=True)
-    num, den = np.zeros(len(g)), np.zeros(len(g))
+    num, den, count = np.zeros(len(g)), np.zeros(len(g)), np.zeros(len(g))
     for i in range(len(SOURCE_X)):
         for j in range(i + 1, len(SOURCE_X)):
-            s = SOURCE_X[j] - SOURCE_X[i]
-            a, b = g[:, i, :, :g.shape[3] - s], g[:, j, :, s:]
-            both = live[:, i, :g.shape[3] - s] & live[:, j, s:]
-            num += (((a - b) ** 2).sum(1) * both).sum(1)
-            den += ((energy[:, i, :g.shape[3] - s] + energy[:, j, s:]) * both).sum(1)
+            s, r = SOURCE_X[j] - SOURCE_X[i], g.shape[3]
+            both = live[:, i, :r - s] & live[:, j, s:]
+            num += (((g[:, i, :, :r - s] - g[:, j, :, s:]) ** 2).sum(1) * both).sum(1)
+            den += ((energy[:, i, :r - s] + energy[:, j, s:]) * both).sum(1)
+            count += both.sum(1) * g.shape[2]
+    bias = 2.0 * noise * count  # expected noise energy in both sums
+    num, den = np.maximum(num - bias, 0.0), den - bias
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, np.log10(num / np.where(den > 0, den, 1.0) + ASYMMETRY_FLOOR), np.nan)
 
@@ -133,20 +165,3 @@ def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
             out[q, hit_columns] = hit_features(d_row, np.asarray(velocity_models(i_row)))
             out[q, gather_columns] = of_gathers[q]
     return out
-
-
-NOISE_ROUGHNESS = 1.05
-"""Share of a gather's energy in its sample-to-sample differences above which it is taken for mostly white noise:
-about 0.009 for OpenFWI gathers (a 15 Hz source sampled at 1 ms), 1.0 with white noise as strong as the signal
-(SNR 0 dB, the noisiest level training augmentations reach), 2 for pure white noise."""
-
-
-def roughness(gathers: np.ndarray) -> np.ndarray:
-    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
-    an all-zero gather)."""
-    g = np.asarray(gathers)
-    d = np.diff(g, axis=2)
-    num = np.einsum("bstr,bstr->b", d, d, dtype=np.float64)
-    den = np.einsum("bstr,bstr->b", g, g, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
