@@ -161,6 +161,7 @@ def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
         "ms_per_gather_batch1_1thread": timing, "target_ms_per_gather": TARGET_MS_PER_GATHER,
         "parity_max_abs_mps": summary["refiner"]["parity"]["max_abs_mps"],
         "model_config": summary["refiner"]["config"],
+        "augment": None if cfg.augment is None else cfg.augment.to_dict(),
         **held_out_figures(Path(cfg.out), Path(cfg.encoders), cfg.data,
                            summary["val_pairs"] + summary["train_pairs"]),
     }
