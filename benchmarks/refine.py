@@ -170,7 +170,8 @@ def one_gather(gathers: np.ndarray, truth: np.ndarray, models: np.ndarray, score
 
     given = fwi_row(gathers, truth, learned if learned is not None else topk_mean(models, scores), config)
     out: dict[str, Any] = {}
-    for name, model in {"retrieved_top1": models[0], "topk_mean": topk_mean(models, scores), "learned": learned}.items():
+    plain = {"retrieved_top1": models[0], "topk_mean": topk_mean(models, scores), "learned": learned}
+    for name, model in plain.items():
         if model is not None:
             out[name] = {"mae_mps": float(np.abs(model - truth).mean()), "ssim": ssim(model, truth),
                          "misfit": data_misfit(gathers, model)}

@@ -170,6 +170,10 @@ def serve(
     serve_until_stopped(settings)
 
 
+def _resolved(path: Optional[Path]) -> Optional[str]:
+    return str(path.resolve()) if path else None
+
+
 @app.command()
 def train(
     data: list[Path] = typer.Option(..., "--data", help="paired OpenFWI folder (repeat for several)"),
@@ -207,6 +211,7 @@ def train(
                                                 help="JSON of ModelConfig fields (architecture; over --narrow)"),
     preprocess_cache: Optional[Path] = typer.Option(
         None, "--preprocess-cache", help="folder caching the preprocessed gathers (reused by later runs)"),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="start from this run's weights (fine-tune)"),
 ) -> None:
     """Train the tri-modal model (resumes when --out holds a compatible run)."""
     from seisbind.openfwi import OpenFWIError
@@ -220,9 +225,9 @@ def train(
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
-                          val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches,
-                          augment=AugmentConfig() if augment else None,
-                          model=mcfg, preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
+                          val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches, model=mcfg,
+                          augment=AugmentConfig() if augment else None, init_from=_resolved(init_from),
+                          preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)
     except (OpenFWIError, RunError, ValueError, OSError, RuntimeError) as e:
         fail(str(e))

@@ -158,6 +158,8 @@ class TrainConfig:
     preprocess_cache: str | None = None
     """Folder caching the preprocessed gathers of every data file (reused by resumed runs and other arms)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    init_from: str | None = None
+    """Run folder whose latest weights start a new run (fine-tuning; same architecture); unused when resuming."""
 
     def __post_init__(self) -> None:
         checks = [

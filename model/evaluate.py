@@ -132,6 +132,28 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
     return rep, pred
 
 
+def bank_limits(bank_desc: np.ndarray, bank_models: np.ndarray, test_desc: np.ndarray, test_models: np.ndarray,
+                k: int = 5, chunk: int = 256) -> dict[str, float]:
+    """What the bank allows at best, beside P2: the mean descriptors of the k bank models nearest to each TRUE model
+    by pixel L2 (``oracle_descriptor_mre``) and the nearest one's MAE (``oracle_top1_mae_mps``): what a perfect
+    retriever could return; and the bank's mean descriptors for every query (``mean_predictor_mre``)."""
+    bank = bank_models.reshape(len(bank_models), -1).astype(np.float32)
+    norms = np.einsum("ij,ij->i", bank, bank, dtype=np.float64)
+    nearest, top1_abs = [], []
+    for s in range(0, len(test_models), chunk):
+        q = test_models[s:s + chunk].reshape(-1, bank.shape[1]).astype(np.float32)
+        d2 = norms[None] - 2.0 * (q @ bank.T).astype(np.float64)  # + |q|^2, the same for every bank model
+        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(d2, idx, 1), axis=1), 1)
+        nearest.append(idx)
+        top1_abs.append(np.abs(bank[idx[:, 0]].astype(np.float64) - q).mean(axis=1))
+    idx = np.concatenate(nearest)
+    mean_desc = np.broadcast_to(bank_desc.mean(0), test_desc.shape)
+    return {"oracle_descriptor_mre": mean_relative_error(bank_desc[idx].mean(1), test_desc),
+            "oracle_top1_mae_mps": float(np.concatenate(top1_abs).mean()),
+            "mean_predictor_mre": mean_relative_error(mean_desc, test_desc), "oracle_k": k}
+
+
 def open_tests(folders: Sequence[str | os.PathLike[str]]) -> list[PairedDataset]:
     """Validated paired test folders."""
     if not folders:
@@ -175,6 +197,7 @@ def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_di
     p2, pred = p2_report(S, VB, bank_desc, bank_models, test_desc, test_models, k=k)
     report = {
         "p1": p1, "p1_large": p1_large, "p2": p2,
+        "p2_limits": bank_limits(bank_desc, bank_models, test_desc, test_models, k),
         "train_minutes": emb.info.get("train_minutes"),
         "queries": int(len(S)),
         "test": [portable_path(t) for t in test_dirs], "bank": [portable_path(b) for b in bank_dirs],

@@ -190,6 +190,19 @@ def resumable_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
     return ckpt
 
 
+def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The latest weights of the run ``cfg.init_from`` (its descriptor statistics too). Raises RunError when that
+    run has another architecture."""
+    assert cfg.init_from is not None
+    src = load_checkpoint(cfg.init_from)
+    theirs = TrainConfig.from_dict(src["config"]).model
+    if theirs != cfg.model:
+        diff = sorted(k for k, v in cfg.model.to_dict().items() if theirs.to_dict().get(k) != v)
+        raise RunError(f"{cfg.init_from}: its model differs from this run's in {', '.join(diff)}; pass its "
+                       "architecture (--narrow / --model-config) to start from it")
+    return dict(src["model"])
+
+
 def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict[str, Any] | None,
                   started: float) -> Session:
     """Model, data (validated in full before any work), optimiser and state, restored from ``ckpt`` if given."""
@@ -219,6 +232,10 @@ def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.scale_lr_mult), lr=cfg.lr, betas=(0.9, 0.98),
                             eps=1e-6)
     state = TrainState.from_checkpoint(ckpt)
+    if ckpt is None and cfg.init_from:
+        model.load_state_dict(initial_weights(cfg))
+        if rank == 0:
+            log.info("starting %s from the weights of %s", cfg.out, cfg.init_from)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

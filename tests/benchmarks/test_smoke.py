@@ -185,3 +185,12 @@ def test_recorded_results_hold_no_absolute_paths() -> None:
     for path in recorded:
         text = path.read_text()
         assert absolute_paths(json.loads(text) if path.suffix == ".json" else text) == [], path.name
+
+
+def test_ood_heldout_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("ood_heldout", tmp_path)
+    fam = doc["heldout"]["inversion-a"]
+    assert 0 <= fam["p1"]["seismic_to_velocity"]["R@1"] <= 1 and fam["test_models"] == 24
+    assert fam["oracle_top1_mae_mps"] <= fam["p2"]["top1_mae_mps"], "no retriever beats the pixel-L2 nearest model"
+    assert fam["oracle_descriptor_mre"] > 0 and fam["mean_predictor_mre"] > 0
+    assert "inversion-a" not in " ".join(fam["training"]["folders"]), "the family is held out of training"

@@ -106,3 +106,16 @@ def test_evaluate_refuses_a_folder_that_is_neither_run_nor_bundle(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path), "--test", str(tmp_path),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code != 0 and "neither an encoder bundle" in res.output
+
+
+def test_bank_limits_find_the_true_model_when_the_bank_holds_it() -> None:
+    from model.evaluate import bank_limits
+
+    rng = np.random.default_rng(0)
+    bank = rng.uniform(1500, 4500, (300, 1, 70, 70)).astype(np.float32)
+    truth = bank[[7, 42, 199]] + rng.normal(0, 1, (3, 1, 70, 70)).astype(np.float32)  # near, not equal
+    bd, td = compute_descriptors(bank), compute_descriptors(truth)
+    exact = bank_limits(bd, bank, td, truth, k=1)
+    assert exact["oracle_top1_mae_mps"] == pytest.approx(0.8, abs=0.05)  # E|N(0, 1)| = 0.80
+    assert exact["oracle_descriptor_mre"] < 1e-3 < exact["mean_predictor_mre"]
+    assert bank_limits(bd, bank, td, truth, k=5)["oracle_descriptor_mre"] > exact["oracle_descriptor_mre"]

@@ -3,6 +3,7 @@ budget, and bad data refused before training starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from seisbind.openfwi import OpenFWIError, open_dataset
 from cli.main import app
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig, RunError, TrainConfig
+from model.encoders import create_model
 from model.export import export_run
 from model.train import train
 from tests.model_fixtures import write_dataset
@@ -230,3 +232,16 @@ def test_cli_train_options_reach_the_stored_config(data, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert cfg.model == ModelConfig.narrow() and cfg.augment is None and cfg.bn_batches == 0
+
+
+def test_a_run_started_from_another_runs_weights_fine_tunes_them(tiny_run, data, tmp_path):
+    src = load_checkpoint(tiny_run[0])["model"]
+    train(_cfg(data, tmp_path / "ft", epochs=1, max_steps=1, lr=1e-9, augment=None, init_from=str(tiny_run[0])))
+    tuned = load_checkpoint(tmp_path / "ft")["model"]
+    weights = [k for k, v in src.items() if v.is_floating_point() and k.endswith("weight")]
+    assert weights and all(torch.allclose(tuned[k], src[k], atol=1e-5) for k in weights)
+    untrained = create_model(ModelConfig.tiny(), seed=0).state_dict()  # the comparison is not vacuous
+    assert any(not torch.allclose(src[k], untrained[k]) for k in weights)
+    with pytest.raises(RunError, match="its model differs from this run's in"):
+        other = dataclasses.replace(ModelConfig.tiny(), embed_dim=16)
+        train(_cfg(data, tmp_path / "other", model=other, init_from=str(tiny_run[0])))
