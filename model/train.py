@@ -206,6 +206,7 @@ def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
 def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict[str, Any] | None,
                   started: float) -> Session:
     """Model, data (validated in full before any work), optimiser and state, restored from ``ckpt`` if given."""
+    init = initial_weights(cfg) if ckpt is None and cfg.init_from else None  # a bad --init-from fails before any work
     model = create_model(cfg.model, seed=cfg.seed)
     datasets = open_folders(cfg.data, model.seismic, cfg.preprocess_cache, linear=True)
     if rank == 0:
@@ -232,8 +233,8 @@ def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.scale_lr_mult), lr=cfg.lr, betas=(0.9, 0.98),
                             eps=1e-6)
     state = TrainState.from_checkpoint(ckpt)
-    if ckpt is None and cfg.init_from:
-        model.load_state_dict(initial_weights(cfg))
+    if init is not None:
+        model.load_state_dict(init)
         if rank == 0:
             log.info("starting %s from the weights of %s", cfg.out, cfg.init_from)
     if ckpt is not None:
