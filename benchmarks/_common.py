@@ -107,6 +107,11 @@ def simulate_first_models(out: Path, models_zip: Path, count: int, device: str =
     return out
 
 
+def result_folder(out_dir: Path | None, smoke: bool) -> Path:
+    """Where a result file goes: ``--out``, else ``SMOKE_DIR`` for a smoke run, else ``RESULTS_DIR``."""
+    return Path(out_dir) if out_dir is not None else SMOKE_DIR if smoke else RESULTS_DIR
+
+
 def write_result(name: str, figures: dict[str, Any], out_dir: Path | None = None, smoke: bool = False) -> Path:
     """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``): the figures plus command, git commit, machine
     and UTC date; with ``smoke`` also ``"smoke": true``, and the default folder is ``SMOKE_DIR`` (a smoke run may not
@@ -118,7 +123,7 @@ def write_result(name: str, figures: dict[str, Any], out_dir: Path | None = None
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"result name {name!r}: expected a plain file stem such as 'simulator_speed'")
-    folder = Path(out_dir) if out_dir is not None else SMOKE_DIR if smoke else RESULTS_DIR
+    folder = result_folder(out_dir, smoke)
     if smoke and folder.resolve() == RESULTS_DIR.resolve():
         raise ValueError(f"--smoke results may not go to {portable_path(RESULTS_DIR)}: their figures mean nothing")
     doc = dict(figures)

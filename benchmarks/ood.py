@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO, RESULTS_DIR, SMOKE_DIR, add_output_args, default_openfwi_dir, write_result
+from benchmarks._common import REPO, add_output_args, default_openfwi_dir, result_folder, write_result
 
 ID_FAMILIES = ("flatvel_a", "curvevel_a")
 """The training geology: the real OpenFWI families the bundle was trained on."""
@@ -191,7 +191,7 @@ if __name__ == "__main__":
     print(json.dumps({k: v for k, v in cal_sec.items() if not isinstance(v, dict)}, indent=1))
     print(json.dumps({k: res[k] for k in ("noise", "muted") if k in res}, indent=1))
     if not ARGS.no_write:
-        earlier = (ARGS.out or (SMOKE_DIR if ARGS.smoke else RESULTS_DIR)) / "retrieval_ood.json"
+        earlier = result_folder(ARGS.out, ARGS.smoke) / "retrieval_ood.json"
         if earlier.exists():  # the sections of benchmarks.ood_heldout stay
             res.update({k: v for k, v in json.loads(earlier.read_text()).items() if k.startswith("heldout")})
         print(write_result("retrieval_ood", res, ARGS.out, ARGS.smoke))

@@ -29,7 +29,7 @@ from typing import Any
 
 from seisbind.provenance import git_commit, portable_path
 
-from benchmarks._common import REPO, RESULTS_DIR, SMOKE_DIR, add_output_args, benchmark_command, write_result
+from benchmarks._common import REPO, add_output_args, benchmark_command, result_folder, write_result
 
 DEFAULT_FAMILIES = ("inversion-a", "flatfault-a")
 """A new generator (velocity inversions) and a fault family."""
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--section", default="heldout", help="key of the result file the figures go under")
     add_output_args(p)
     a = p.parse_args(argv)
-    a.result = (a.out or (SMOKE_DIR if a.smoke else RESULTS_DIR)) / "retrieval_ood.json"
+    a.result = result_folder(a.out, a.smoke) / "retrieval_ood.json"
     if a.smoke:
         a.test_count, a.train_per_family, a.families = 24, 16, a.families[:1]
         a.work = Path(tempfile.mkdtemp(prefix="seisbind-ood-heldout-smoke-"))
