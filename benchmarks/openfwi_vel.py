@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the logit scales")
     p.add_argument("--soft-tau-mps", type=float, default=50.0,
                    help="soft seismic-velocity positives: softmax(-MAE/tau) over the batch's models; 0 = one-hot")
+    p.add_argument("--neighbour-group", type=int, default=1,
+                   help="batches of groups of this many similar models (hard negatives; 1: random batches)")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--arch", choices=("default", "narrow"), default="default",
@@ -146,8 +148,9 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
     cfg = TrainConfig(data=tuple(str(d.resolve()) for d in train_dirs), out=str(run), epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
                       scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
+                      neighbour_group=args.neighbour_group, time_budget_min=budget_min,
                       model=ModelConfig.narrow(vp_scale=not args.shared_scale) if args.arch == "narrow"
-                      else ModelConfig(vp_scale=not args.shared_scale), time_budget_min=budget_min,
+                      else ModelConfig(vp_scale=not args.shared_scale),
                       threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)
     t0 = time.monotonic()
     summary = train(cfg)

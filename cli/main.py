@@ -200,6 +200,8 @@ def train(
     augment: bool = typer.Option(True, "--augment/--no-augment",
                                  help="perturb every batch like field data: noise, dead traces, scaling, polarity, "
                                       "time shifts, source wavelet (model.config.AugmentConfig)"),
+    neighbour_group: int = typer.Option(TrainConfig.default("neighbour_group"), "--neighbour-group", help="batches "
+                                        "of groups of this many similar models (hard negatives; 1: random)"),
     bn_batches: int = typer.Option(TrainConfig.default("bn_batches"), "--bn-batches",
                                    help="training batches BatchNorm statistics are recomputed from before each "
                                         "validation (0: running averages)"),
@@ -226,6 +228,7 @@ def train(
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
                           val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches, model=mcfg,
+                          neighbour_group=neighbour_group,
                           augment=AugmentConfig() if augment else None, init_from=_resolved(init_from),
                           preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)

@@ -95,7 +95,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 SWITCHES: tuple[str, ...] = get_args(Switch)
 
 RESUME_KEYS = ("data", "seed", "batch_size", "lr", "weight_decay", "warmup_fraction", "lambda1", "lambda2",
-               "soft_tau_mps", "scale_lr_mult", "val_fraction", "mirror_p", "augment", "model")
+               "soft_tau_mps", "scale_lr_mult", "val_fraction", "mirror_p", "neighbour_group", "augment", "model")
 """Settings a resumed run must share with the checkpoint (the others, e.g. epochs or device, may change)."""
 
 
@@ -137,6 +137,9 @@ class TrainConfig:
     """Pairs held out for the per-epoch validation R@1."""
     mirror_p: float = 0.5
     """Probability of mirroring a pair (gathers and model together)."""
+    neighbour_group: int = 1
+    """> 1: lay out each epoch in groups of this many pairs whose models are near neighbours, so every batch holds
+    hard negatives (``model.neighbour_batches``); 1: batches drawn at random."""
     augment: AugmentConfig | None = field(default_factory=lambda: AugmentConfig())
     """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``); None
     trains on the clean simulations (runs stored before augmentation existed read as None)."""
@@ -147,7 +150,8 @@ class TrainConfig:
     amp: Switch = "auto"
     """bf16 autocast (CPU with AVX512-BF16/AMX, CUDA); auto = on where the hardware supports it."""
     channels_last: Switch = "auto"
-    """channels_last memory format (auto: on together with CPU bf16)."""
+    """channels_last memory format (auto: on for the CPU, where it makes a step of the narrow model 1.35x faster
+    in fp32 on this 2-core AMD EPYC, 3.1 -> 2.3 s per batch of 128, and more with bf16)."""
     threads: int | None = None
     """torch intra-op threads (default: torch's choice)."""
     checkpoint_every_min: float = 10.0
@@ -174,6 +178,8 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"0 <= val fraction < 1 (got {self.val_fraction})"),
             (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
             (self.bn_batches >= 0, f"bn batches >= 0 (got {self.bn_batches})"),
+            (1 <= self.neighbour_group <= self.batch_size,
+             f"1 <= neighbour group <= batch size (got {self.neighbour_group})"),
             (self.device in DEVICES, f"device one of {', '.join(DEVICES)} (got {self.device!r})"),
             (self.amp in SWITCHES, f"amp one of {', '.join(SWITCHES)} (got {self.amp!r})"),
             (self.channels_last in SWITCHES,
@@ -204,6 +210,7 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("soft_tau_mps", 0.0)  # stored before soft targets existed: one-hot
         d.setdefault("bn_batches", 0)
+        d.setdefault("neighbour_group", 1)  # stored before grouped batches existed: random batches
         aug = d.get("augment")  # stored before augmentation existed: none
         d["augment"] = None if aug is None else AugmentConfig.from_dict(aug)
         d["data"] = tuple(d["data"])

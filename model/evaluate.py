@@ -25,7 +25,7 @@ from seisbind.descriptors import (
     mean_relative_error,
 )
 from seisbind.files import write_json_atomic, write_text_atomic
-from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors
+from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors, l2_top_k
 from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
 from seisbind.progress import progress
 from seisbind.provenance import REPO, portable_path
@@ -137,12 +137,9 @@ def bank_limits(bank_desc: np.ndarray, bank_models: np.ndarray, test_desc: np.nd
     """What the bank allows at best, beside P2: the mean descriptors of the k bank models nearest to each TRUE model
     by pixel L2 (``oracle_descriptor_mre``) and the nearest one's MAE (``oracle_top1_mae_mps``): what a perfect
     retriever could return; and the bank's mean descriptors for every query (``mean_predictor_mre``)."""
-    centre = 0.5 * (V_MIN + V_MAX)  # |q - b|^2 ranks as -(2 q.b - |b|^2): an inner product over one more column
-    bank = bank_models.reshape(len(bank_models), -1).astype(np.float32) - centre
-    q = test_models.reshape(len(test_models), -1).astype(np.float32) - centre
-    _, idx = exact_top_k(np.hstack([q, -np.ones((len(q), 1), np.float32)]),
-                         np.hstack([2 * bank, (bank.astype(np.float64) ** 2).sum(1, keepdims=True).astype(np.float32)]),
-                         k)
+    bank = bank_models.reshape(len(bank_models), -1).astype(np.float32)
+    q = test_models.reshape(len(test_models), -1).astype(np.float32)
+    idx = l2_top_k(q, bank, k)
     top1_abs = np.abs(bank[idx[:, 0]].astype(np.float64) - q).mean(axis=1)
     mean_desc = np.broadcast_to(bank_desc.mean(0), test_desc.shape)
     return {"oracle_descriptor_mre": mean_relative_error(bank_desc[idx].mean(1), test_desc),

@@ -32,6 +32,7 @@ from model.data import TensorPairs, folder_summary, load_pairs, open_folders, sp
 from model.distributed import StopFlag, agree_any, barrier, init_distributed, shutdown
 from model.encoders import SeisBindModel, create_model
 from model.loss import TriModalLoss
+from model.neighbour_batches import grouped_order, model_neighbours
 from model.optim import MAX_LOGIT_SCALE, lr_factor, param_groups
 
 log = logging.getLogger("seisbind.train")
@@ -52,7 +53,7 @@ def resolve_precision(cfg: TrainConfig) -> tuple[bool, bool]:
         amp = cfg.amp != "off"
     else:
         amp = cfg.amp == "on" or (cfg.amp == "auto" and cpu_has_bf16())
-    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and amp and cfg.device == "cpu")
+    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cfg.device == "cpu")
     return amp, cl
 
 
@@ -99,6 +100,15 @@ class Session:
     """Training seconds of the earlier sessions of the run."""
     session_steps: int = 0
     last_checkpoint: float = 0.0
+    neighbours: np.ndarray | None = None
+    """Each training row's nearest training rows (``model.neighbour_batches``), when batches are grouped."""
+
+    def epoch_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's permutation of the training rows and mirror flags (grouped by neighbours if configured)."""
+        if self.neighbours is not None:
+            return grouped_order(self.cfg.seed, self.state.epoch, self.neighbours, self.cfg.neighbour_group,
+                                 self.cfg.mirror_p)
+        return epoch_order(self.cfg.seed, self.state.epoch, len(self.tr_rows), self.cfg.mirror_p)
 
     @property
     def out(self) -> Path:
@@ -243,9 +253,10 @@ def start_session(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         if rank == 0:
             log.info("resuming %s at epoch %d step %d", cfg.out, state.epoch, state.step_in_epoch)
     model, ddp = wrap_distributed(model, cfg, world, device)
+    neighbours = (model_neighbours(pairs.velocity[torch.as_tensor(tr_rows)]) if cfg.neighbour_group > 1 else None)
     return Session(cfg, rank, world, device, model, ddp, opt, TriModalLoss(cfg.lambda1, cfg.lambda2, cfg.soft_tau_mps),
                    pairs, tr_rows, val_rows, data_summary, amp, channels_last, state, started,
-                   elapsed_before=state.elapsed_s, last_checkpoint=time.monotonic())
+                   elapsed_before=state.elapsed_s, last_checkpoint=time.monotonic(), neighbours=neighbours)
 
 
 def wrap_distributed(model: SeisBindModel, cfg: TrainConfig, world: int, device: torch.device
@@ -282,7 +293,7 @@ def run_epoch(s: Session, flag: StopFlag, bar: Any) -> str | None:
     """The remaining optimiser steps of the current epoch, checkpointing every ``checkpoint_every_min``; returns
     why it stopped early, or None at the end of the epoch."""
     cfg, st = s.cfg, s.state
-    perm, flips = epoch_order(cfg.seed, st.epoch, len(s.tr_rows), cfg.mirror_p)
+    perm, flips = s.epoch_order()
     local_b = cfg.batch_size // s.world
     while st.step_in_epoch < s.steps_per_epoch:
         glob = perm[st.step_in_epoch * cfg.batch_size:(st.step_in_epoch + 1) * cfg.batch_size]
@@ -333,7 +344,7 @@ def optimiser_step(s: Session, rows: torch.Tensor, flips: torch.Tensor) -> float
 
 def batchnorm_batches(s: Session) -> Iterator[Batch]:
     """The first ``bn_batches`` training batches of this epoch's order, perturbed as in training (their own draws)."""
-    perm, flips = epoch_order(s.cfg.seed, s.state.epoch, len(s.tr_rows), s.cfg.mirror_p)
+    perm, flips = s.epoch_order()
     local_b = s.cfg.batch_size // s.world
     for i in range(min(s.cfg.bn_batches, s.steps_per_epoch)):
         mine = perm[i * s.cfg.batch_size + s.rank * local_b:i * s.cfg.batch_size + (s.rank + 1) * local_b]

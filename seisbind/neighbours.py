@@ -1,6 +1,6 @@
 """Exact nearest neighbours and what is inferred from them, one implementation each, shared by evaluation and the
-service: exact cosine top-k, and descriptors averaged over the k nearest bank entries (plain or similarity-weighted
-mean, with their spread). Numpy only."""
+service: exact cosine and Euclidean top-k, and descriptors averaged over the k nearest bank entries (plain or
+similarity-weighted mean, with their spread). Numpy only."""
 
 from __future__ import annotations
 
@@ -32,6 +32,20 @@ def exact_top_k(Q: np.ndarray, G: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
         I[s:s + block] = np.take_along_axis(part, order, 1)
         D[s:s + block] = np.take_along_axis(ps, order, 1)
     return D, I
+
+
+def l2_top_k(Q: np.ndarray, G: np.ndarray, k: int) -> np.ndarray:
+    """Rows [nq, k] (int64) of the ``k`` rows of ``G`` nearest to each row of ``Q`` by Euclidean distance, nearest
+    first (both [n, d], any shape after the first axis is flattened). ``|q - g|^2`` ranks as ``-(2 q.g - |g|^2)``:
+    :func:`exact_top_k` over one more column, after both are centred on ``G``'s mean (float32 round-off)."""
+    g = np.asarray(G, np.float64).reshape(len(G), -1)
+    centre = g.mean(0)
+    g32 = (g - centre).astype(np.float32)
+    q32 = (np.asarray(Q, np.float64).reshape(len(Q), -1) - centre).astype(np.float32)
+    _, idx = exact_top_k(np.hstack([q32, -np.ones((len(q32), 1), np.float32)]),
+                         np.hstack([2 * g32, (g32.astype(np.float64) ** 2).sum(1, keepdims=True).astype(np.float32)]),
+                         k)
+    return idx
 
 
 def neighbour_weights(scores: np.ndarray, weighting: Weighting) -> np.ndarray:

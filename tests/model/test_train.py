@@ -93,10 +93,11 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(tiny_run, dat
 
 def test_augmented_run_resumed_mid_epoch_equals_the_uninterrupted_one(data, tmp_path):
     """Every batch's perturbations depend only on (seed, step, rank): a resumed run draws what an uninterrupted one
-    did, and BatchNorm statistics recomputed at the epoch's end match too."""
-    whole = train(_cfg(data, tmp_path / "whole", epochs=2))
-    train(_cfg(data, tmp_path / "parts", epochs=2, max_steps=5))
-    parts = train(_cfg(data, tmp_path / "parts", epochs=2))
+    did, and BatchNorm statistics recomputed at the epoch's end match too; so does an epoch laid out in groups of
+    similar models."""
+    whole = train(_cfg(data, tmp_path / "whole", epochs=2, neighbour_group=4))
+    train(_cfg(data, tmp_path / "parts", epochs=2, max_steps=5, neighbour_group=4))
+    parts = train(_cfg(data, tmp_path / "parts", epochs=2, neighbour_group=4))
     assert whole["steps"] == parts["steps"] == 12
     a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
     for name, p in a["model"].items():
@@ -228,10 +229,11 @@ def test_cli_train_options_reach_the_stored_config(data, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--narrow", "--no-augment",
                                    "--bn-batches", "0", "--epochs", "1", "--batch-size", "16", "--threads", "1",
-                                   "--amp", "off", "--val-fraction", "0"])
+                                   "--amp", "off", "--val-fraction", "0", "--neighbour-group", "4"])
     assert res.exit_code == 0, res.output
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert cfg.model == ModelConfig.narrow() and cfg.augment is None and cfg.bn_batches == 0
+    assert cfg.neighbour_group == 4
 
 
 def test_a_run_started_from_another_runs_weights_fine_tunes_them(tiny_run, data, tmp_path):
