@@ -35,6 +35,7 @@ from benchmarks._common import (
     simulate_first_models,
     write_result,
 )
+from model.config import TrainConfig
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SMOKE_MODELS = {"train": 24, "test": 8}
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the logit scales")
     p.add_argument("--soft-tau-mps", type=float, default=50.0,
                    help="soft seismic-velocity positives: softmax(-MAE/tau) over the batch's models; 0 = one-hot")
-    p.add_argument("--neighbour-group", type=int, default=1,
+    p.add_argument("--neighbour-group", type=int, default=TrainConfig.default("neighbour_group"),
                    help="batches of groups of this many similar models (hard negatives; 1: random batches)")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
@@ -138,7 +139,7 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
             budget_min: float, export_to: Path | None = None) -> dict[str, Any]:
     """Train (or resume) one run within ``budget_min`` and evaluate it; returns the report plus training facts."""
     from model.checkpoint import load_checkpoint
-    from model.config import ModelConfig, TrainConfig
+    from model.config import ModelConfig
     from model.evaluate import evaluate, load_embedder
     from model.export import export_run
     from model.train import train

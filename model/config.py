@@ -137,9 +137,10 @@ class TrainConfig:
     """Pairs held out for the per-epoch validation R@1."""
     mirror_p: float = 0.5
     """Probability of mirroring a pair (gathers and model together)."""
-    neighbour_group: int = 1
+    neighbour_group: int = 4
     """> 1: lay out each epoch in groups of this many pairs whose models are near neighbours, so every batch holds
-    hard negatives (``model.neighbour_batches``); 1: batches drawn at random."""
+    hard negatives (``model.neighbour_batches``); 1: batches drawn at random. With 4 (and channels_last) the 40-minute
+    openfwi-vel run reached P1 R@1 0.942 (P1-large 0.804) against 0.910 (0.754) with random batches."""
     augment: AugmentConfig | None = field(default_factory=lambda: AugmentConfig())
     """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``); None
     trains on the clean simulations (runs stored before augmentation existed read as None)."""
@@ -178,8 +179,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"0 <= val fraction < 1 (got {self.val_fraction})"),
             (0 <= self.mirror_p <= 1, f"0 <= mirror p <= 1 (got {self.mirror_p})"),
             (self.bn_batches >= 0, f"bn batches >= 0 (got {self.bn_batches})"),
-            (1 <= self.neighbour_group <= self.batch_size,
-             f"1 <= neighbour group <= batch size (got {self.neighbour_group})"),
+            (self.neighbour_group >= 1, f"neighbour group >= 1 (got {self.neighbour_group})"),
             (self.device in DEVICES, f"device one of {', '.join(DEVICES)} (got {self.device!r})"),
             (self.amp in SWITCHES, f"amp one of {', '.join(SWITCHES)} (got {self.amp!r})"),
             (self.channels_last in SWITCHES,
