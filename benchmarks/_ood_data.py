@@ -5,6 +5,7 @@ models of each family; other geology: synthetic families), the bank's index and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,14 @@ def bank_folder(work: Path, banks: list[Path]) -> Path:
     for b in banks:
         for label, _ in read_models(b).parts:
             n += 1
-            link = out / f"model{n}.npy"
+            link, target = out / f"model{n}.npy", Path(label).resolve()
+            if link.is_symlink() and Path(os.readlink(link)) != target:
+                link.unlink()  # left by an earlier run on other banks (or a moved checkout)
             if not link.is_symlink():
-                link.symlink_to(Path(label).resolve())
+                link.symlink_to(target)
+    for extra in out.glob("model*.npy"):  # links beyond this bank's files, from an earlier, larger bank
+        if int(extra.stem[len("model"):]) > n:
+            extra.unlink()
     return out.parent
 
 
