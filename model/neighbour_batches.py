@@ -1,10 +1,11 @@
 """Training batches made of small groups of similar velocity models (hard negatives).
 
-In a batch of 128 pairs drawn at random, the nearest other model is typically ~210 m/s away, while the nearest
-model in a 2,000-model gallery is far closer: a model that only ever has to tell apart models that differ a lot
-never learns the fine differences the gallery asks for. :func:`grouped_order` lays out one epoch so that
-consecutive groups of ``group`` pairs are near neighbours by pixel L2 (from :func:`model_neighbours`), still
-visiting every training pair exactly once, so a batch holds ``batch_size / group`` such groups. The order is a
+In a batch of 128 openfwi-vel pairs drawn at random, the nearest other model is a median 204 m/s (MAE) away,
+157 m/s in a batch of groups of 4, and about 100 m/s among all 10,000 training models: a model that only ever
+has to tell apart models that differ a lot never learns the fine differences a large gallery asks for.
+:func:`grouped_order` lays out one epoch so that consecutive groups of ``group`` pairs are near neighbours by
+pixel L2 (from :func:`model_neighbours`), still visiting every training pair exactly once, so a batch holds
+``batch_size / group`` such groups. The order is a
 function of (seed, epoch) only, as :func:`model.train.epoch_order` is, so a resumed run sees what an uninterrupted
 one would.
 """
@@ -20,8 +21,8 @@ from seisbind.neighbours import l2_top_k
 NEIGHBOURS = 16
 """Nearest models kept per training model to build groups from."""
 POOL = 2
-"""Models are average-pooled by this factor (70 x 70 -> 35 x 35) before the distances: same ranking of
-near neighbours for blocky layered models at a quarter of the arithmetic."""
+"""Models are average-pooled by this factor (70 x 70 -> 35 x 35) before the distances, a quarter of the arithmetic
+(3.8 s for 10,000 models on 2 cores); smooth at the scale of a few cells, layered models lose little by it."""
 
 
 def model_neighbours(velocity: torch.Tensor, k: int = NEIGHBOURS) -> np.ndarray:
