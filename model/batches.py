@@ -33,6 +33,11 @@ def autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order and mirror flags: a function of the run's seed and the epoch only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def augment_seed(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
     """The generator of one batch's perturbations: a function of the run's seed, the global step, the rank and
     the stream (0: training, 1: BatchNorm statistics), so a resumed run draws what an uninterrupted one would."""

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from seisbind.neighbours import l2_top_k
 
+from model.batches import epoch_generator
+
 NEIGHBOURS = 16
 """Nearest models kept per training model to build groups from."""
 POOL = 2
@@ -42,7 +44,7 @@ def grouped_order(seed: int, epoch: int, neighbours: np.ndarray, group: int, mir
     neighbours (each row a random anchor followed by its nearest rows not yet taken; groups in random order), and
     the mirror flags [n], drawn per group so a group stays alike. Deterministic given (seed, epoch)."""
     n = len(neighbours)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = epoch_generator(seed, epoch)
     anchors = torch.randperm(n, generator=g).numpy()
     taken = np.zeros(n, bool)
     groups: list[list[int]] = []

@@ -21,7 +21,7 @@ from seisbind.bundle import EncoderBundle
 from seisbind.files import write_json_atomic
 
 from model import augment
-from model.batches import augment_seed
+from model.batches import augment_seed, epoch_generator
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_metrics
 from model.config import AugmentConfig, RunError
 from model.data import mirror
@@ -117,7 +117,7 @@ def _epoch(net: RefinerNet, opt: torch.optim.Optimizer, data: RefinerData, cfg: 
     """One epoch of optimiser steps: (False when the time budget ran out during it, mean training loss in m/s)."""
     n = len(data.train)
     steps_per_epoch = max(1, n // cfg.batch_size)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
+    g = epoch_generator(cfg.seed, state.epoch)
     perm, flips = torch.randperm(n, generator=g), torch.rand(n, generator=g) < cfg.mirror_p
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     net.train()

@@ -25,7 +25,7 @@ from torch import nn
 from seisbind.files import write_json_atomic
 from seisbind.progress import progress
 
-from model.batches import Batch, augment_seed, autocast, make_batch, recompute_batchnorm, validate
+from model.batches import Batch, augment_seed, autocast, epoch_generator, make_batch, recompute_batchnorm, validate
 from model.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint, write_metrics
 from model.config import RunError, TrainConfig
 from model.data import TensorPairs, folder_summary, load_pairs, open_folders, split_indices
@@ -59,7 +59,7 @@ def resolve_precision(cfg: TrainConfig) -> tuple[bool, bool]:
 
 def epoch_order(seed: int, epoch: int, n: int, mirror_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The deterministic permutation [n] and mirror flags [n] of one epoch (identical on every rank)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = epoch_generator(seed, epoch)
     return torch.randperm(n, generator=g), torch.rand(n, generator=g) < mirror_p
 
 
