@@ -17,7 +17,7 @@ from seisbind.openfwi import read_models
 
 from benchmarks._common import simulate_first_models
 from index.build import build_index
-from index.calibrate import QuerySet, collect_folder
+from index.calibrate import NoisyCopies, QuerySet, collect_folder
 from index.searcher import Searcher
 from index.store import IndexStore
 
@@ -125,11 +125,14 @@ def id_name(folder: Path) -> str:
     return next((f for f in ID_FAMILIES if f in Path(folder).parts), Path(folder).name)
 
 
-def query_sets(setup: Setup) -> tuple[list[QuerySet], list[QuerySet]]:
-    """The in-distribution and the other-geology query sets: features and top-1 MAE of every gather."""
+def query_sets(setup: Setup) -> tuple[list[QuerySet], list[QuerySet], list[QuerySet]]:
+    """The in-distribution query sets, their noisy copies (``index.calibrate.NoisyCopies``, as ``seisbind
+    calibrate`` fits on) and the other-geology sets: features and top-1 MAE of every gather."""
     enc, s = setup.bundle.seismic, setup.searcher
     ids = [collect_folder(enc, s, f, True, name) for name, f in setup.calibration_folders.items()]
-    log("in-distribution sets searched")
+    noisy = [collect_folder(enc, s, f, True, f"{name} + noise", NoisyCopies())
+             for name, f in setup.calibration_folders.items()]
+    log("in-distribution sets and their noisy copies searched")
     fams = [collect_folder(enc, s, f, False, name) for name, f in setup.family_folders.items()]
     log("family sets searched")
-    return ids, fams
+    return ids, noisy, fams

@@ -41,8 +41,10 @@ def _embed_gallery(setup: Setup) -> np.ndarray:
     return np.concatenate([enc.encode(np.asarray(m[s:s + 64], np.float32)) for s in range(0, len(m), 64)])
 
 
-def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[int]) -> dict[str, Any]:
-    """``noise.<snr>`` and ``muted.<n>`` (and ``clean``): R@1, descriptor_mre, confidence figures."""
+def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[int],
+               variants: dict[str, Calibration] | None = None) -> dict[str, Any]:
+    """``noise.<snr>`` and ``muted.<n>`` (and ``clean``): R@1, descriptor_mre, confidence figures of ``cal`` and,
+    under ``calibration_variants``, of each of ``variants``."""
     conds = _conditions(snrs, muted)
     gens = {name: torch.Generator().manual_seed(SEED + i) for i, name in enumerate(conds)}
     emb: dict[str, list[np.ndarray]] = {c: [] for c in conds}
@@ -79,6 +81,9 @@ def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[in
                "top1_mae_mps": float(err.mean())}
         cs = summarise(cal.confidence(X), err <= 150.0, cal.out_of_distribution(X))
         row.update({f"calibration_{k}": v for k, v in cs.items() if k not in ("reliability", "n")})
+        row["calibration_variants"] = {
+            v: {k: x for k, x in summarise(c.confidence(X), err <= 150.0, c.out_of_distribution(X)).items()
+                if k in ("ece", "mean_confidence", "ood_flag_rate")} for v, c in (variants or {}).items()}
         kind, _, level = name.partition(":")
         if kind == "clean":
             out["clean"] = row

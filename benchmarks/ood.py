@@ -5,13 +5,16 @@ was not trained on, and whether its confidence means what it says. Writes ``benc
   CurveVel-A, simulated: the first ``--id-count`` of each, or the folders given with ``--id-data``) and of the
   other geology families (``seisbind simulate --family``), each searched against the bank (the bundle's training
   models). Every set is split in two by row parity: the calibration is
-  fitted on the even rows (``index.calibrate``, the code of ``seisbind calibrate``) and evaluated on the odd ones:
-  expected calibration error (10 bins) in distribution and on the families, the out-of-distribution flag rate per
-  set, mean confidence in and out of distribution. Also leave-one-family-out (each family's confidence from a
-  fit that saw none of it) and a fit on in-distribution data only.
+  fitted on the even rows (``index.calibrate``, the code of ``seisbind calibrate``: a noisy copy of every
+  in-distribution set included) and evaluated on the odd ones: expected calibration error (10 bins) in
+  distribution and on the families, the out-of-distribution flag rate per set, mean confidence in and out of
+  distribution. Also leave-one-family-out (each family's confidence from a fit that saw none of it), a fit on
+  in-distribution data only, and ``variants``: the fit without the noisy copies, and with them for the confidence
+  only (not the OOD threshold).
 * ``noise`` / ``muted``: the in-distribution test gathers with Gaussian noise at several SNRs (dB, relative to the
   gather's mean power, ``model.augment.add_noise``) and with muted traces per shot: P1 R@1 (gallery: all 2,000
-  test models), P2 descriptor error, mean confidence, OOD flag rate and ECE under the clean-data calibration.
+  test models), P2 descriptor error, mean confidence, OOD flag rate and ECE under the main calibration and (in
+  ``calibration_variants``) under each variant.
 
 The ``heldout`` sections (bundles trained without a family) are written by ``benchmarks.ood_heldout``; this script
 keeps them when it rewrites the file.
@@ -27,6 +30,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +84,7 @@ import numpy as np  # noqa: E402
 from seisbind.calibration import OOD_QUANTILE, summarise  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
-from index.calibrate import QuerySet, fit_sets  # noqa: E402
+from index.calibrate import NoisyCopies, QuerySet, fit_sets  # noqa: E402
 
 
 def other_families(args: argparse.Namespace) -> list[str]:
@@ -103,20 +107,29 @@ def evaluate_on(cal: Any, sets: list[QuerySet]) -> dict[str, Any]:
     return summarise(cal.confidence(X), y, cal.out_of_distribution(X))
 
 
-def calibration_section(id_sets: list[QuerySet], fam_sets: list[QuerySet]) -> tuple[dict[str, Any], Any]:
-    """The ``calibration`` section and the main calibration (fitted on every set's fit half)."""
-    idh = [halves(s) for s in id_sets]
+def calibration_section(id_sets: list[QuerySet], noisy_sets: list[QuerySet],
+                        fam_sets: list[QuerySet]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The ``calibration`` section, the main calibration (fitted on every set's fit half, noisy copies of the
+    in-distribution sets included, as ``seisbind calibrate`` does) and the variants' calibrations (without the
+    noisy copies; with them for the confidence only)."""
+    idh = [halves(s) for s in id_sets] + [halves(s) for s in noisy_sets]
     fh = {s.name: halves(s) for s in fam_sets}
+    clean_eval, noisy_eval = [h["eval"] for h in idh[:len(id_sets)]], [h["eval"] for h in idh[len(id_sets):]]
+    fam_evals = [h["eval"] for h in fh.values()]
     fit = [h["fit"] for h in idh] + [h["fit"] for h in fh.values()]
     cal = fit_sets(fit)
-    id_eval = evaluate_on(cal, [h["eval"] for h in idh])
-    fam_eval = evaluate_on(cal, [h["eval"] for h in fh.values()])
+    id_eval = evaluate_on(cal, clean_eval)
+    fam_eval = evaluate_on(cal, fam_evals)
     per_family = {name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
                   for name, h in fh.items()}
     per_id = {s.name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
-              for s, h in zip(id_sets, idh)}
+              for s, h in zip([*id_sets, *noisy_sets], idh)}
     lofo = leave_family_out(idh, fh)
     id_only = fit_sets([h["fit"] for h in idh])
+    n_id, n_all = len(id_sets), len(idh)
+    variants = {"without_noisy_copies": fit_sets(fit[:n_id] + fit[n_all:]),
+                "noisy_copies_confidence_only": fit_sets(
+                    fit[:n_id] + [replace(s, in_distribution=False) for s in fit[n_id:n_all]] + fit[n_all:])}
     section = {
         "ece_openfwi_vel": id_eval["ece"], "ece_heldout": fam_eval["ece"],
         "ood_flag_rate_in_distribution": id_eval["ood_flag_rate"],
@@ -126,18 +139,25 @@ def calibration_section(id_sets: list[QuerySet], fam_sets: list[QuerySet]) -> tu
         "event_rate_in_distribution": id_eval["event_rate"], "event_rate_families": fam_eval["event_rate"],
         "ece_heldout_leave_family_out": lofo["pooled"]["ece"],
         "mean_confidence_families_leave_family_out": lofo["pooled"]["mean_confidence"],
+        "ece_openfwi_vel_noisy_copies": evaluate_on(cal, noisy_eval)["ece"],
         "in_distribution": {**id_eval, "per_set": per_id}, "families": {**fam_eval, "per_family": per_family},
         "leave_family_out": lofo,
-        "fit_in_distribution_only": {"in_distribution": evaluate_on(id_only, [h["eval"] for h in idh]),
-                                     "families": evaluate_on(id_only, [h["eval"] for h in fh.values()])},
+        "fit_in_distribution_only": {"in_distribution": evaluate_on(id_only, clean_eval),
+                                     "families": evaluate_on(id_only, fam_evals)},
+        "variants": {name: {part: {k: v for k, v in evaluate_on(c, sets).items() if k != "reliability"}
+                            for part, sets in (("in_distribution", clean_eval), ("noisy_copies", noisy_eval),
+                                               ("families", fam_evals))}
+                     for name, c in variants.items()},
         "fit": {"n": cal.fit["n"], "n_in_distribution": cal.fit["n_in_distribution"],
                 "event_rate": cal.fit["event_rate"], "ood_quantile": OOD_QUANTILE,
                 "inputs": list(cal.inputs), "weights": cal.weights.tolist(), "bias": cal.bias,
-                "protocol": "fit on the even rows of every set, evaluated on the odd rows"},
+                "noisy_copies": {"snr_db": list(NoisyCopies().snr_db), "in_distribution": True},
+                "protocol": "fit on the even rows of every set (the in-distribution sets, a noisy copy of each, the "
+                            "families), evaluated on the odd rows"},
     }
     for part in ("in_distribution", "families"):
         section["fit_in_distribution_only"][part].pop("reliability")
-    return section, cal
+    return section, cal, variants
 
 
 def leave_family_out(idh: list[dict[str, QuerySet]], fh: dict[str, dict[str, QuerySet]]) -> dict[str, Any]:
@@ -167,12 +187,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks._robustness import robustness
 
     setup = prepare(args, other_families(args))
-    id_sets, fam_sets = query_sets(setup)
-    section, cal = calibration_section(id_sets, fam_sets)
+    id_sets, noisy_sets, fam_sets = query_sets(setup)
+    section, cal, variants = calibration_section(id_sets, noisy_sets, fam_sets)
     print(f"calibration: ECE in distribution {section['ece_openfwi_vel']:.4f}, families {section['ece_heldout']:.4f}, "
           f"OOD flag rate in distribution {section['ood_flag_rate_in_distribution']:.3f}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"calibration": section}
-    result.update(robustness(setup, cal, args.snr, args.muted))
+    result.update(robustness(setup, cal, args.snr, args.muted, variants))
     result["setup"] = {"bundle": "a tiny model trained by --smoke" if args.smoke else portable_path(args.bundle),
                        "bundle_id": setup.bundle.bundle_id, "bank_size": setup.searcher.count,
                        "in_distribution": {s.name: len(s.mae) for s in id_sets},

@@ -35,7 +35,7 @@ from benchmarks._common import (
     simulate_first_models,
     write_result,
 )
-from model.config import TrainConfig
+from model.config import AugmentConfig, TrainConfig
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SMOKE_MODELS = {"train": 24, "test": 8}
@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="soft seismic-velocity positives: softmax(-MAE/tau) over the batch's models; 0 = one-hot")
     p.add_argument("--neighbour-group", type=int, default=TrainConfig.default("neighbour_group"),
                    help="batches of groups of this many similar models (hard negatives; 1: random batches)")
+    p.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   default=AugmentConfig().snr_db, help="range of the training noise's SNR, dB")
+    p.add_argument("--mute-traces", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                   default=AugmentConfig().mute_traces, help="range of muted traces per shot of a muted gather")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--arch", choices=("default", "narrow"), default="default",
@@ -150,6 +154,7 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
                       scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
                       neighbour_group=args.neighbour_group, time_budget_min=budget_min,
+                      augment=AugmentConfig(snr_db=tuple(args.snr_db), mute_traces=tuple(args.mute_traces)),
                       model=ModelConfig.narrow(vp_scale=not args.shared_scale) if args.arch == "narrow"
                       else ModelConfig(vp_scale=not args.shared_scale),
                       threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)

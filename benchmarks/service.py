@@ -9,6 +9,7 @@ clients / capacity_rps. The bundle's default seismic graph (e.g. int8) and the f
 (``full_precision`` profile, SEISBIND_SEISMIC_VARIANT=full) are measured in the same run.
 
 Run from the repository root:  python -m benchmarks.service [--encoders BUNDLE] [--bank DIR] [--seconds 10]
+                                   [--previous-encoders BUNDLE|default]
 Smoke run (tiny bundle and bank, seconds of load, one profile; result in a temporary folder):
     python -m benchmarks.service --smoke
 """
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoders", type=Path, default=None,
                    help="encoder bundle (default: the benchmark-size architecture, untrained, exported to a temporary "
                         "folder: same compute as a trained bundle)")
+    p.add_argument("--previous-encoders", default=None, metavar="BUNDLE|default",
+                   help="also measure this bundle with the default settings, in the same run, recorded under "
+                        "previous_bundle ('default': the untrained benchmark-size export, what --encoders defaults to)")
     p.add_argument("--bank", type=Path, default=None, help="velocity models to index (default: synthetic)")
     p.add_argument("--bank-size", type=int, default=2000, help="synthetic bank size when --bank is not given")
     p.add_argument("--requests", type=int, default=200, help="sequential .npy requests (and in-process runs) timed")
@@ -189,6 +193,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         figures = measure(args, encoders, index_root, base, work / "server.log")
         figures["profiles"] = {name: measure(args, encoders, index_root, {**base, **extra}, work / f"server-{name}.log")
                                for name, extra in parse_profiles(args.profile).items()}
+        if args.previous_encoders:
+            figures.update(previous_bundle(args, work, bank, base, figures))
     if FULL_PRECISION in figures["profiles"]:
         prev = figures["profiles"][FULL_PRECISION]
         figures["previous_graph"] = {k: prev[k] for k in ("capacity_rps", "share_of_capacity_16", "throughput_rps",
@@ -201,6 +207,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          DEFAULT_BUNDLE)
     figures["bank"] = portable_path(args.bank) if args.bank else f"synthetic, {args.bank_size} models"
     return figures
+
+
+def previous_bundle(args: argparse.Namespace, work: Path, bank: Path, settings: dict[str, str],
+                    current: dict[str, Any]) -> dict[str, Any]:
+    """``previous_bundle`` (the figures of ``--previous-encoders`` on the same bank and settings, measured after the
+    current bundle's) and the current bundle's 16-client requests/s and capacity over its."""
+    if args.previous_encoders == "default":
+        encoders = export_default_bundle(work / "previous-bundle", tiny=args.smoke, seismic_variants=SEISMIC_VARIANTS)
+    else:
+        encoders = Path(args.previous_encoders)
+    index_root = work / "previous-index"
+    build_index(encoders, bank, index_root, index_type="auto")
+    prev = measure(args, encoders, index_root, settings, work / "server-previous.log")
+    prev["bundle"] = (args.previous_encoders if args.previous_encoders == "default" else portable_path(encoders))
+    return {"previous_bundle": prev,
+            "rps_16_over_previous_bundle": round(current["throughput_rps"]["16"] / prev["throughput_rps"]["16"], 3),
+            "capacity_over_previous_bundle": round(current["capacity_rps"] / prev["capacity_rps"], 3)}
 
 
 def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings: dict[str, str],

@@ -22,6 +22,10 @@ def calibrate(
                                                     "repeatable"),
     out: Path = typer.Option(..., "--out", help="calibrated bundle folder (may be --encoders itself: replaced "
                              "atomically)"),
+    noisy_copies: bool = typer.Option(True, "--noisy-copies/--no-noisy-copies", help="also fit on a noisy copy of "
+                                      "every --data gather (white noise at an SNR drawn from --noise-snr)"),
+    noise_snr: tuple[float, float] = typer.Option((0.0, 30.0), "--noise-snr", help="SNR range of the noisy copies, "
+                                                  "dB over the gather's mean power"),
 ) -> None:
     """Fit P(top-1 within 150 m/s MAE of the truth) and the out-of-distribution threshold on held-out gathers, and
     write the bundle with its calibration file; prints what it was fitted on."""
@@ -29,11 +33,13 @@ def calibrate(
     from seisbind.calibration import CalibrationError
     from seisbind.openfwi import OpenFWIError
 
+    from index.calibrate import NoisyCopies
     from index.calibrate import calibrate as run_calibrate
     from index.store import IndexStoreError
 
     try:
-        cal, sets = run_calibrate(encoders, index, data, other_data or [], out)
+        noise = NoisyCopies(snr_db=noise_snr) if noisy_copies else None
+        cal, sets = run_calibrate(encoders, index, data, other_data or [], out, noise)
     except (OpenFWIError, BundleError, CalibrationError, IndexStoreError, OSError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from e

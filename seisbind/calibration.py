@@ -255,6 +255,10 @@ def held_out_distances(X: np.ndarray, in_distribution: np.ndarray,
     return center, precision, dist
 
 
+MIN_QUERIES = 20
+"""Fewest queries, and fewest in-distribution ones, a calibration is fitted on."""
+
+
 def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: np.ndarray,
                     info: dict[str, Any] | None = None) -> Calibration:
     """Fit the confidence (logistic regression of ``outcome`` on every query's inputs) and the OOD threshold (on
@@ -266,8 +270,9 @@ def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: 
         raise CalibrationError(f"features of shape {X.shape}: expected [n, {len(FEATURE_NAMES)}] ({FEATURE_NAMES})")
     ok = np.isfinite(X).all(1)
     X, y, ind = X[ok], y[ok], ind[ok]
-    if len(X) < 20 or ind.sum() < 20:
-        raise CalibrationError(f"{len(X)} queries ({int(ind.sum())} in distribution): at least 20 of each needed")
+    if len(X) < MIN_QUERIES or ind.sum() < MIN_QUERIES:
+        raise CalibrationError(f"{len(X)} queries ({int(ind.sum())} in distribution): at least {MIN_QUERIES} of each "
+                               "needed")
     if y.min() == y.max():
         raise CalibrationError(f"every query has the same outcome (top-1 {'within' if y[0] else 'beyond'} "
                                f"{EVENT_MAE_MPS:g} m/s): a probability cannot be fitted; use more varied data")

@@ -67,8 +67,20 @@ def test_calibrate_writes_a_verified_bundle_with_the_same_encoders(setup: dict[s
     plain, cal = EncoderBundle(setup["bundle"]), EncoderBundle(setup["calibrated"])
     assert plain.calibration is None and cal.calibration is not None
     assert cal.bundle_id == plain.bundle_id  # indexes built with the bundle stay valid
-    assert cal.calibration.fit["n"] == 180 and cal.calibration.fit["n_in_distribution"] == 120
+    # 120 held-out pairs, a noisy copy of each (in distribution too) and 60 of other geology
+    assert cal.calibration.fit["n"] == 300 and cal.calibration.fit["n_in_distribution"] == 240
     assert 0 < cal.calibration.fit["event_rate"] < 1
+    noisy = [d for d in cal.calibration.fit["data"] if "noise_snr_db" in d]
+    assert len(noisy) == 1 and noisy[0]["n"] == 120 and noisy[0]["noise_snr_db"] == [0.0, 30.0]
+
+
+def test_calibrate_without_noisy_copies_fits_the_data_as_given(setup: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["calibrate", "--encoders", str(setup["bundle"]), "--index", str(setup["index"]),
+                                   "--data", str(setup["root"] / "held_out"), "--no-noisy-copies",
+                                   "--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    fit = EncoderBundle(tmp_path / "plain").calibration.fit
+    assert fit["n"] == fit["n_in_distribution"] == 120 and not any("noise_snr_db" in d for d in fit["data"])
 
 
 def test_every_result_has_a_confidence_in_0_1_and_lower_on_unseen_geology(served: Server) -> None:
@@ -117,7 +129,7 @@ def test_a_bundle_without_calibration_answers_null_and_says_so(setup: dict[str, 
     assert "confidence" not in by_desc["results"][0] and "out_of_distribution" not in by_desc["results"][0]
     assert info["calibration"] is None
     with served.client() as c:
-        assert c.get("/v1/info").json()["calibration"]["n"] == 180
+        assert c.get("/v1/info").json()["calibration"]["n"] == 300
 
 
 def test_a_corrupt_calibration_file_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -137,5 +149,5 @@ def test_calibrate_refuses_too_little_data_and_writes_nothing(setup: dict[str, P
     few = write_models_dataset(tmp_path / "few", layered_models(10, seed=13))
     res = CliRunner().invoke(app, ["calibrate", "--encoders", str(setup["bundle"]), "--index", str(setup["index"]),
                                    "--data", str(few), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 2 and "at least 20" in res.output
+    assert res.exit_code == 2 and "10 held-out in-distribution queries" in res.output and "at least 20" in res.output
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
