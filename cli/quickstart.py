@@ -255,7 +255,9 @@ def _calibrate(layout: Layout, folders: list[str]) -> dict[str, Any]:
         cal, _ = calibrate(layout.bundle, layout.indexes, folders, [], layout.bundle)
     except CalibrationError as e:  # too few queries, or all of one outcome: serve without a confidence
         return {"calibrated": False, "reason": str(e)}
-    return {"calibrated": True, **{k: cal.fit[k] for k in ("n", "event_rate", "ece_on_fit", "index_version")}}
+    held_out = sum(d["n"] for d in cal.fit["data"] if "noise_snr_db" not in d)
+    return {"calibrated": True, "held_out": held_out,
+            **{k: cal.fit[k] for k in ("n", "event_rate", "ece_on_fit", "index_version")}}
 
 
 def _calibrated(layout: Layout, result: dict[str, Any]) -> bool:

@@ -11,7 +11,9 @@ from cli.quickstart import Layout
 def calibration_line(cal: dict[str, Any]) -> str:
     """One line on the bundle's calibrated confidence (or why there is none)."""
     if cal.get("calibrated"):
-        return (f"  confidence calibrated on {cal['n']} held-out gathers (expected calibration error "
+        held_out = cal.get("held_out", cal["n"])  # stamps written before noisy copies: n held-out gathers
+        copies = " and a noisy copy of each" if cal["n"] > held_out else ""
+        return (f"  confidence calibrated on {held_out} held-out gathers{copies} (expected calibration error "
                 f"{cal['ece_on_fit']:.3f} on them)")
     return f"  no calibrated confidence (confidence is null in answers): {cal.get('reason', 'not fitted')}"
 
