@@ -130,7 +130,7 @@ def query_sets(setup: Setup) -> tuple[list[QuerySet], list[QuerySet], list[Query
     calibrate`` fits on) and the other-geology sets: features and top-1 MAE of every gather."""
     enc, s = setup.bundle.seismic, setup.searcher
     ids = [collect_folder(enc, s, f, True, name) for name, f in setup.calibration_folders.items()]
-    noisy = [collect_folder(enc, s, f, True, f"{name} + noise", NoisyCopies())
+    noisy = [collect_folder(enc, s, f, NoisyCopies().in_distribution, f"{name} + noise", NoisyCopies())
              for name, f in setup.calibration_folders.items()]
     log("in-distribution sets and their noisy copies searched")
     fams = [collect_folder(enc, s, f, False, name) for name, f in setup.family_folders.items()]

@@ -9,8 +9,8 @@ was not trained on, and whether its confidence means what it says. Writes ``benc
   in-distribution set included) and evaluated on the odd ones: expected calibration error (10 bins) in
   distribution and on the families, the out-of-distribution flag rate per set, mean confidence in and out of
   distribution. Also leave-one-family-out (each family's confidence from a fit that saw none of it), a fit on
-  in-distribution data only, and ``variants``: the fit without the noisy copies, and with them for the confidence
-  only (not the OOD threshold).
+  in-distribution data only, and ``variants``: the fit without the noisy copies, with them for the confidence only
+  (not the OOD threshold), and with them for both.
 * ``noise`` / ``muted``: the in-distribution test gathers with Gaussian noise at several SNRs (dB, relative to the
   gather's mean power, ``model.augment.add_noise``) and with muted traces per shot: P1 R@1 (gallery: all 2,000
   test models), P2 descriptor error, mean confidence, OOD flag rate and ECE under the main calibration and (in
@@ -30,7 +30,7 @@ import argparse
 import os
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,9 @@ def calibration_section(id_sets: list[QuerySet], noisy_sets: list[QuerySet],
     n_id, n_all = len(id_sets), len(idh)
     variants = {"without_noisy_copies": fit_sets(fit[:n_id] + fit[n_all:]),
                 "noisy_copies_confidence_only": fit_sets(
-                    fit[:n_id] + [replace(s, in_distribution=False) for s in fit[n_id:n_all]] + fit[n_all:])}
+                    fit[:n_id] + [replace(s, in_distribution=False) for s in fit[n_id:n_all]] + fit[n_all:]),
+                "noisy_copies_in_distribution": fit_sets(
+                    fit[:n_id] + [replace(s, in_distribution=True) for s in fit[n_id:n_all]] + fit[n_all:])}
     section = {
         "ece_openfwi_vel": id_eval["ece"], "ece_heldout": fam_eval["ece"],
         "ood_flag_rate_in_distribution": id_eval["ood_flag_rate"],
@@ -151,7 +153,7 @@ def calibration_section(id_sets: list[QuerySet], noisy_sets: list[QuerySet],
         "fit": {"n": cal.fit["n"], "n_in_distribution": cal.fit["n_in_distribution"],
                 "event_rate": cal.fit["event_rate"], "ood_quantile": OOD_QUANTILE,
                 "inputs": list(cal.inputs), "weights": cal.weights.tolist(), "bias": cal.bias,
-                "noisy_copies": {"snr_db": list(NoisyCopies().snr_db), "in_distribution": True},
+                "noisy_copies": asdict(NoisyCopies()),
                 "protocol": "fit on the even rows of every set (the in-distribution sets, a noisy copy of each, the "
                             "families), evaluated on the odd rows"},
     }
