@@ -125,14 +125,18 @@ def id_name(folder: Path) -> str:
     return next((f for f in ID_FAMILIES if f in Path(folder).parts), Path(folder).name)
 
 
-def query_sets(setup: Setup) -> tuple[list[QuerySet], list[QuerySet], list[QuerySet]]:
-    """The in-distribution query sets, their noisy copies (``index.calibrate.NoisyCopies``, as ``seisbind
-    calibrate`` fits on) and the other-geology sets: features and top-1 MAE of every gather."""
+def query_sets(setup: Setup) -> dict[str, list[QuerySet]]:
+    """The query sets by kind: ``id`` (in distribution), ``fam`` (other geology) and a noisy copy of each
+    (``id_noisy``, ``fam_noisy``: ``index.calibrate.NoisyCopies``, as ``seisbind calibrate`` fits on): features and
+    top-1 MAE of every gather."""
     enc, s = setup.bundle.seismic, setup.searcher
-    ids = [collect_folder(enc, s, f, True, name) for name, f in setup.calibration_folders.items()]
-    noisy = [collect_folder(enc, s, f, NoisyCopies().in_distribution, f"{name} + noise", NoisyCopies())
-             for name, f in setup.calibration_folders.items()]
+    copies = NoisyCopies()
+    out = {"id": [collect_folder(enc, s, f, True, name) for name, f in setup.calibration_folders.items()],
+           "id_noisy": [collect_folder(enc, s, f, copies.in_distribution, f"{name} + noise", copies)
+                        for name, f in setup.calibration_folders.items()]}
     log("in-distribution sets and their noisy copies searched")
-    fams = [collect_folder(enc, s, f, False, name) for name, f in setup.family_folders.items()]
-    log("family sets searched")
-    return ids, noisy, fams
+    out["fam"] = [collect_folder(enc, s, f, False, name) for name, f in setup.family_folders.items()]
+    out["fam_noisy"] = [collect_folder(enc, s, f, False, f"{name} + noise", copies)
+                        for name, f in setup.family_folders.items()]
+    log("family sets and their noisy copies searched")
+    return out

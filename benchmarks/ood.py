@@ -107,31 +107,28 @@ def evaluate_on(cal: Any, sets: list[QuerySet]) -> dict[str, Any]:
     return summarise(cal.confidence(X), y, cal.out_of_distribution(X))
 
 
-def calibration_section(id_sets: list[QuerySet], noisy_sets: list[QuerySet],
-                        fam_sets: list[QuerySet]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """The ``calibration`` section, the main calibration (fitted on every set's fit half, noisy copies of the
-    in-distribution sets included, as ``seisbind calibrate`` does) and the variants' calibrations (without the
-    noisy copies; with them for the confidence only)."""
-    idh = [halves(s) for s in id_sets] + [halves(s) for s in noisy_sets]
-    fh = {s.name: halves(s) for s in fam_sets}
-    clean_eval, noisy_eval = [h["eval"] for h in idh[:len(id_sets)]], [h["eval"] for h in idh[len(id_sets):]]
-    fam_evals = [h["eval"] for h in fh.values()]
-    fit = [h["fit"] for h in idh] + [h["fit"] for h in fh.values()]
-    cal = fit_sets(fit)
-    id_eval = evaluate_on(cal, clean_eval)
-    fam_eval = evaluate_on(cal, fam_evals)
-    per_family = {name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
-                  for name, h in fh.items()}
-    per_id = {s.name: {k: v for k, v in evaluate_on(cal, [h["eval"]]).items() if k != "reliability"}
-              for s, h in zip([*id_sets, *noisy_sets], idh)}
-    lofo = leave_family_out(idh, fh)
-    id_only = fit_sets([h["fit"] for h in idh])
-    n_id, n_all = len(id_sets), len(idh)
-    variants = {"without_noisy_copies": fit_sets(fit[:n_id] + fit[n_all:]),
+def calibration_section(sets: dict[str, list[QuerySet]]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The ``calibration`` section, the main calibration and the variants' calibrations, from the query sets by kind
+    (``query_sets``: ``id``, ``id_noisy``, ``fam``, ``fam_noisy``). The main one is fitted as ``seisbind calibrate``
+    fits: every set's fit half, noisy copies included; the variants without the noisy copies, with those of the
+    in-distribution sets only, and with them all for the confidence only (not the OOD threshold)."""
+    halved = {kind: [halves(s) for s in group] for kind, group in sets.items()}
+    fits = {kind: [h["fit"] for h in hs] for kind, hs in halved.items()}
+    evals = {kind: [h["eval"] for h in hs] for kind, hs in halved.items()}
+    cal = fit_sets(fits["id"] + fits["id_noisy"] + fits["fam"] + fits["fam_noisy"])
+    id_eval, fam_eval = evaluate_on(cal, evals["id"]), evaluate_on(cal, evals["fam"])
+    per_family = {s.name: _without_reliability(evaluate_on(cal, [ev])) for s, ev in zip(sets["fam"], evals["fam"])}
+    per_id = {s.name: _without_reliability(evaluate_on(cal, [ev]))
+              for s, ev in zip(sets["id"] + sets["id_noisy"], evals["id"] + evals["id_noisy"])}
+    lofo = leave_family_out(fits, evals, [s.name for s in sets["fam"]])
+    id_only = fit_sets(fits["id"] + fits["id_noisy"])
+    variants = {"without_noisy_copies": fit_sets(fits["id"] + fits["fam"]),
+                "noisy_copies_of_in_distribution_only": fit_sets(fits["id"] + fits["id_noisy"] + fits["fam"]),
                 "noisy_copies_confidence_only": fit_sets(
-                    fit[:n_id] + [replace(s, in_distribution=False) for s in fit[n_id:n_all]] + fit[n_all:]),
-                "noisy_copies_in_distribution": fit_sets(
-                    fit[:n_id] + [replace(s, in_distribution=True) for s in fit[n_id:n_all]] + fit[n_all:])}
+                    fits["id"] + [replace(s, in_distribution=False) for s in fits["id_noisy"]] + fits["fam"]
+                    + fits["fam_noisy"])}
+    parts = (("in_distribution", "id"), ("noisy_copies", "id_noisy"), ("families", "fam"),
+             ("families_noisy_copies", "fam_noisy"))
     section = {
         "ece_openfwi_vel": id_eval["ece"], "ece_heldout": fam_eval["ece"],
         "ood_flag_rate_in_distribution": id_eval["ood_flag_rate"],
@@ -141,36 +138,40 @@ def calibration_section(id_sets: list[QuerySet], noisy_sets: list[QuerySet],
         "event_rate_in_distribution": id_eval["event_rate"], "event_rate_families": fam_eval["event_rate"],
         "ece_heldout_leave_family_out": lofo["pooled"]["ece"],
         "mean_confidence_families_leave_family_out": lofo["pooled"]["mean_confidence"],
-        "ece_openfwi_vel_noisy_copies": evaluate_on(cal, noisy_eval)["ece"],
+        "ece_openfwi_vel_noisy_copies": evaluate_on(cal, evals["id_noisy"])["ece"],
+        "ece_heldout_noisy_copies": evaluate_on(cal, evals["fam_noisy"])["ece"],
         "in_distribution": {**id_eval, "per_set": per_id}, "families": {**fam_eval, "per_family": per_family},
         "leave_family_out": lofo,
-        "fit_in_distribution_only": {"in_distribution": evaluate_on(id_only, clean_eval),
-                                     "families": evaluate_on(id_only, fam_evals)},
-        "variants": {name: {part: {k: v for k, v in evaluate_on(c, sets).items() if k != "reliability"}
-                            for part, sets in (("in_distribution", clean_eval), ("noisy_copies", noisy_eval),
-                                               ("families", fam_evals))}
+        "fit_in_distribution_only": {"in_distribution": _without_reliability(evaluate_on(id_only, evals["id"])),
+                                     "families": _without_reliability(evaluate_on(id_only, evals["fam"]))},
+        "variants": {name: {part: _without_reliability(evaluate_on(c, evals[kind])) for part, kind in parts}
                      for name, c in variants.items()},
         "fit": {"n": cal.fit["n"], "n_in_distribution": cal.fit["n_in_distribution"],
                 "event_rate": cal.fit["event_rate"], "ood_quantile": OOD_QUANTILE,
                 "inputs": list(cal.inputs), "weights": cal.weights.tolist(), "bias": cal.bias,
                 "noisy_copies": asdict(NoisyCopies()),
-                "protocol": "fit on the even rows of every set (the in-distribution sets, a noisy copy of each, the "
-                            "families), evaluated on the odd rows"},
+                "protocol": "fit on the even rows of every set (the in-distribution sets, the families, a noisy copy "
+                            "of each), evaluated on the odd rows"},
     }
-    for part in ("in_distribution", "families"):
-        section["fit_in_distribution_only"][part].pop("reliability")
     return section, cal, variants
 
 
-def leave_family_out(idh: list[dict[str, QuerySet]], fh: dict[str, dict[str, QuerySet]]) -> dict[str, Any]:
-    """For each family F: fit on the in-distribution and the other families' fit halves, evaluate on F's eval half."""
+def _without_reliability(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k != "reliability"}
+
+
+def leave_family_out(fits: dict[str, list[QuerySet]], evals: dict[str, list[QuerySet]],
+                     names: list[str]) -> dict[str, Any]:
+    """For each family F: fit on the in-distribution sets and the other families (noisy copies included), evaluate
+    on F's eval half."""
     out: dict[str, Any] = {}
     conf, outcome = [], []
-    for name, h in fh.items():
-        cal = fit_sets([x["fit"] for x in idh] + [x["fit"] for n, x in fh.items() if n != name])
-        ev = h["eval"]
-        out[name] = {k: v for k, v in summarise(cal.confidence(ev.features), ev.outcome,
-                                                cal.out_of_distribution(ev.features)).items() if k != "reliability"}
+    for i, name in enumerate(names):
+        others = [s for j in range(len(names)) if j != i for s in (fits["fam"][j], fits["fam_noisy"][j])]
+        cal = fit_sets(fits["id"] + fits["id_noisy"] + others)
+        ev = evals["fam"][i]
+        out[name] = _without_reliability(summarise(cal.confidence(ev.features), ev.outcome,
+                                                   cal.out_of_distribution(ev.features)))
         conf.append(cal.confidence(ev.features))
         outcome.append(ev.outcome)
     if conf:
@@ -189,17 +190,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks._robustness import robustness
 
     setup = prepare(args, other_families(args))
-    id_sets, noisy_sets, fam_sets = query_sets(setup)
-    section, cal, variants = calibration_section(id_sets, noisy_sets, fam_sets)
+    sets = query_sets(setup)
+    section, cal, variants = calibration_section(sets)
     print(f"calibration: ECE in distribution {section['ece_openfwi_vel']:.4f}, families {section['ece_heldout']:.4f}, "
           f"OOD flag rate in distribution {section['ood_flag_rate_in_distribution']:.3f}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"calibration": section}
     result.update(robustness(setup, cal, args.snr, args.muted, variants))
     result["setup"] = {"bundle": "a tiny model trained by --smoke" if args.smoke else portable_path(args.bundle),
                        "bundle_id": setup.bundle.bundle_id, "bank_size": setup.searcher.count,
-                       "in_distribution": {s.name: len(s.mae) for s in id_sets},
+                       "in_distribution": {s.name: len(s.mae) for s in sets["id"]},
                        "in_distribution_data": {n: portable_path(f) for n, f in setup.calibration_folders.items()},
-                       "families": {s.name: len(s.mae) for s in fam_sets},
+                       "families": {s.name: len(s.mae) for s in sets["fam"]},
                        "family_seed": args.seed, "event": "top-1 bank model within 150 m/s MAE of the true model"}
     return result
 

@@ -2,8 +2,8 @@
 encode held-out gathers whose true models are known, search the index as the service does, collect each query's
 features (``seisbind.calibration_features.query_features``) and outcome (top-1 within 150 m/s MAE of the truth),
 fit, and write the bundle with its calibration file. Besides the held-out gathers as given, the fit sees a noisy
-copy of every in-distribution one (``NoisyCopies``): the encoders are trained to withstand field noise, and a
-confidence fitted on clean gathers alone would not know what noise does to its inputs. Torch-free (ONNX Runtime
+copy of every one (``NoisyCopies``): the encoders are trained to withstand field noise, and a confidence fitted on
+clean gathers alone would not know what noise does to its inputs. Torch-free (ONNX Runtime
 and FAISS)."""
 
 from __future__ import annotations
@@ -140,9 +140,9 @@ def write_calibrated_bundle(bundle_dir: PathLike, calibration: Calibration, out:
 def calibrate(bundle_dir: PathLike, index_root: PathLike, data: Sequence[PathLike], other_data: Sequence[PathLike],
               out: PathLike, noise: NoisyCopies | None = NoisyCopies()) -> tuple[Calibration, list[QuerySet]]:
     """``seisbind calibrate``: fit on the held-out folders ``data`` (in distribution: the geology the encoders were
-    trained on, not their training pairs), with ``noise`` on noisy copies of them too, and ``other_data`` (other
-    geology; confidence only), searched against the current version of ``index_root``; write the calibrated bundle
-    to ``out``."""
+    trained on, not their training pairs) and ``other_data`` (other geology; confidence only), with ``noise`` on a
+    noisy copy of each too, searched against the current version of ``index_root``; write the calibrated bundle to
+    ``out``."""
     if not data:
         raise OpenFWIError("no in-distribution held-out data given (--data FOLDER)")
     bundle = EncoderBundle(bundle_dir)
@@ -153,10 +153,11 @@ def calibrate(bundle_dir: PathLike, index_root: PathLike, data: Sequence[PathLik
     held_out = sum(len(s.mae) for _, s, _ in sources)
     if held_out < MIN_QUERIES:  # noisy copies of the same gathers do not make up for too few of them
         raise CalibrationError(f"{held_out} held-out in-distribution queries (--data): at least {MIN_QUERIES} needed")
-    if noise is not None:
-        sources += [(f, collect_folder(enc, searcher, f, noise.in_distribution, f"{Path(f).name} + noise", noise),
-                     {"noise_snr_db": list(noise.snr_db)}) for f in data]
     sources += [(f, collect_folder(enc, searcher, f, False), {}) for f in other_data]
+    if noise is not None:  # a noisy copy of every set: noise is taught alike on every geology
+        held = [(f, True) for f in data] + [(f, False) for f in other_data]
+        sources += [(f, collect_folder(enc, searcher, f, noise.in_distribution and ind, f"{Path(f).name} + noise",
+                                       noise), {"noise_snr_db": list(noise.snr_db)}) for f, ind in held]
     info = {"index_version": searcher.version, "bank_count": searcher.count,
             "data": [{"folder": portable_path(f), "n": len(s.mae), "in_distribution": s.in_distribution, **extra}
                      for f, s, extra in sources]}
