@@ -23,7 +23,8 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="calibrated bundle folder (may be --encoders itself: replaced "
                              "atomically)"),
     noisy_copies: bool = typer.Option(True, "--noisy-copies/--no-noisy-copies", help="also fit on a noisy copy of "
-                                      "every --data gather (white noise at an SNR drawn from --noise-snr)"),
+                                      "every --data and --other-data gather (white noise at an SNR drawn from "
+                                      "--noise-snr)"),
     noise_snr: tuple[float, float] = typer.Option((0.0, 30.0), "--noise-snr", help="SNR range of the noisy copies, "
                                                   "dB over the gather's mean power"),
 ) -> None:

@@ -67,11 +67,12 @@ def test_calibrate_writes_a_verified_bundle_with_the_same_encoders(setup: dict[s
     plain, cal = EncoderBundle(setup["bundle"]), EncoderBundle(setup["calibrated"])
     assert plain.calibration is None and cal.calibration is not None
     assert cal.bundle_id == plain.bundle_id  # indexes built with the bundle stay valid
-    # 120 held-out pairs, a noisy copy of each (in distribution too) and 60 of other geology
-    assert cal.calibration.fit["n"] == 300 and cal.calibration.fit["n_in_distribution"] == 240
+    # 120 held-out pairs and 60 of other geology, and a noisy copy of each (in distribution as its source is)
+    assert cal.calibration.fit["n"] == 360 and cal.calibration.fit["n_in_distribution"] == 240
     assert 0 < cal.calibration.fit["event_rate"] < 1
     noisy = [d for d in cal.calibration.fit["data"] if "noise_snr_db" in d]
-    assert len(noisy) == 1 and noisy[0]["n"] == 120 and noisy[0]["noise_snr_db"] == [0.0, 30.0]
+    assert [(d["n"], d["in_distribution"]) for d in noisy] == [(120, True), (60, False)]
+    assert all(d["noise_snr_db"] == [0.0, 30.0] for d in noisy)
 
 
 def test_calibrate_without_noisy_copies_fits_the_data_as_given(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_a_bundle_without_calibration_answers_null_and_says_so(setup: dict[str, 
     assert "confidence" not in by_desc["results"][0] and "out_of_distribution" not in by_desc["results"][0]
     assert info["calibration"] is None
     with served.client() as c:
-        assert c.get("/v1/info").json()["calibration"]["n"] == 300
+        assert c.get("/v1/info").json()["calibration"]["n"] == 360
 
 
 def test_a_corrupt_calibration_file_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
