@@ -3,8 +3,7 @@ encode held-out gathers whose true models are known, search the index as the ser
 features (``seisbind.calibration_features.query_features``) and outcome (top-1 within 150 m/s MAE of the truth),
 fit, and write the bundle with its calibration file. Besides the held-out gathers as given, the fit sees a noisy
 copy of every one (``NoisyCopies``): the encoders are trained to withstand field noise, and a confidence fitted on
-clean gathers alone would not know what noise does to its inputs. Torch-free (ONNX Runtime
-and FAISS)."""
+clean gathers alone would not know what noise does to its inputs. Torch-free (ONNX Runtime and FAISS)."""
 
 from __future__ import annotations
 
