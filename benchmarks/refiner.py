@@ -37,6 +37,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-min", type=float, default=12.0, help="training time budget, minutes")
     p.add_argument("--threads", type=int, default=2, help="threads for training")
     p.add_argument("--k", type=int, default=20, help="neighbours per query")
+    p.add_argument("--migrated-channels", type=int, default=None,
+                   help="features per shot of the migration branch (0: off; default RefinerConfig's)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing-runs", type=int, default=200, help="timed refiner calls at batch 1")
@@ -132,6 +134,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def refiner_config(a: argparse.Namespace) -> Any:
+    """The network of the command line: RefinerConfig's defaults with ``--k`` and ``--migrated-channels``."""
+    from model.refiner_config import RefinerConfig
+
+    extra = {} if a.migrated_channels is None else {"migrated_channels": a.migrated_channels}
+    return RefinerConfig(k=3 if a.smoke else a.k, **extra)
+
+
 def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Train, export and time the refiner in ``work``; write the result file."""
     data, encoders = smoke_inputs(work) if a.smoke else (a.data, a.encoders)
@@ -139,11 +149,11 @@ def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from seisbind.provenance import portable_path
 
-    from model.refiner_config import RefinerConfig, RefinerTrainConfig
+    from model.refiner_config import RefinerTrainConfig
     from model.refiner_train import train_refiner
 
     cfg = RefinerTrainConfig(data=tuple(str(Path(d).resolve()) for d in data), encoders=str(Path(encoders).resolve()),
-                             out=str(work / "refiner_run"), model=RefinerConfig(k=3 if a.smoke else a.k),
+                             out=str(work / "refiner_run"), model=refiner_config(a),
                              val_fraction=0.25 if a.smoke else a.val_fraction,
                              seed=a.seed, time_budget_min=0.3 if a.smoke else a.budget_min, threads=a.threads,
                              epochs=2 if a.smoke else RefinerTrainConfig.default("epochs"))

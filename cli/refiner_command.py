@@ -32,6 +32,9 @@ def train_refiner(
                                                     help="stop (annealed) after this many minutes"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch and ONNX Runtime intra-op threads"),
     width: int = typer.Option(RefinerConfig.width, "--width", help="base width of the refiner's U-Net"),
+    migrated_channels: int = typer.Option(
+        RefinerConfig.migrated_channels, "--migrated-channels",
+        help="features per shot brought to depth through the neighbours' mean (0: no migration branch)"),
     augment: bool = typer.Option(True, "--augment/--no-augment",
                                  help="perturb the training gathers like field data (noise, muting, wavelet, ...)"),
 ) -> None:
@@ -45,8 +48,9 @@ def train_refiner(
     from model.refiner_train import train_refiner as run_training
 
     try:
+        net = RefinerConfig(k=k, width=width, migrated_channels=migrated_channels)
         cfg = RefinerTrainConfig(data=tuple(str(d.resolve()) for d in data), encoders=str(encoders.resolve()),
-                                 out=str(out), model=RefinerConfig(k=k, width=width), epochs=epochs,
+                                 out=str(out), model=net, epochs=epochs,
                                  batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
                                  time_budget_min=time_budget_min, threads=threads,
                                  augment=AugmentConfig() if augment else None)

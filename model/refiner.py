@@ -8,7 +8,9 @@ softmax over the neighbours mixes them cell by cell, and a residual bounded by `
 to the mix. Mixing cell by cell is what the neighbours allow: on held-out openfwi-vel pairs the best of 20
 neighbours per cell is 21 m/s from the truth while their weighted mean is 171 m/s away. The gather branch runs the
 seismic encoder's own front end (model.encoders.SeismicFrontEnd), convolutions over (time, receiver) and a learned
-linear map from the decimated time axis onto the 70 depth cells (receivers sit on the model's 70 lateral cells).
+linear map from the decimated time axis onto the 70 depth cells (receivers sit on the model's 70 lateral cells),
+and a migration branch: per-shot gather features read at the reflection times of the neighbours' weighted mean
+(model.migration.DepthMigration), so reflections show beside the interfaces that are too shallow or too deep.
 The last convolution starts at zero, so an untrained refiner returns exactly the neighbours' weighted mean.
 """
 
@@ -23,6 +25,7 @@ from seisbind.neighbours import SIMILARITY_FLOOR
 
 from model.config import ModelConfig
 from model.encoders import SeismicFrontEnd
+from model.migration import DepthMigration
 from model.refiner_config import RefinerConfig
 
 
@@ -61,7 +64,11 @@ class RefinerNet(nn.Module):
             nn.Conv2d(N_SHOTS, c, (7, 3), 1, (3, 1), bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, (5, 3), 1, (2, 1), bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.time_to_depth = nn.Linear(self.front.decimated_length, NZ)
-        self.enc1 = _block(2 * cfg.k + 1 + c, w)
+        m = cfg.migrated_channels
+        self.shot_net = nn.Sequential(nn.Conv2d(1, m, (7, 3), 1, (3, 1), bias=False), nn.BatchNorm2d(m),
+                                      nn.ReLU(inplace=True)) if m else None
+        self.migration = DepthMigration(self.front.decimated_dt)
+        self.enc1 = _block(2 * cfg.k + 1 + c + N_SHOTS * m, w)
         self.enc2 = _block(w, 2 * w, stride=2)
         self.enc3 = _block(2 * w, 4 * w, stride=2)
         self.dec2 = _block(6 * w, 2 * w)
@@ -79,6 +86,15 @@ class RefinerNet(nn.Module):
         g = self.gather_net(pre)
         return self.time_to_depth(g.transpose(2, 3)).transpose(2, 3)
 
+    def migrated_features(self, pre: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        """Preprocessed gathers [B, 5, T', 70] and a velocity [B, 70, 70] m/s -> [B, 5 * migrated_channels, 70,
+        70]: each shot's learned features brought to depth through that velocity (empty when the branch is off)."""
+        b, s, t, r = pre.shape
+        if self.shot_net is None:
+            return pre.new_zeros((b, 0, NZ, NX))
+        f = self.shot_net(pre.reshape(b * s, 1, t, r))
+        return self.migration(f.reshape(b, s, -1, t, r), velocity)
+
     def forward_features(self, pre: torch.Tensor, models: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The refiner on preprocessed gathers (training runs the front end once over the data set)."""
         b, k = scores.shape
@@ -86,7 +102,7 @@ class RefinerNet(nn.Module):
         norm = (models.float() - V_MIN) * (2.0 / (V_MAX - V_MIN)) - 1.0
         mean_n = (mean[:, None] - V_MIN) * (2.0 / (V_MAX - V_MIN)) - 1.0
         planes = scores.float()[:, :, None, None].expand(b, k, NZ, NX)
-        x = torch.cat([norm, mean_n, planes, self.gather_features(pre)], 1)
+        x = torch.cat([norm, mean_n, planes, self.gather_features(pre), self.migrated_features(pre, mean)], 1)
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)

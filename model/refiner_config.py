@@ -28,6 +28,9 @@ class RefinerConfig:
     gather_channels: int = 12
     """Channels of the gather branch (per-gather convolutions over time and receivers, then a learned
     time-to-depth map onto the 70 x 70 grid)."""
+    migrated_channels: int = 4
+    """Learned features per shot brought to depth through the neighbours' weighted mean (model.migration); 0 turns
+    the migration branch off (refiners stored before it existed read as 0)."""
     width: int = 16
     """Base width of the U-Net (doubled at each of its two down-sampling levels)."""
     max_residual_mps: float = 1500.0
@@ -35,7 +38,7 @@ class RefinerConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.decimation < 1 or self.lowpass_taps % 2 == 0 or self.gather_channels < 1 \
-                or self.width < 1 or not self.max_residual_mps > 0:
+                or self.width < 1 or self.migrated_channels < 0 or not self.max_residual_mps > 0:
             raise ValueError(f"invalid RefinerConfig: {self}")
         if self.decimation > 1 and not 0 < self.lowpass_hz < 0.5 / DT:
             raise ValueError(f"lowpass_hz={self.lowpass_hz} must lie in (0, {0.5 / DT}) Hz")
@@ -43,7 +46,7 @@ class RefinerConfig:
     @classmethod
     def tiny(cls, k: int = 3) -> "RefinerConfig":
         """A small, fast network for tests."""
-        return cls(k=k, gather_channels=4, width=8)
+        return cls(k=k, gather_channels=4, migrated_channels=2, width=8)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +56,7 @@ class RefinerConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown RefinerConfig keys {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"migrated_channels": 0, **d})
 
 
 @dataclass(frozen=True)
