@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seisbind.calibration import Calibration, summarise, top1_mae
+from seisbind.calibration import EVENT_MAE_MPS, Calibration, summarise, top1_mae
 from seisbind.descriptors import compute_descriptors, mean_relative_error
 from seisbind.neighbours import infer_descriptors
 from seisbind.openfwi import open_dataset
@@ -79,10 +79,10 @@ def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[in
         row = {"R@1": float(np.mean(ranks < 1)), "R@5": float(np.mean(ranks < 5)),
                "descriptor_mre": mean_relative_error(np.concatenate(desc[name]), true_desc),
                "top1_mae_mps": float(err.mean())}
-        cs = summarise(cal.confidence(X), err <= 150.0, cal.out_of_distribution(X))
+        cs = summarise(cal.confidence(X), err <= EVENT_MAE_MPS, cal.out_of_distribution(X))
         row.update({f"calibration_{k}": v for k, v in cs.items() if k not in ("reliability", "n")})
         row["calibration_variants"] = {
-            v: {k: x for k, x in summarise(c.confidence(X), err <= 150.0, c.out_of_distribution(X)).items()
+            v: {k: x for k, x in summarise(c.confidence(X), err <= EVENT_MAE_MPS, c.out_of_distribution(X)).items()
                 if k in ("ece", "mean_confidence", "ood_flag_rate")} for v, c in (variants or {}).items()}
         kind, _, level = name.partition(":")
         if kind == "clean":

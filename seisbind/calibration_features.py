@@ -79,12 +79,13 @@ def reflectivity(models: np.ndarray) -> np.ndarray:
     return np.log10(per_column.mean(1) + REFLECTIVITY_FLOOR)
 
 
-def late_energy(gathers: np.ndarray) -> np.ndarray:
-    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero)."""
+def late_energy(gathers: np.ndarray, energy: np.ndarray | None = None) -> np.ndarray:
+    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero);
+    ``energy``: the gathers' energies [b] when already summed (``_energies``)."""
     g = np.asarray(gathers)
     start = int(round(LATE_S / DT))
     late = np.einsum("bstr,bstr->b", g[:, :, start:], g[:, :, start:], dtype=np.float64) / max(g.shape[2] - start, 1)
-    total = np.einsum("bstr,bstr->b", g, g, dtype=np.float64) / g.shape[2]
+    total = (np.einsum("bstr,bstr->b", g, g, dtype=np.float64) if energy is None else energy) / g.shape[2]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
 
@@ -118,22 +119,24 @@ def _roughness(total: np.ndarray, differences: np.ndarray) -> np.ndarray:
         return np.where(total > 0, differences / np.where(total > 0, total, 1.0), np.inf)
 
 
-def _noise_variance(gathers: np.ndarray) -> np.ndarray:
+def _noise_variance(gathers: np.ndarray, energies: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """White-noise variance per sample of each gather [b, ...] -> [b], from its ``roughness``: a share (r -
-    SIGNAL_ROUGHNESS) / (2 - SIGNAL_ROUGHNESS) of its mean power (noise-free OpenFWI gathers: 0; pure noise: all)."""
+    SIGNAL_ROUGHNESS) / (2 - SIGNAL_ROUGHNESS) of its mean power (noise-free OpenFWI gathers: 0; pure noise: all);
+    ``energies``: ``_energies(gathers)`` when already summed."""
     g = np.asarray(gathers)
-    total, differences = _energies(g)
+    total, differences = _energies(g) if energies is None else energies
     share = np.clip((_roughness(total, differences) - SIGNAL_ROUGHNESS) / (2.0 - SIGNAL_ROUGHNESS), 0.0, 1.0)
     return share * total / g[0].size
 
 
-def shot_asymmetry(gathers: np.ndarray) -> np.ndarray:
+def shot_asymmetry(gathers: np.ndarray, energies: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """log10(energy of the differences between every two shots' traces at the same signed offset / their energy
     + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry; every ``ASYMMETRY_BLOCK`` samples
     averaged; pairs with a dead trace skipped; the white noise's expected share, ``_noise_variance``, taken off both
-    energies, so that noise does not pass for lateral variation) -> [b]; NaN where nothing is compared."""
+    energies, so that noise does not pass for lateral variation) -> [b]; NaN where nothing is compared.
+    ``energies``: ``_energies(gathers)`` when already summed."""
     g = np.asarray(gathers)
-    noise = _noise_variance(g) / ASYMMETRY_BLOCK  # per averaged sample
+    noise = _noise_variance(g, energies) / ASYMMETRY_BLOCK  # per averaged sample
     t = g.shape[2] // ASYMMETRY_BLOCK * ASYMMETRY_BLOCK
     g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3, dtype=np.float64)
     energy = np.einsum("bstr,bstr->bsr", g, g)
@@ -167,7 +170,9 @@ def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
     models of those rows. Uses the first ``FEATURE_K`` hits; with one hit the margin and spread are 0; a query
     without hits gets a row of NaN."""
     out = np.full((len(D), len(FEATURE_NAMES)), np.nan)
-    of_gathers = np.column_stack([late_energy(gathers), shot_asymmetry(gathers)])
+    g = np.asarray(gathers)
+    energies = _energies(g)  # one pass over the gathers for both features
+    of_gathers = np.column_stack([late_energy(g, energies[0]), shot_asymmetry(g, energies)])
     hit_columns = [j for j, name in enumerate(FEATURE_NAMES) if name not in GATHER_FEATURES]
     gather_columns = [FEATURE_NAMES.index(name) for name in GATHER_FEATURES]
     for q, (d_row, i_row) in enumerate(zip(np.asarray(D), np.asarray(I))):
