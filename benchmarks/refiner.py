@@ -39,6 +39,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=20, help="neighbours per query")
     p.add_argument("--migrated-channels", type=int, default=None,
                    help="features per shot of the migration branch (0: off; default RefinerConfig's)")
+    p.add_argument("--baseline-migrated-channels", type=int, default=None,
+                   help="also train, with the same data, budget and seed, a refiner with this many migrated features "
+                        "per shot (0: the network without the migration branch) and report it under 'baseline'")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing-runs", type=int, default=200, help="timed refiner calls at batch 1")
@@ -123,6 +126,23 @@ def held_out_figures(run: Path, encoders: Path, data: Sequence[str], n_pairs: in
     return out
 
 
+def baseline_arm(cfg: Any, migrated_channels: int, work: Path, n_pairs: int) -> dict[str, Any]:
+    """The same training (data, neighbours, budget, seed) with another migration branch, run after the main arm in
+    ``work/refiner_run_baseline``: its held-out figures, for a side-by-side comparison."""
+    from dataclasses import replace
+
+    from model.refiner_train import train_refiner
+
+    arm = replace(cfg, out=str(work / "refiner_run_baseline"),
+                  model=replace(cfg.model, migrated_channels=migrated_channels))
+    summary = train_refiner(arm)
+    return {"migrated_channels": migrated_channels, "epochs": summary["epochs"],
+            "best_epoch": summary["best_epoch"], "train_minutes": summary["train_minutes"],
+            "val_top1_mae_mps": summary["top1_mae_mps"], "val_topk_mean_mae_mps": summary["topk_mean_mae_mps"],
+            "val_refiner_mae_mps": summary["refiner_mae_mps"],
+            **held_out_figures(Path(arm.out), Path(cfg.encoders), cfg.data, n_pairs)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="refiner-", dir=SMOKE_DIR.parent)) if a.smoke else a.workdir
@@ -175,6 +195,9 @@ def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
         **held_out_figures(Path(cfg.out), Path(cfg.encoders), cfg.data,
                            summary["val_pairs"] + summary["train_pairs"]),
     }
+    if a.baseline_migrated_channels is not None:
+        figures["baseline"] = baseline_arm(cfg, a.baseline_migrated_channels, work, summary["val_pairs"]
+                                           + summary["train_pairs"])
     if a.write:
         print(write_result("refiner_training", figures, a.out, smoke=a.smoke))
     else:

@@ -77,10 +77,12 @@ def test_index_smoke(tmp_path: Path) -> None:
 
 
 def test_refiner_smoke(tmp_path: Path) -> None:
-    doc = run_smoke("refiner", tmp_path)
+    doc = run_smoke("refiner", tmp_path, "--baseline-migrated-channels", "0")
     assert {"val_top1_mae_mps", "val_topk_mean_mae_mps", "val_refiner_mae_mps", "ms_per_gather_batch1_1thread",
             "parity_max_abs_mps", "train_minutes"} <= set(doc)
     assert doc["val_pairs"] == 4 and doc["k"] == 3 and doc["ms_per_gather_batch1_1thread"]["median"] > 0
+    assert doc["model_config"]["migrated_channels"] == 4 and doc["baseline"]["migrated_channels"] == 0
+    assert doc["baseline"]["val_topk_mean_mae_mps"] == doc["val_topk_mean_mae_mps"]  # the same neighbours
 
 
 @pytest.mark.slow
