@@ -141,3 +141,13 @@ def test_tiny_training_beats_the_topk_mean_on_held_out_pairs(tmp_path: Path) -> 
     other = RefinerTrainConfig(**{**cfg.__dict__, "lr": 1e-3})
     with pytest.raises(RunError, match="different settings"):
         train_refiner(other)
+
+
+def test_refiners_stored_before_the_migration_branch_read_without_it() -> None:
+    stored = {k: v for k, v in RefinerConfig().to_dict().items() if k != "migrated_channels"}
+    old = RefinerConfig.from_dict(stored)
+    assert old.migrated_channels == 0 and RefinerConfig().migrated_channels == 4
+    net = create_refiner(old)
+    assert net.shot_net is None and net.enc1[0].in_channels == 2 * old.k + 1 + old.gather_channels
+    with pytest.raises(ValueError, match="invalid RefinerConfig"):
+        RefinerConfig(migrated_channels=-1)
