@@ -170,7 +170,10 @@ def test_refine_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
         assert res["n"] >= 1 and res["retrieved_top1_mae_mps"] > 0 and res["fwi_never_worse_than_start"] is True
         assert res["fwi_given_start"] == "topk_mean"  # the untrained smoke bundle has no learned refiner
         assert res["misfit_fwi_from_topk"] <= res["misfit_topk_mean"] * (1 + 1e-6)
+        assert res["best_refinement"]["method"] == "fwi_from_topk"  # the only refinement without a refiner
+        assert res["best_refinement"]["mae_mps"] == res["fwi_from_topk_mae_mps"]
     assert doc["noise_db"] == 10 and doc["fwi_seconds_per_gather"] > 0
+    assert doc["targets"]["learned_ms_per_gather"]["met"] is False  # no learned refiner to time
 
 
 def test_smoke_results_never_go_to_benchmarks_results() -> None:
