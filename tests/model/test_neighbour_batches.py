@@ -43,9 +43,13 @@ def test_grouped_order_is_a_permutation_of_near_groups() -> None:
     perm, flips = grouped_order(3, 1, nb, 4, 0.5)
     assert sorted(perm.tolist()) == list(range(200)) and flips.dtype == torch.bool and len(flips) == 200
     depth = (v[:, 0, :, 0] < 3000).sum(1).numpy()[perm.numpy()]
-    near = np.abs(np.diff(depth)).mean()
-    shuffled = np.abs(np.diff(depth[np.random.default_rng(0).permutation(200)])).mean()
-    assert near < shuffled / 3  # consecutive rows are mostly group mates
+    def close_share(d: np.ndarray) -> float:  # consecutive rows whose interfaces lie within 2 cells
+        return float((np.abs(np.diff(d)) <= 2).mean())
+
+    shuffled = close_share(depth[np.random.default_rng(0).permutation(200)])
+    # groups of 4 make 3 of every 4 consecutive pairs group mates (fewer where late groups come out short); the
+    # mean jump is no measure: the jumps between groups dominate it, and tied distances may order either way
+    assert close_share(depth) > 0.6 > 4 * shuffled
     again = grouped_order(3, 1, nb, 4, 0.5)
     assert torch.equal(perm, again[0]) and torch.equal(flips, again[1])
     assert not torch.equal(perm, grouped_order(3, 2, nb, 4, 0.5)[0])
