@@ -35,6 +35,7 @@ from seisbind.calibration_features import (
     FEATURE_K,
     FEATURE_NAMES,
     NOISE_ROUGHNESS,
+    gather_energies,
     query_features,
     roughness,
 )
@@ -327,10 +328,11 @@ def assess(calibration: Calibration | None, D: np.ndarray, I: np.ndarray,  # noq
     and its gathers: ``confidence`` (None without a calibration) and ``out_of_distribution``: the calibration's
     test, or a gather that is mostly white noise (``NOISE_ROUGHNESS``) or all zeros. (The service also raises the
     flag for gathers with a plausibility warning.)"""
-    flags = roughness(gathers) > NOISE_ROUGHNESS
+    energies = gather_energies(gathers)  # one pass over the gathers for the flag and the features
+    flags = roughness(gathers, energies) > NOISE_ROUGHNESS
     if calibration is None:
         return [None] * len(D), flags.tolist()
-    features = query_features(D, I, velocity_models, gathers)
+    features = query_features(D, I, velocity_models, gathers, energies)
     flags |= calibration.out_of_distribution(features)
     return [round(float(c), 6) for c in calibration.confidence(features)], flags.tolist()
 

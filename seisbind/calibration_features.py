@@ -27,6 +27,7 @@ Of the first ``FEATURE_K`` (5) hits and the gather:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,66 +80,80 @@ def reflectivity(models: np.ndarray) -> np.ndarray:
     return np.log10(per_column.mean(1) + REFLECTIVITY_FLOOR)
 
 
-def late_energy(gathers: np.ndarray, energy: np.ndarray | None = None) -> np.ndarray:
-    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero);
-    ``energy``: the gathers' energies [b] when already summed (``_energies``)."""
-    g = np.asarray(gathers)
-    start = int(round(LATE_S / DT))
-    late = np.einsum("bstr,bstr->b", g[:, :, start:], g[:, :, start:], dtype=np.float64) / max(g.shape[2] - start, 1)
-    total = (np.einsum("bstr,bstr->b", g, g, dtype=np.float64) if energy is None else energy) / g.shape[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
-
-
 NOISE_ROUGHNESS = 1.05
 """Share of a gather's energy in its sample-to-sample differences above which it is taken for mostly white noise:
 about 0.009 for OpenFWI gathers (a 15 Hz source sampled at 1 ms), 1.0 with white noise as strong as the signal
 (SNR 0 dB, the noisiest level the benchmarks test; training reaches -5 dB), 2 for pure white noise."""
 
 
-def _energies(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per gather [b, shots, time, receivers]: its energy and the energy of its time differences, as float64 sums
-    of the data as stored, without a temporary the size of the gathers (those cost more in page faults than the
-    arithmetic): sum (x_t - x_t-1)^2 = 2 sum x^2 - x_first^2 - x_last^2 - 2 sum x_t x_t-1."""
-    def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.einsum("bstr,bstr->b", a, b, dtype=np.float64)
+@dataclass(frozen=True)
+class GatherEnergies:
+    """Sums over each gather [b] that several features read, from one pass over the data (``gather_energies``)."""
 
-    total = dot(g, g)
-    ends = dot(g[:, :, :1], g[:, :, :1]) + dot(g[:, :, -1:], g[:, :, -1:])
-    return total, np.maximum(2.0 * total - ends - 2.0 * dot(g[:, :, 1:], g[:, :, :-1]), 0.0)
-
-
-def roughness(gathers: np.ndarray) -> np.ndarray:
-    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
-    an all-zero gather)."""
-    return _roughness(*_energies(np.asarray(gathers)))
+    total: np.ndarray
+    """Energy: sum of x^2."""
+    differences: np.ndarray
+    """Energy of the time differences: sum of (x_t - x_t-1)^2."""
+    late: np.ndarray
+    """Energy after ``LATE_S``."""
+    samples: int
+    """Time samples per trace."""
 
 
-def _roughness(total: np.ndarray, differences: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, differences / np.where(total > 0, total, 1.0), np.inf)
-
-
-def _noise_variance(gathers: np.ndarray, energies: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """White-noise variance per sample of each gather [b, ...] -> [b], from its ``roughness``: a share (r -
-    SIGNAL_ROUGHNESS) / (2 - SIGNAL_ROUGHNESS) of its mean power (noise-free OpenFWI gathers: 0; pure noise: all);
-    ``energies``: ``_energies(gathers)`` when already summed."""
+def gather_energies(gathers: np.ndarray) -> GatherEnergies:
+    """``GatherEnergies`` of gathers [b, shots, time, receivers]: float32 BLAS dot products over each shot (its
+    time-major samples in one vector, so a shift by one sample is a shift by one row of receivers), summed in
+    float64, with no temporary the size of the gathers; sum (x_t - x_t-1)^2 = 2 sum x^2 - x_first^2 - x_last^2 -
+    2 sum x_t x_t-1. The sums agree with float64 ones to about 1e-6 of the energy."""
     g = np.asarray(gathers)
-    total, differences = _energies(g) if energies is None else energies
-    share = np.clip((_roughness(total, differences) - SIGNAL_ROUGHNESS) / (2.0 - SIGNAL_ROUGHNESS), 0.0, 1.0)
-    return share * total / g[0].size
+    if g.dtype != np.float32:
+        g = g.astype(np.float32)
+    b, shots, nt, nr = g.shape
+    rows = g.reshape(b * shots, nt * nr)
+    start = min(int(round(LATE_S / DT)), nt) * nr
+    sums = np.zeros((4, b * shots))
+    for i, v in enumerate(rows):
+        sums[:, i] = (np.dot(v, v), np.dot(v[nr:], v[:-nr]), np.dot(v[:nr], v[:nr]) + np.dot(v[-nr:], v[-nr:]),
+                      np.dot(v[start:], v[start:]))
+    total, cross, ends, late = sums.reshape(4, b, shots).sum(2)
+    return GatherEnergies(total, np.maximum(2.0 * total - ends - 2.0 * cross, 0.0), late, nt)
 
 
-def shot_asymmetry(gathers: np.ndarray, energies: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def late_energy(gathers: np.ndarray, energies: GatherEnergies | None = None) -> np.ndarray:
+    """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero);
+    ``energies``: ``gather_energies(gathers)`` when already summed."""
+    e = gather_energies(gathers) if energies is None else energies
+    late = e.late / max(e.samples - int(round(LATE_S / DT)), 1)
+    total = e.total / e.samples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
+
+
+def roughness(gathers: np.ndarray, energies: GatherEnergies | None = None) -> np.ndarray:
+    """Energy of the time differences over the energy of each gather [b, shots, time, receivers] -> [b] (inf for
+    an all-zero gather); ``energies``: ``gather_energies(gathers)`` when already summed."""
+    e = gather_energies(gathers) if energies is None else energies
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(e.total > 0, e.differences / np.where(e.total > 0, e.total, 1.0), np.inf)
+
+
+def _noise_variance(gathers: np.ndarray, energies: GatherEnergies) -> np.ndarray:
+    """White-noise variance per sample of each gather [b, ...] -> [b], from its ``roughness``: a share (r -
+    SIGNAL_ROUGHNESS) / (2 - SIGNAL_ROUGHNESS) of its mean power (noise-free OpenFWI gathers: 0; pure noise: all)."""
+    share = np.clip((roughness(gathers, energies) - SIGNAL_ROUGHNESS) / (2.0 - SIGNAL_ROUGHNESS), 0.0, 1.0)
+    return share * energies.total / np.asarray(gathers)[0].size
+
+
+def shot_asymmetry(gathers: np.ndarray, energies: GatherEnergies | None = None) -> np.ndarray:
     """log10(energy of the differences between every two shots' traces at the same signed offset / their energy
     + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry; every ``ASYMMETRY_BLOCK`` samples
     averaged; pairs with a dead trace skipped; the white noise's expected share, ``_noise_variance``, taken off both
     energies, so that noise does not pass for lateral variation) -> [b]; NaN where nothing is compared.
-    ``energies``: ``_energies(gathers)`` when already summed."""
+    ``energies``: ``gather_energies(gathers)`` when already summed."""
     g = np.asarray(gathers)
-    noise = _noise_variance(g, energies) / ASYMMETRY_BLOCK  # per averaged sample
+    noise = _noise_variance(g, gather_energies(g) if energies is None else energies) / ASYMMETRY_BLOCK
     t = g.shape[2] // ASYMMETRY_BLOCK * ASYMMETRY_BLOCK
-    g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3, dtype=np.float64)
+    g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3).astype(np.float64)
     energy = np.einsum("bstr,bstr->bsr", g, g)
     live = energy > DEAD_TRACE * energy.mean((1, 2), keepdims=True)
     num, den, count = np.zeros(len(g)), np.zeros(len(g)), np.zeros(len(g))
@@ -164,15 +179,16 @@ def hit_features(scores: np.ndarray, models: np.ndarray) -> list[float]:
 
 
 def query_features(D: np.ndarray, I: np.ndarray,  # noqa: E741 - faiss naming
-                   velocity_models: Callable[[np.ndarray], np.ndarray], gathers: np.ndarray) -> np.ndarray:
+                   velocity_models: Callable[[np.ndarray], np.ndarray], gathers: np.ndarray,
+                   energies: GatherEnergies | None = None) -> np.ndarray:
     """The ``FEATURE_NAMES`` of each query [b, 7] from its search hits and its gathers [b, 5, 1000, 70]: D [b, k]
     cosine scores (best first), I [b, k] bank rows (-1: unfilled, ignored), ``velocity_models(rows)`` -> the bank's
     models of those rows. Uses the first ``FEATURE_K`` hits; with one hit the margin and spread are 0; a query
-    without hits gets a row of NaN."""
+    without hits gets a row of NaN. ``energies``: ``gather_energies(gathers)`` when already summed."""
     out = np.full((len(D), len(FEATURE_NAMES)), np.nan)
     g = np.asarray(gathers)
-    energies = _energies(g)  # one pass over the gathers for both features
-    of_gathers = np.column_stack([late_energy(g, energies[0]), shot_asymmetry(g, energies)])
+    energies = gather_energies(g) if energies is None else energies  # one pass over the gathers for both
+    of_gathers = np.column_stack([late_energy(g, energies), shot_asymmetry(g, energies)])
     hit_columns = [j for j, name in enumerate(FEATURE_NAMES) if name not in GATHER_FEATURES]
     gather_columns = [FEATURE_NAMES.index(name) for name in GATHER_FEATURES]
     for q, (d_row, i_row) in enumerate(zip(np.asarray(D), np.asarray(I))):
