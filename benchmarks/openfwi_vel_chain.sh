@@ -9,7 +9,8 @@
 #     BUDGET=80 OUT=/tmp/results bash benchmarks/openfwi_vel_chain.sh
 # BUDGET (minutes, <= 90; default 80), NAME (result stem of the training run; default retrieval_openfwi_vel),
 # OUT (folder of the result files; default benchmarks/results), WORK (default .cache/openfwi_vel/chain_$BUDGET),
-# TRAIN_ARGS (more options of benchmarks.openfwi_vel, e.g. "--snr-db -5 30 --mute-traces 1 25").
+# TRAIN_ARGS (more options of benchmarks.openfwi_vel, e.g. "--snr-db -5 30 --mute-traces 1 25"), OOD_ARGS (more
+# options of benchmarks.ood, e.g. "--family-count 200").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -34,8 +35,9 @@ step "export with the fast and int8 graphs"
 [ -f "$BUNDLE/manifest.json" ] || "${LOCK[@]}" "$SB" export --run "$WORK/runs/main_${BUDGET}min" --out "$BUNDLE" \
   --variant fast --variant int8
 step "retrieval_ood: calibration, noise and muted traces"
+# shellcheck disable=SC2086
 "${LOCK[@]}" "$PY" -m benchmarks.ood --bundle "$BUNDLE" "${BANKS[@]}" --id-data $CACHE/flatvel_a/test \
-  --id-data $CACHE/curvevel_a/test --work "$WORK/ood" --out "$OUT"
+  --id-data $CACHE/curvevel_a/test --work "$WORK/ood" --out "$OUT" ${OOD_ARGS:-}
 step "calibrated bundle (the first 300 + 300 test gathers: for the service's cost, not for its figures)"
 ID=$("$PY" -c "from seisbind.bundle import EncoderBundle; print(EncoderBundle('$BUNDLE').bundle_id)")
 "${LOCK[@]}" "$SB" calibrate --encoders "$BUNDLE" --index "$WORK/ood/index_$ID" \
