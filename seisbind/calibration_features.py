@@ -98,6 +98,8 @@ class GatherEnergies:
     """Energy after ``LATE_S``."""
     samples: int
     """Time samples per trace."""
+    late_samples: int
+    """Time samples per trace after ``LATE_S``."""
 
 
 def gather_energies(gathers: np.ndarray) -> GatherEnergies:
@@ -110,20 +112,21 @@ def gather_energies(gathers: np.ndarray) -> GatherEnergies:
         g = g.astype(np.float32)
     b, shots, nt, nr = g.shape
     rows = g.reshape(b * shots, nt * nr)
-    start = min(int(round(LATE_S / DT)), nt) * nr
+    late_start = min(int(round(LATE_S / DT)), nt)
+    start = late_start * nr
     sums = np.zeros((4, b * shots))
     for i, v in enumerate(rows):
         sums[:, i] = (np.dot(v, v), np.dot(v[nr:], v[:-nr]), np.dot(v[:nr], v[:nr]) + np.dot(v[-nr:], v[-nr:]),
                       np.dot(v[start:], v[start:]))
     total, cross, ends, late = sums.reshape(4, b, shots).sum(2)
-    return GatherEnergies(total, np.maximum(2.0 * total - ends - 2.0 * cross, 0.0), late, nt)
+    return GatherEnergies(total, np.maximum(2.0 * total - ends - 2.0 * cross, 0.0), late, nt, nt - late_start)
 
 
 def late_energy(gathers: np.ndarray, energies: GatherEnergies | None = None) -> np.ndarray:
     """log10(mean power after LATE_S / mean power) of each gather [b, shots, time, receivers] (NaN if all zero);
     ``energies``: ``gather_energies(gathers)`` when already summed."""
     e = gather_energies(gathers) if energies is None else energies
-    late = e.late / max(e.samples - int(round(LATE_S / DT)), 1)
+    late = e.late / max(e.late_samples, 1)
     total = e.total / e.samples
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(total > 0, np.log10(np.maximum(late, 1e-30 * total) / np.where(total > 0, total, 1.0)), np.nan)
