@@ -26,6 +26,7 @@ Of the first ``FEATURE_K`` (5) hits and the gather:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +62,8 @@ def spread_mae(models: np.ndarray) -> float:
     if k < 2:
         return 0.0
     flat = np.asarray(models, np.float32).reshape(k, -1)
-    total = sum(float(np.abs(flat[i] - flat[j]).mean()) for i in range(k) for j in range(i + 1, k))
-    return total / (k * (k - 1) / 2)
+    first, second = np.triu_indices(k, 1)
+    return float(np.abs(flat[first] - flat[second]).mean(1).astype(np.float64).sum()) / (k * (k - 1) / 2)
 
 
 def lateral_variation(models: np.ndarray) -> np.ndarray:
@@ -147,6 +148,18 @@ def _noise_variance(gathers: np.ndarray, energies: GatherEnergies) -> np.ndarray
     return share * energies.total / np.asarray(gathers)[0].size
 
 
+@functools.lru_cache(maxsize=8)
+def _equal_offset_pairs(receivers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every two traces of different shots (``SOURCE_X``) at the same signed offset, as index arrays (shot and
+    receiver of the first trace, shot and receiver of the second)."""
+    pairs = [(i, j, SOURCE_X[j] - SOURCE_X[i]) for i in range(len(SOURCE_X)) for j in range(i + 1, len(SOURCE_X))]
+    shot_a = np.concatenate([np.full(max(receivers - s, 0), i) for i, _, s in pairs])
+    rec_a = np.concatenate([np.arange(max(receivers - s, 0)) for *_, s in pairs])
+    shot_b = np.concatenate([np.full(max(receivers - s, 0), j) for _, j, s in pairs])
+    rec_b = np.concatenate([np.arange(s, receivers) for *_, s in pairs])
+    return shot_a, rec_a, shot_b, rec_b
+
+
 def shot_asymmetry(gathers: np.ndarray, energies: GatherEnergies | None = None) -> np.ndarray:
     """log10(energy of the differences between every two shots' traces at the same signed offset / their energy
     + ASYMMETRY_FLOOR) of each gather [b, 5, time, receivers] (SOURCE_X geometry; every ``ASYMMETRY_BLOCK`` samples
@@ -156,17 +169,16 @@ def shot_asymmetry(gathers: np.ndarray, energies: GatherEnergies | None = None) 
     g = np.asarray(gathers)
     noise = _noise_variance(g, gather_energies(g) if energies is None else energies) / ASYMMETRY_BLOCK
     t = g.shape[2] // ASYMMETRY_BLOCK * ASYMMETRY_BLOCK
-    g = g[:, :, :t].reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3]).mean(3).astype(np.float64)
-    energy = np.einsum("bstr,bstr->bsr", g, g)
+    blocks = np.asarray(g[:, :, :t], np.float32).reshape(g.shape[0], g.shape[1], -1, ASYMMETRY_BLOCK, g.shape[3])
+    g = (np.full((1, ASYMMETRY_BLOCK), 1.0 / ASYMMETRY_BLOCK, np.float32) @ blocks)[..., 0, :].astype(np.float64)
+    traces = g.transpose(0, 1, 3, 2)  # [b, shots, receivers, blocks]
+    energy = np.einsum("bsrt,bsrt->bsr", traces, traces)
     live = energy > DEAD_TRACE * energy.mean((1, 2), keepdims=True)
-    num, den, count = np.zeros(len(g)), np.zeros(len(g)), np.zeros(len(g))
-    for i in range(len(SOURCE_X)):
-        for j in range(i + 1, len(SOURCE_X)):
-            s, r = SOURCE_X[j] - SOURCE_X[i], g.shape[3]
-            both = live[:, i, :r - s] & live[:, j, s:]
-            num += (((g[:, i, :, :r - s] - g[:, j, :, s:]) ** 2).sum(1) * both).sum(1)
-            den += ((energy[:, i, :r - s] + energy[:, j, s:]) * both).sum(1)
-            count += both.sum(1) * g.shape[2]
+    shot_a, rec_a, shot_b, rec_b = _equal_offset_pairs(g.shape[3])
+    both = live[:, shot_a, rec_a] & live[:, shot_b, rec_b]  # [b, pairs]
+    num = ((np.square(traces[:, shot_a, rec_a] - traces[:, shot_b, rec_b]).sum(2)) * both).sum(1)
+    den = ((energy[:, shot_a, rec_a] + energy[:, shot_b, rec_b]) * both).sum(1)
+    count = both.sum(1) * g.shape[2]
     bias = 2.0 * noise * count  # expected noise energy in both sums
     num, den = np.maximum(num - bias, 0.0), den - bias
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Collection
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -13,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.core.logging import REQUEST_ID
+from service.core.logging import REQUEST_ID, new_request_id
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.access")
@@ -45,7 +44,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get(REQUEST_ID_HEADER)
-        rid = given if given and _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = given if given and _VALID_REQUEST_ID.match(given) else new_request_id()
         token = REQUEST_ID.set(rid)
         start = time.perf_counter()
         status = 500

@@ -24,8 +24,9 @@ import asyncio
 import http
 import json
 import logging
-import uuid
 from typing import Any
+
+from service.core.logging import new_request_id
 
 log = logging.getLogger("service.http")
 
@@ -97,7 +98,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         """Answer ``status`` with a JSON error body unless a response has begun, then close the connection."""
         self._rejected = True
         self._disarm()
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         log.warning("%s; closing the connection", detail,
                     extra={"status": status, "client": (self.client or ("?",))[0], "request_id": rid})
         if self.transport.is_closing():

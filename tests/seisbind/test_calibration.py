@@ -28,6 +28,7 @@ from seisbind.calibration import (
 from seisbind.calibration_features import (
     FEATURE_NAMES,
     NOISE_ROUGHNESS,
+    _equal_offset_pairs,
     late_energy,
     lateral_variation,
     query_features,
@@ -325,3 +326,15 @@ def test_cross_fitted_distances_set_a_threshold_that_flags_new_rows_at_the_nomin
     cal = fit_calibration(fit, y, np.ones(len(fit), bool))
     assert cal.ood_threshold == pytest.approx(np.quantile(held_out, OOD_QUANTILE))
     assert abs(cal.out_of_distribution(new).mean() - (1 - OOD_QUANTILE)) < 0.015
+
+
+def test_equal_offset_pairs_are_every_pair_of_shots_at_the_same_signed_offset() -> None:
+    shot_a, rec_a, shot_b, rec_b = _equal_offset_pairs(70)
+    offsets_a = rec_a - np.asarray(SOURCE_X)[shot_a]
+    assert (offsets_a == rec_b - np.asarray(SOURCE_X)[shot_b]).all() and (shot_a < shot_b).all()
+    expected = {(i, r, j, r + SOURCE_X[j] - SOURCE_X[i]) for i in range(5) for j in range(i + 1, 5)
+                for r in range(70 - (SOURCE_X[j] - SOURCE_X[i]))}
+    assert set(zip(shot_a.tolist(), rec_a.tolist(), shot_b.tolist(), rec_b.tolist())) == expected
+    assert len(shot_a) == len(expected)
+    assert len(_equal_offset_pairs(10)[0]) == sum(max(10 - (SOURCE_X[j] - SOURCE_X[i]), 0)
+                                                 for i in range(5) for j in range(i + 1, 5))
