@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="append", default=None, metavar="NAME:NAME=VALUE[,NAME=VALUE]",
                    help="also measure these settings (on top of --setting), in the same run, recorded under "
                         f"profiles.NAME (default: {' and '.join(DEFAULT_PROFILES)}; 'none' for none)")
+    p.add_argument("--replicas", type=int, default=2,
+                   help="also measure this many servers over the same index, 16 clients split among them, beside "
+                        "one server (0: skip)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--no-write", action="store_true", help="print the figures without writing the result file")
     add_output_args(p)
@@ -193,6 +196,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         figures = measure(args, encoders, index_root, base, work / "server.log")
         figures["profiles"] = {name: measure(args, encoders, index_root, {**base, **extra}, work / f"server-{name}.log")
                                for name, extra in parse_profiles(args.profile).items()}
+        if args.replicas > 1:
+            figures["replicas"] = replicas(args, encoders, index_root, base, work)
         if args.previous_encoders:
             figures.update(previous_bundle(args, work, bank, base, figures))
     if FULL_PRECISION in figures["profiles"]:
@@ -207,6 +212,45 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          DEFAULT_BUNDLE)
     figures["bank"] = portable_path(args.bank) if args.bank else f"synthetic, {args.bank_size} models"
     return figures
+
+
+def replicas(args: argparse.Namespace, encoders: Path, index_root: Path, settings: dict[str, str],
+             work: Path) -> dict[str, Any]:
+    """16 clients split evenly among ``--replicas`` servers over the same index (what several service processes
+    behind a load balancer would serve on these cores), alternated with all 16 on the first server, in one run."""
+    gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
+    body, env = npy_bytes(gather), {f"SEISBIND_{k.upper()}": v for k, v in settings.items()}
+    servers: list[BenchmarkServer] = []
+    try:
+        for i in range(args.replicas):
+            servers.append(BenchmarkServer.launch(encoders, index_root, work / f"server-replica{i}.log", env))
+        for server in servers:
+            throughput(server, body, 16 // args.replicas, min(2.0, args.seconds))  # warm-up
+        totals = {"one": [0, 0.0, 0.0], "split": [0, 0.0, 0.0]}  # requests, s, server CPU s
+        for phase in ("one", "split", "split", "one"):  # ABBA against drift
+            split = [16] if phase == "one" else [16 // len(servers)] * len(servers)
+            cpu0 = [s.cpu_seconds() for s in servers]
+            done: list[tuple[int, float]] = []
+            threads = [threading.Thread(target=lambda s=s, c=c: done.append(throughput(s, body, c, args.seconds / 2)))
+                       for s, c in zip(servers, split)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.monotonic() - t0
+            for i, v in enumerate((sum(n for n, _ in done), wall,
+                                   sum(s.cpu_seconds() - c for s, c in zip(servers, cpu0)))):
+                totals[phase][i] += v
+    finally:
+        for server in servers:
+            server.stop()
+    figures = {name: {"rps_16": round(n / s, 2), "server_cpu_ms_per_request": round(1000 * cpu / n, 2),
+                      "server_cpu_cores_used": round(cpu / s, 2)} for name, (n, s, cpu) in totals.items()}
+    return {"servers": len(servers), **figures,
+            "rps_16_split_over_one": round(figures["split"]["rps_16"] / figures["one"]["rps_16"], 3),
+            "notes": "one: 16 clients on one server; split: 16 clients split evenly among the servers (processes "
+                     "of `seisbind serve` over the same index root, each with the default settings)"}
 
 
 def previous_bundle(args: argparse.Namespace, work: Path, bank: Path, settings: dict[str, str],

@@ -93,6 +93,8 @@ def test_service_smoke(tmp_path: Path) -> None:
     assert doc["server"]["variants"]["seismic"] == "int8" and doc["previous_graph"]["variant"] == "full"
     assert doc["capacity_rps"] > 0 and doc["share_of_capacity_16"] > 0 and doc["previous_graph"]["capacity_rps"] > 0
     assert doc["server"]["count"] == 40 and doc["npy"]["n"] > 0
+    replicas = doc["replicas"]
+    assert replicas["servers"] == 2 and replicas["one"]["rps_16"] > 0 and replicas["split"]["rps_16"] > 0
 
 
 def test_soak_smoke(tmp_path: Path) -> None:
