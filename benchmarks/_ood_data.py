@@ -94,7 +94,7 @@ def smoke_bundle(work: Path, folders: list[Path]) -> Path:
     from model.train import train
 
     run = work / "smoke_run"
-    train(TrainConfig(data=tuple(str(f) for f in folders), out=str(run), epochs=8, batch_size=8, seed=0, lr=2e-3,
+    train(TrainConfig(data=tuple(str(f) for f in folders), out=str(run), epochs=20, batch_size=8, seed=0, lr=2e-3,
                       amp="off", val_fraction=0.0, threads=2, progress=False, model=ModelConfig.tiny(),
                       neighbour_group=1))
     export_run(run, work / "smoke_bundle")

@@ -67,6 +67,17 @@ class BenchmarkServer(ServerProcess):
         """``seisbind serve`` on a free port with ``SERVER_ENV`` plus ``env``, once /readyz answers 200."""
         return cls.serve(encoders, index_root, log, {**SERVER_ENV, **(env or {})}, timeout=timeout)
 
+    @classmethod
+    def floor(cls, response: bytes, work: Path) -> BenchmarkServer:
+        """The HTTP floor (benchmarks._http_floor): the service's server stack around an application that does no
+        work and answers every request with ``response``."""
+        from cli.server_process import free_port
+
+        (work / "floor-response.json").write_bytes(response)
+        port = free_port()
+        return cls.start([sys.executable, "-m", "benchmarks._http_floor", str(port), str(work / "floor-response.json")],
+                         port, work / "server-floor.log", SERVER_ENV, ready_path="/")
+
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=120)
 

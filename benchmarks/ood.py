@@ -81,7 +81,7 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
-from seisbind.calibration import OOD_QUANTILE, summarise  # noqa: E402
+from seisbind.calibration import OOD_QUANTILE, CalibrationError, summarise  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
 from index.calibrate import NoisyCopies, QuerySet, fit_sets  # noqa: E402
@@ -163,12 +163,17 @@ def _without_reliability(figures: dict[str, Any]) -> dict[str, Any]:
 def leave_family_out(fits: dict[str, list[QuerySet]], evals: dict[str, list[QuerySet]],
                      names: list[str]) -> dict[str, Any]:
     """For each family F: fit on the in-distribution sets and the other families (noisy copies included), evaluate
-    on F's eval half."""
+    on F's eval half. A fold whose fit queries all have the same outcome cannot be fitted: it is reported as
+    ``not_fitted`` with the reason, and left out of ``pooled``."""
     out: dict[str, Any] = {}
     conf, outcome = [], []
     for i, name in enumerate(names):
         others = [s for j in range(len(names)) if j != i for s in (fits["fam"][j], fits["fam_noisy"][j])]
-        cal = fit_sets(fits["id"] + fits["id_noisy"] + others)
+        try:
+            cal = fit_sets(fits["id"] + fits["id_noisy"] + others)
+        except CalibrationError as e:
+            out[name] = {"not_fitted": str(e)}
+            continue
         ev = evals["fam"][i]
         out[name] = _without_reliability(summarise(cal.confidence(ev.features), ev.outcome,
                                                    cal.out_of_distribution(ev.features)))

@@ -193,7 +193,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         bank = args.bank or make_bank(work / "bank", args.bank_size, seed=0)
         index_root = work / "index"
         build_index(encoders, bank, index_root, index_type="auto")
-        figures = measure(args, encoders, index_root, base, work / "server.log")
+        figures = measure(args, encoders, index_root, base, work / "server.log", floor=work)
         figures["profiles"] = {name: measure(args, encoders, index_root, {**base, **extra}, work / f"server-{name}.log")
                                for name, extra in parse_profiles(args.profile).items()}
         if args.replicas > 1:
@@ -271,26 +271,36 @@ def previous_bundle(args: argparse.Namespace, work: Path, bank: Path, settings: 
 
 
 def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings: dict[str, str],
-            log: Path) -> dict[str, Any]:
-    """Every figure of service.json for one set of service settings."""
+            log: Path, floor: Path | None = None) -> dict[str, Any]:
+    """Every figure of service.json for one set of service settings; with ``floor`` (a working folder), also the
+    HTTP floor's latency for the same .npy request (``http_floor``), interleaved with the others."""
     gather = (np.random.default_rng(1).standard_normal(GATHER_SHAPE) * 5).astype(np.float32)
     npy_body = npy_bytes(gather)
     json_body = json.dumps({"gathers": gather.tolist(), "k": K}).encode()
     engine = in_process_engine(encoders, index_root, settings)
     server = BenchmarkServer.launch(encoders, index_root, log,
                                     {f"SEISBIND_{k.upper()}": v for k, v in settings.items()})
+    floor_server: BenchmarkServer | None = None
     try:
         info = server.json("/v1/info")
         time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
         time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
         time_in_process(engine, gather, 5, 0.0)
+        if floor:  # answers with the bytes of a real response
+            floor_server = BenchmarkServer.floor(server.request("POST", f"/retrieve?k={K}", npy_body, NPY_HEADERS)[1],
+                                                 floor)
+            time_http(floor_server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
         gap = args.gap_ms / 1000.0
         inproc: list[float] = []
         npy: list[float] = []
         js: list[float] = []
+        bare: list[float] = []
         stages: dict[str, dict[str, tuple[float, float]]] = {"npy": {}, "json": {}}
         for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
             inproc += time_in_process(engine, gather, args.requests // args.rounds, gap)
+            if floor_server:
+                bare += time_http(floor_server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds,
+                                  gap)
             t0 = server.stage_totals()
             npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
             t1 = server.stage_totals()
@@ -310,6 +320,8 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
                 counts[c][i] += v
     finally:
         server.stop()
+        if floor_server:
+            floor_server.stop()
     rps = {str(c): round(n / s, 2) for c, (n, s, *_) in counts.items()}
     cores_used = {str(c): round(cpu / s, 2) for c, (_, s, cpu, *_) in counts.items()}
     cpu_ms_per_request = {str(c): round(1000 * cpu / n, 2) for c, (n, _, cpu, *_) in counts.items()}
@@ -335,6 +347,7 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
                     "npy_p50_met": p_npy["p50_ms"] <= 1.3 * p_in["p50_ms"],
                     "share_of_capacity_met": share16 >= SHARE_TARGET,
                     "throughput_16_met": rps["16"] >= RPS_16_TARGET},
+        **(http_floor(p_npy, p_in, percentiles_ms(bare)) if bare else {}),
         "server_stage_ms_sequential": {kind: stage_ms(t) for kind, t in stages.items()},
         "server": {k: info[k] for k in ("encoder", "count", "index_type", "providers", "variants", "intra_op_threads",
                                         "batching")},
@@ -350,6 +363,20 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
                  "(the clients run on the same machine)",
     }
     return figures
+
+
+def http_floor(npy: dict[str, float], in_process: dict[str, float], bare: dict[str, float]) -> dict[str, Any]:
+    """The HTTP floor's latency beside the service's: how much of the .npy request's time over the in-process work
+    any application on this server stack would spend, and the floor's own p50 over in-process."""
+    over = npy["p50_ms"] - in_process["p50_ms"]
+    return {"http_floor": bare, "npy_p50_minus_in_process_ms": round(over, 3),
+            "http_floor_share_of_npy_overhead": round(bare["p50_ms"] / over, 3) if over > 0 else None,
+            "npy_p50_over_in_process_floor": round((in_process["p50_ms"] + bare["p50_ms"]) / in_process["p50_ms"], 3),
+            "http_floor_notes": "http_floor: p50 etc. of the same .npy request to benchmarks._http_floor (the "
+                                "service's uvicorn, uvloop and HTTP protocol around an application that reads the "
+                                "body and answers with the bytes of a real /retrieve response, no other work), "
+                                "interleaved with the others; npy_p50_over_in_process_floor: the ratio a service "
+                                "whose only cost besides the in-process work were that floor would reach"}
 
 
 def _batch_totals(server: BenchmarkServer) -> tuple[float, float]:

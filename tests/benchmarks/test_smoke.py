@@ -95,6 +95,8 @@ def test_service_smoke(tmp_path: Path) -> None:
     assert doc["server"]["count"] == 40 and doc["npy"]["n"] > 0
     replicas = doc["replicas"]
     assert replicas["servers"] == 2 and replicas["one"]["rps_16"] > 0 and replicas["split"]["rps_16"] > 0
+    assert doc["http_floor"]["n"] == doc["npy"]["n"] and 0 < doc["http_floor"]["p50_ms"]
+    assert doc["npy_p50_over_in_process_floor"] > 1 and "http_floor" not in doc["profiles"]["full_precision"]
 
 
 def test_soak_smoke(tmp_path: Path) -> None:
