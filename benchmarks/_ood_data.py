@@ -88,7 +88,8 @@ def index_for(bundle_dir: Path, bank: Path, root: Path) -> Searcher:
 
 
 def smoke_bundle(work: Path, folders: list[Path]) -> Path:
-    """A tiny model trained for a few seconds on the smoke sets themselves, exported (the figures mean nothing)."""
+    """A tiny model trained for 20 epochs (about twenty seconds) on the smoke sets themselves, exported (the figures
+    mean nothing; fewer epochs left it wrong on every in-distribution query on some CPUs)."""
     from model.config import ModelConfig, TrainConfig
     from model.export import export_run
     from model.train import train
