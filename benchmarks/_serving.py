@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cli.server_process import ServerProcess
+from cli.server_process import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NPY_HEADERS = {"Content-Type": "application/x-npy"}
@@ -71,8 +71,6 @@ class BenchmarkServer(ServerProcess):
     def floor(cls, response: bytes, work: Path) -> BenchmarkServer:
         """The HTTP floor (benchmarks._http_floor): the service's server stack around an application that does no
         work and answers every request with ``response``."""
-        from cli.server_process import free_port
-
         (work / "floor-response.json").write_bytes(response)
         port = free_port()
         return cls.start([sys.executable, "-m", "benchmarks._http_floor", str(port), str(work / "floor-response.json")],

@@ -49,6 +49,8 @@ from benchmarks._serving import (
 from index.build import build_index
 
 K = 10
+NPY_PATH = f"/retrieve?k={K}"
+"""The timed .npy request's path (the body carries only the gather)."""
 SHARE_TARGET = 0.9
 """16-client requests/s should reach this share of capacity."""
 RPS_16_TARGET = 2.5 * 184
@@ -153,7 +155,7 @@ def throughput(server: BenchmarkServer, body: bytes, clients: int, seconds: floa
         conn = server.connection()
         try:
             while time.monotonic() < stop:
-                status, data = call(conn, "POST", f"/retrieve?k={K}", body, NPY_HEADERS)
+                status, data = call(conn, "POST", NPY_PATH, body, NPY_HEADERS)
                 if status != 200:
                     errors.append(f"HTTP {status}: {data[:200]!r}")
                     return
@@ -283,26 +285,26 @@ def measure(args: argparse.Namespace, encoders: Path, index_root: Path, settings
     floor_server: BenchmarkServer | None = None
     try:
         info = server.json("/v1/info")
-        time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
+        time_http(server, NPY_PATH, npy_body, NPY_HEADERS, 5)  # warm-up
         time_http(server, "/retrieve", json_body, JSON_HEADERS, 2)
         time_in_process(engine, gather, 5, 0.0)
         if floor:  # answers with the bytes of a real response
-            floor_server = BenchmarkServer.floor(server.request("POST", f"/retrieve?k={K}", npy_body, NPY_HEADERS)[1],
+            floor_server = BenchmarkServer.floor(server.request("POST", NPY_PATH, npy_body, NPY_HEADERS)[1],
                                                  floor)
-            time_http(floor_server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, 5)  # warm-up
+            time_http(floor_server, NPY_PATH, npy_body, NPY_HEADERS, 5)  # warm-up
         gap = args.gap_ms / 1000.0
         inproc: list[float] = []
         npy: list[float] = []
         js: list[float] = []
         bare: list[float] = []
         stages: dict[str, dict[str, tuple[float, float]]] = {"npy": {}, "json": {}}
-        for _ in range(args.rounds):  # interleaved, so drifting machine load hits all three alike
+        for _ in range(args.rounds):  # interleaved, so drifting machine load hits them all alike
             inproc += time_in_process(engine, gather, args.requests // args.rounds, gap)
             if floor_server:
-                bare += time_http(floor_server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds,
+                bare += time_http(floor_server, NPY_PATH, npy_body, NPY_HEADERS, args.requests // args.rounds,
                                   gap)
             t0 = server.stage_totals()
-            npy += time_http(server, f"/retrieve?k={K}", npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
+            npy += time_http(server, NPY_PATH, npy_body, NPY_HEADERS, args.requests // args.rounds, gap)
             t1 = server.stage_totals()
             js += time_http(server, "/retrieve", json_body, JSON_HEADERS, args.json_requests // args.rounds, gap)
             t2 = server.stage_totals()
