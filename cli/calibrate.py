@@ -1,6 +1,7 @@
-"""``seisbind calibrate``: fit the calibrated confidence and out-of-distribution flag of an encoder bundle on
-held-out data searched against an index, and write the bundle with it (docs/cli.md, docs/formats.md). Torch-free:
-the fit is ``index.calibrate``'s, the model ``seisbind.calibration``'s."""
+"""The files fitted into an encoder bundle after export (docs/cli.md, docs/formats.md), torch-free:
+``seisbind calibrate`` fits the calibrated confidence and out-of-distribution flag on held-out data searched against
+an index (``index.calibrate``, ``seisbind.calibration``); ``seisbind fit-readout`` fits the descriptor readout on
+training pairs (``seisbind.readout_fit``)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,27 @@ def calibrate(
     typer.echo(json.dumps({"out": str(out), **fit,
                            "sets": {s.name: {"n": len(s.mae), "in_distribution": s.in_distribution,
                                              "event_rate": float(s.outcome.mean())} for s in sets}}))
+
+
+def fit_readout(
+    encoders: Path = typer.Option(..., "--encoders", help="encoder bundle folder"),
+    data: list[Path] = typer.Option(..., "--data", help="paired folder (OpenFWI layout) the encoders were trained "
+                                                        "on; repeatable"),
+    out: Path = typer.Option(..., "--out", help="bundle folder to write (may be --encoders itself: replaced "
+                                                "atomically)"),
+    max_pairs: int = typer.Option(20_000, "--max-pairs", min=64, help="pairs fitted on at most (evenly spread)"),
+) -> None:
+    """Fit the descriptor readout (descriptors straight from the seismic embedding, blended with the neighbours'
+    by /infer-descriptors) on training pairs, and write the bundle with it; prints what it was fitted on."""
+    from seisbind.bundle import BundleError
+    from seisbind.openfwi import OpenFWIError
+    from seisbind.readout import ReadoutError
+    from seisbind.readout_fit import fit_bundle_readout
+
+    try:
+        readout = fit_bundle_readout(encoders, data, out, max_pairs)
+    except (OpenFWIError, BundleError, ReadoutError, OSError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps({"out": str(out), "pairs": readout.fit["pairs"], "penalty": readout.penalty,
+                           "loo_mse_standardised": readout.fit["loo_mse_standardised"]}))

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from service.core.config import Settings
 
-from cli.calibrate import calibrate  # torch-free
+from cli.calibrate import calibrate, fit_readout  # torch-free
 from cli.refine import refine_command  # torch-free at import
 from cli.refiner_command import train_refiner
 from cli.worker_command import refine_worker  # imports the queue only when run
@@ -249,18 +249,21 @@ def export(
                                         "(default: the last --variant)"),
     calibration_gathers: int = typer.Option(256, "--calibration-gathers", min=1,
                                             help="training gathers the int8 variant is calibrated on"),
+    readout: bool = typer.Option(True, "--readout/--no-readout", help="fit the descriptor readout on the run's "
+                                                                      "training pairs (seisbind fit-readout)"),
 ) -> None:
     """Export a training run as an encoder bundle (ONNX + manifest), checked against torch."""
     from model.export import ParityError, export_run
 
     try:
-        manifest = export_run(run, out, tuple(variant or ()), calibration_gathers, default_variant)
+        manifest = export_run(run, out, tuple(variant or ()), calibration_gathers, default_variant, readout)
     except (RunError, ParityError, FileExistsError, OSError, ValueError) as e:
         fail(str(e))
     typer.echo(json.dumps({"bundle": str(out), "bundle_id": manifest.bundle_id, "parity": manifest.parity,
                            "variants": {m: {n: v["parity_min_cosine"] for n, v in vs.items()}
                                         for m, vs in manifest.variants.items()},
-                           "default_variants": manifest.default_variants}))
+                           "default_variants": manifest.default_variants,
+                           "descriptor_readout": manifest.raw.get("descriptor_readout")}))
 
 
 @app.command()
@@ -386,6 +389,7 @@ app.command("refine")(refine_command)
 app.command("train-refiner")(train_refiner)
 app.command("refine-worker")(refine_worker)
 app.command("calibrate")(calibrate)
+app.command("fit-readout")(fit_readout)
 
 
 def main() -> None:  # pragma: no cover

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from seisbind.bundle import MANIFEST, BundleError, EncoderBundle, OnnxEncoder, copy_bundle_files
+from seisbind.bundle import EncoderBundle, OnnxEncoder
+from seisbind.bundle_copy import write_fitted_file
 from seisbind.calibration import (
     CALIBRATION_FILE,
     EVENT_MAE_MPS,
@@ -26,7 +27,7 @@ from seisbind.calibration import (
     top1_mae,
 )
 from seisbind.calibration_features import FEATURE_K, query_features
-from seisbind.files import PathLike, read_json, sha256_file, staged_folder, write_json_atomic
+from seisbind.files import PathLike
 from seisbind.noise import add_white_noise
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.provenance import portable_path
@@ -120,22 +121,6 @@ def fit_sets(sets: Sequence[QuerySet], info: dict[str, Any] | None = None) -> Ca
                            np.concatenate([np.full(len(s.mae), s.in_distribution) for s in sets]), info)
 
 
-def write_calibrated_bundle(bundle_dir: PathLike, calibration: Calibration, out: PathLike) -> Path:
-    """Write a copy of the bundle with ``calibration`` in ``out`` (the same folder allowed): the ONNX files as they
-    are, ``calibration.json``, and the manifest with a ``calibration`` section naming it and its sha256. Written
-    in a temporary sibling folder and renamed into place: an interruption leaves the old bundle whole."""
-    src, out = Path(bundle_dir).resolve(), Path(out).resolve()
-    manifest = read_json(src / MANIFEST, BundleError, "an encoder bundle")
-    with staged_folder(out, MANIFEST, "an encoder bundle") as tmp:
-        copy_bundle_files(src, tmp, manifest, skip=(CALIBRATION_FILE,))
-        write_json_atomic(tmp / CALIBRATION_FILE, calibration.to_dict())
-        manifest["calibration"] = {"file": CALIBRATION_FILE, "sha256": sha256_file(tmp / CALIBRATION_FILE),
-                                   "event_top1_mae_mps": EVENT_MAE_MPS}
-        write_json_atomic(tmp / MANIFEST, manifest)
-    EncoderBundle(out)  # verifies the result: hashes, bundle id, calibration file
-    return out
-
-
 def calibrate(bundle_dir: PathLike, index_root: PathLike, data: Sequence[PathLike], other_data: Sequence[PathLike],
               out: PathLike, noise: NoisyCopies | None = NoisyCopies()) -> tuple[Calibration, list[QuerySet]]:
     """``seisbind calibrate``: fit on the held-out folders ``data`` (in distribution: the geology the encoders were
@@ -162,5 +147,6 @@ def calibrate(bundle_dir: PathLike, index_root: PathLike, data: Sequence[PathLik
                      for f, s, extra in sources]}
     sets = [s for _, s, _ in sources]
     cal = fit_sets(sets, info)
-    write_calibrated_bundle(bundle_dir, cal, out)
+    write_fitted_file(bundle_dir, out, "calibration", CALIBRATION_FILE, cal.to_dict(),
+                      event_top1_mae_mps=EVENT_MAE_MPS)
     return cal, sets

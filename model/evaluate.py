@@ -29,6 +29,7 @@ from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors, l2_to
 from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
 from seisbind.progress import progress
 from seisbind.provenance import REPO, portable_path
+from seisbind.readout import DescriptorReadout, blend
 from seisbind.retrieval_metrics import KS, pos_neg_similarity, retrieval_report
 
 LETTER = {
@@ -44,9 +45,12 @@ Encode = Callable[[np.ndarray], np.ndarray]
 class Embedder:
     """Batched encoders of the three modalities, physical units in, L2-normalised float32 [n, d] out."""
 
-    def __init__(self, seismic: Encode, velocity: Encode, physics: Encode, info: dict[str, Any]) -> None:
+    def __init__(self, seismic: Encode, velocity: Encode, physics: Encode, info: dict[str, Any],
+                 readout: DescriptorReadout | None = None) -> None:
         self.encode = {"seismic": seismic, "velocity": velocity, "physics": physics}
         self.info = info
+        self.readout = readout
+        """A bundle's descriptor readout (seisbind.readout), None for a training run or a bundle without one."""
 
 
 def torch_embedder(run: Path, device: str = "cpu") -> Embedder:
@@ -77,7 +81,7 @@ def onnx_embedder(bundle: Path, threads: int | None = None) -> Embedder:
     info = {"kind": "bundle", "path": portable_path(bundle), "bundle_id": enc.bundle_id,
             "train_minutes": training.get("train_minutes"), "config": training.get("config"),
             "data": training.get("data")}
-    return Embedder(enc.seismic.encode, enc.velocity.encode, enc.physics.encode, info)
+    return Embedder(enc.seismic.encode, enc.velocity.encode, enc.physics.encode, info, enc.readout)
 
 
 def load_embedder(run_or_bundle: str | os.PathLike[str]) -> Embedder:
@@ -116,9 +120,11 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models: np.ndarray,
               test_desc: np.ndarray, test_models: np.ndarray, k: int = 5,
-              weighting: Weighting = "mean") -> tuple[dict[str, Any], np.ndarray]:
+              weighting: Weighting = "mean",
+              readout_values: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """P2: descriptors from the k nearest bank models of each query (the service's ``infer_descriptors``), and the
-    top-1 model's MAE and SSIM.
+    top-1 model's MAE and SSIM; with ``readout_values`` (the bundle's readout of each query, [nq, 8]) also the
+    ``blend`` the service returns by default (seisbind.readout.blend) and the readout alone.
 
     Returns the report and the predicted descriptors [nq, 8]."""
     D, I = exact_top_k(S, VB, k)  # noqa: E741 - faiss naming
@@ -126,9 +132,14 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
     top1 = bank_models[I[:, 0]]  # [nq, 1, 70, 70]
     mae = float(np.abs(top1.astype(np.float64) - test_models).mean())
     ssim = float(np.mean([_ssim(top1[i, 0], test_models[i, 0]) for i in range(len(S))]))
-    rep = {"k": k, "weighting": weighting, "descriptor_mre": mean_relative_error(pred, test_desc),
-           "descriptor_mae": mean_absolute_errors(pred, test_desc),
-           "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB))}
+    rep: dict[str, Any] = {"k": k, "weighting": weighting, "descriptor_mre": mean_relative_error(pred, test_desc),
+                           "descriptor_mae": mean_absolute_errors(pred, test_desc),
+                           "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB))}
+    if readout_values is not None:
+        mixed = blend(pred, readout_values)
+        rep["blend"] = {"descriptor_mre": mean_relative_error(mixed, test_desc),
+                        "descriptor_mae": mean_absolute_errors(mixed, test_desc),
+                        "readout_descriptor_mre": mean_relative_error(readout_values, test_desc)}
     return rep, pred
 
 
@@ -187,7 +198,8 @@ def evaluate(emb: Embedder, test_dirs: Sequence[str | os.PathLike[str]], bank_di
     G, GP = np.concatenate([V, VB]), np.concatenate([P, PB])
     p1_large = {"seismic_to_velocity": retrieval_report(S, G), "velocity_to_physics": retrieval_report(V, GP),
                 "gallery_size": int(len(G))}
-    p2, pred = p2_report(S, VB, bank_desc, bank_models, test_desc, test_models, k=k)
+    readout = emb.readout.predict(S) if emb.readout is not None else None
+    p2, pred = p2_report(S, VB, bank_desc, bank_models, test_desc, test_models, k=k, readout_values=readout)
     report = {
         "p1": p1, "p1_large": p1_large, "p2": p2,
         "p2_limits": bank_limits(bank_desc, bank_models, test_desc, test_models, k),
@@ -251,6 +263,9 @@ def report_markdown(r: dict[str, Any]) -> str:
               "entries of each query gather.", "",
               f"- headline descriptor error (mean relative, v_mean/v_min/v_max/v_top/v_bottom): "
               f"{_f(p2['descriptor_mre'], True)}",
+              *([f"- blended with the bundle's descriptor readout (the service's default): "
+                 f"{_f(p2['blend']['descriptor_mre'], True)} (the readout alone "
+                 f"{_f(p2['blend']['readout_descriptor_mre'], True)})"] if "blend" in p2 else []),
               f"- top-1 retrieved model: MAE {p2['top1_mae_mps']:.1f} m/s, SSIM {p2['top1_ssim']:.3f}", "",
               "| descriptor | unit | MAE |", "|---|---|---|"]
     for name in DESCRIPTOR_NAMES:
@@ -283,4 +298,5 @@ def summary_line(report: dict[str, Any]) -> str:
     return json.dumps({"p1_sv_R@1": p1["seismic_to_velocity"]["R@1"], "p1_sv_R@5": p1["seismic_to_velocity"]["R@5"],
                        "p1_vp_R@1": p1["velocity_to_physics"]["R@1"],
                        "p1_large_sv_R@1": report["p1_large"]["seismic_to_velocity"]["R@1"],
-                       "p2_descriptor_mre": p2["descriptor_mre"], "p2_top1_mae_mps": p2["top1_mae_mps"]})
+                       "p2_descriptor_mre": p2["descriptor_mre"], "p2_top1_mae_mps": p2["top1_mae_mps"],
+                       **({"p2_blend_descriptor_mre": p2["blend"]["descriptor_mre"]} if "blend" in p2 else {})})

@@ -4,6 +4,7 @@ into place, so a reader never sees half a bundle)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from seisbind.bundle import (
     BundleManifest,
     create_session,
     finish_manifest,
+    read_manifest,
 )
 from seisbind.cores import usable_cores
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
@@ -35,6 +37,8 @@ from seisbind.provenance import git_commit, portable_path
 from model.config import ModelConfig
 from model.encoders import DATA_MAX, DATA_MIN, N_DESCRIPTORS, SeisBindModel, create_model
 from model.seismic_variants import export_seismic_variants
+
+log = logging.getLogger("seisbind.export")
 
 OPSET = 17
 INT8_PARITY_ROWS = 32
@@ -228,11 +232,28 @@ def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarr
     return None
 
 
+def readable_pairs(folders: Sequence[str]) -> list[str]:
+    """The training folders that still open as paired datasets, and hold MIN_PAIRS pairs together (else none)."""
+    from seisbind.openfwi import OpenFWIError, open_dataset
+    from seisbind.readout import MIN_PAIRS
+
+    found, pairs = [], 0
+    for folder in folders:
+        try:
+            pairs += len(open_dataset(folder))
+        except OpenFWIError:
+            continue
+        found.append(folder)
+    return found if pairs >= MIN_PAIRS else []
+
+
 def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic_variants: Sequence[str] = (),
-               calibration: int = 256, default_variant: str | None = None) -> BundleManifest:
+               calibration: int = 256, default_variant: str | None = None, readout: bool = True) -> BundleManifest:
     """``seisbind export``: the latest checkpoint of a training run as an encoder bundle; returns the manifest.
     ``seismic_variants``, ``default_variant``: see :func:`export_bundle`; an int8 variant is calibrated on
-    ``calibration`` gathers drawn from the run's training folders and checked on INT8_PARITY_ROWS others."""
+    ``calibration`` gathers drawn from the run's training folders and checked on INT8_PARITY_ROWS others. With
+    ``readout``, the bundle's descriptor readout is fitted on the run's training pairs (seisbind.readout_fit),
+    unless fewer than MIN_PAIRS of them are still readable (logged)."""
     from model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run)
@@ -255,6 +276,15 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic
         gathers = gathers[np.random.default_rng(0).permutation(len(gathers))]
         n = min(INT8_PARITY_ROWS, len(gathers) // 4)
         gathers, held_out = gathers[:len(gathers) - n][:calibration], (gathers[len(gathers) - n:] if n else None)
-    return export_bundle(model, out, training=training, metrics=history[-1] if history else {}, parity_inputs=parity,
-                         seismic_variants=seismic_variants, default_variant=default_variant,
-                         calibration=gathers, int8_parity=held_out)
+    manifest = export_bundle(model, out, training=training, metrics=history[-1] if history else {},
+                             parity_inputs=parity, seismic_variants=seismic_variants, default_variant=default_variant,
+                             calibration=gathers, int8_parity=held_out)
+    folders = readable_pairs(list(ckpt["config"]["data"])) if readout else []
+    if folders:
+        from seisbind.readout_fit import fit_bundle_readout
+
+        fit_bundle_readout(out, folders, out)
+        manifest = read_manifest(out)
+    elif readout:
+        log.warning("%s: no descriptor readout (fewer than its minimum of training pairs readable)", out)
+    return manifest

@@ -18,10 +18,10 @@ from seisbind.bundle import (
     MANIFEST,
     REFINER_FILE,
     BundleManifest,
-    copy_bundle_files,
     finish_manifest,
     read_manifest,
 )
+from seisbind.bundle_copy import copy_bundle_files
 from seisbind.files import staged_folder
 from seisbind.openfwi import PairedDataset
 from seisbind.provenance import git_commit, portable_path

@@ -12,14 +12,15 @@ the manifest under ``variants`` with their own sha256, verified like the main gr
 names the one a session uses unless told otherwise (``variant="full"`` forces the main, full-precision graph).
 It may also hold the learned refiner, ``refiner.onnx`` (seisbind.refiner), listed in the manifest's ``sha256`` and
 ``refiner`` section; it too leaves ``bundle_id`` (the identity of the embedding space that indexes are bound to)
-unchanged.
+unchanged. Two optional files fitted after export ride along the same way, named by a manifest section with their
+sha256 and outside ``bundle_id``: ``calibration.json`` (seisbind.calibration: confidence and the OOD flag) and
+``descriptor_readout.json`` (seisbind.readout: descriptors straight from the seismic embedding).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,14 @@ import numpy as np
 
 from seisbind.calibration import Calibration, CalibrationError, load_calibration
 from seisbind.cores import usable_cores
-from seisbind.files import PathLike, checksum_mismatch, fsync_path, read_json, sha256_file, write_json_atomic
+from seisbind.files import (
+    PathLike,
+    checksum_mismatch,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+from seisbind.readout import DescriptorReadout, ReadoutError, load_readout
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -189,26 +197,6 @@ def finish_manifest(folder: PathLike, doc: dict[str, Any]) -> BundleManifest:
     return BundleManifest.from_dict(doc, folder / MANIFEST)
 
 
-def bundle_files(doc: dict[str, Any]) -> list[str]:
-    """Every file a manifest document names: the hashed graphs (encoders, refiner), the variants and the
-    calibration file."""
-    names = list(dict(doc.get("sha256") or {}))
-    names += [str(v["file"]) for vs in dict(doc.get("variants") or {}).values() for v in dict(vs).values()]
-    calibration = doc.get("calibration")
-    if isinstance(calibration, dict) and isinstance(calibration.get("file"), str):
-        names.append(calibration["file"])
-    return list(dict.fromkeys(names))
-
-
-def copy_bundle_files(src: PathLike, dst: PathLike, doc: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
-    """Copy (and fsync) every file the manifest document ``doc`` names from bundle ``src`` into folder ``dst``,
-    except ``skip``: a copy of a bundle keeps its variants, refiner and calibration."""
-    for name in bundle_files(doc):
-        if name not in skip:
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            fsync_path(Path(dst) / name)
-
-
 def select_providers(available: list[str] | None = None) -> list[str]:
     """Execution providers to use: CUDA first when ONNX Runtime offers it, then CPU. Logs the choice."""
     import onnxruntime as ort
@@ -317,9 +305,10 @@ class OnnxEncoder:
 
 
 class EncoderBundle:
-    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, ``.calibration`` (or None), and lazily created
-    ``.seismic``, ``.velocity``, ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the learned refiner,
-    None when the bundle has none), each created once, thread-safely, with the given session options.
+    """A verified encoder bundle: ``.manifest``, ``.bundle_id``, ``.calibration`` and ``.readout`` (or None), and
+    lazily created ``.seismic``, ``.velocity``, ``.physics`` :class:`OnnxEncoder` sessions and ``.refiner`` (the
+    learned refiner, None when the bundle has none), each created once, thread-safely, with the given session
+    options.
 
     ``variants`` chooses each modality's graph ({modality: "auto" | "full" | variant name}, default "auto": what
     the bundle offers as default); a variant the bundle lacks is a BundleError here, not at first use."""
@@ -338,6 +327,11 @@ class EncoderBundle:
         except CalibrationError as e:
             raise BundleError(str(e)) from e
         """The fitted confidence and OOD flag (seisbind.calibration), or None for a bundle without one."""
+        try:
+            self.readout: DescriptorReadout | None = load_readout(self.dir, self.manifest.raw)
+        except ReadoutError as e:
+            raise BundleError(str(e)) from e
+        """The descriptor readout (seisbind.readout), or None for a bundle without one."""
         self._providers = providers
         self._threads = intra_op_threads
         self._spinning = allow_spinning

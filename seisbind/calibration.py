@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from seisbind.calibration_features import (
     query_features,
     roughness,
 )
-from seisbind.files import PathLike, read_json, sha256_file
+from seisbind.files import PathLike, manifest_file, read_json
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "seisbind-calibration/3"
@@ -296,16 +295,9 @@ def fit_calibration(features: np.ndarray, outcome: np.ndarray, in_distribution: 
 def load_calibration(bundle_dir: PathLike, manifest: dict[str, Any]) -> Calibration | None:
     """The calibration an encoder bundle carries (its manifest's ``calibration`` section names the file and its
     sha256), or None when it carries none. CalibrationError when the named file is missing, corrupt or invalid."""
-    entry = manifest.get("calibration")
-    if entry is None:
+    path = manifest_file(bundle_dir, manifest, "calibration", CalibrationError)
+    if path is None:
         return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or "/" in entry["file"]:
-        raise CalibrationError(f"{Path(bundle_dir) / 'manifest.json'}: malformed calibration section {entry!r}")
-    path = Path(bundle_dir) / entry["file"]
-    if not path.is_file():
-        raise CalibrationError(f"{path}: missing (named by the bundle's manifest)")
-    if sha256_file(path) != entry.get("sha256"):
-        raise CalibrationError(f"{path}: sha256 does not match the manifest's (corrupt or replaced)")
     return Calibration.from_dict(read_json(path, CalibrationError, "a calibration file"), path)
 
 

@@ -152,3 +152,21 @@ def staged_folder(out: PathLike, marker: str, kind: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def manifest_file(folder: PathLike, manifest: Mapping[str, Any], section: str,
+                  error: type[Exception]) -> Path | None:
+    """The file a manifest's ``section`` ({"file": name, "sha256": hex}) names inside ``folder``, checked against
+    its hash, or None when the manifest has no such section. ``error`` names the problem otherwise: a malformed
+    section, a missing file, a hash that does not match."""
+    entry = manifest.get(section)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or "/" in entry["file"]:
+        raise error(f"{Path(folder) / 'manifest.json'}: malformed {section} section {entry!r}")
+    path = Path(folder) / entry["file"]
+    if not path.is_file():
+        raise error(f"{path}: missing (named by the bundle's manifest)")
+    if sha256_file(path) != entry.get("sha256"):
+        raise error(f"{path}: sha256 does not match the manifest's (corrupt or replaced)")
+    return path

@@ -92,10 +92,14 @@ class SeisBindClient:
         With ``include_models`` each neighbour carries its velocity model as nested lists [70][70] (m/s)."""
         return self._post_npy("/retrieve", gathers, {"k": k, "include_models": str(bool(include_models)).lower()})
 
-    def infer_descriptors(self, gathers: np.ndarray, k: int = 5,
-                          weighting: Literal["mean", "similarity"] = "mean") -> dict[str, Any]:
-        """Descriptors of each gather inferred from its k nearest bank entries; the /infer-descriptors response."""
-        return self._post_npy("/infer-descriptors", gathers, {"k": k, "weighting": weighting})
+    def infer_descriptors(self, gathers: np.ndarray, k: int = 5, weighting: Literal["mean", "similarity"] = "mean",
+                          method: Literal["blend", "neighbours"] | None = None) -> dict[str, Any]:
+        """Descriptors of each gather inferred from its k nearest bank entries (and, by default, the bundle's
+        descriptor readout); the /infer-descriptors response."""
+        params: dict[str, Any] = {"k": k, "weighting": weighting}
+        if method is not None:
+            params["method"] = method
+        return self._post_npy("/infer-descriptors", gathers, params)
 
     def retrieve_by_descriptors(self, descriptors: Mapping[str, float], k: int = 5,
                                 include_models: bool = False) -> dict[str, Any]:

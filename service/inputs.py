@@ -15,6 +15,7 @@ import numpy as np
 
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.ingest import SEGY_MEDIA_TYPE, IngestError, ingest_segy
+from seisbind.readout import METHODS, Method
 
 NPY_MEDIA_TYPE = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
@@ -140,6 +141,22 @@ def check_k(k: int, max_k: int, count: int | None = None) -> int:
         held = "" if count is None else f"; the index holds {count} entries"
         raise InputError(f"k={k} is out of range: need 1 <= k <= {top} (service limit {max_k}{held})")
     return k
+
+
+def check_method(method: str | None, readout_names: Sequence[str] | None, index_names: Sequence[str]) -> Method:
+    """The descriptor estimate to use: ``blend`` (the default) when the encoder bundle has a readout
+    (``readout_names``, None without one) of the index's descriptors, else ``neighbours``; an explicit ``blend``
+    that cannot be served is an InputError saying why."""
+    usable = readout_names is not None and list(readout_names) == list(index_names)
+    if method is None:
+        return "blend" if usable else "neighbours"
+    if method == "blend" and not usable:
+        why = ("the encoder bundle has no descriptor readout (seisbind fit-readout adds one)" if readout_names is None
+               else f"the bundle's readout gives {list(readout_names)}, the index holds {list(index_names)}")
+        raise InputError(f"method=blend: {why}; use method=neighbours")
+    if method not in METHODS:
+        raise InputError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    return method  # type: ignore[return-value]
 
 
 def check_descriptors(values: Mapping[str, float], names: Sequence[str]) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 
 from seisbind.descriptors import DESCRIPTOR_UNITS
 from seisbind.neighbours import Weighting, infer_descriptors
+from seisbind.readout import blend
 
 
 class IndexView(Protocol):
@@ -76,19 +77,25 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
 
 
 def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],  # noqa: E741
-                         weighting: Weighting) -> list[dict[str, Any]]:
+                         weighting: Weighting, readout: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One result per query row: each descriptor as {value, std, unit} (``seisbind.neighbours.infer_descriptors``,
-    the function evaluation measures) and the neighbours' ids and scores."""
+    the function evaluation measures) and the neighbours' ids and scores. With ``readout`` ([b, len(names)]: the
+    bundle's descriptor readout of each query) the value is ``seisbind.readout.blend`` of the two, and each
+    descriptor also shows the ``neighbours`` and ``readout`` estimates it blends; ``std`` stays the neighbours'
+    spread."""
     values, stds = infer_descriptors(view.descriptors, D, I, weighting)
+    blended = None if readout is None else blend(values, readout)
     out = []
-    for d_row, i_row, value, std in zip(D, I, values, stds):
+    for q, (d_row, i_row) in enumerate(zip(D, I)):
         keep = i_row >= 0
-        out.append({
-            "descriptors": {n: {"value": float(m), "std": float(s), "unit": DESCRIPTOR_UNITS.get(n, "")}
-                            for n, m, s in zip(names, value, std)},
-            "neighbors": [view.ids[i] for i in i_row[keep].tolist()],
-            "scores": d_row[keep].tolist(),
-        })
+        estimates = {}
+        for j, name in enumerate(names):
+            e = {"value": float(values[q, j]), "std": float(stds[q, j]), "unit": DESCRIPTOR_UNITS.get(name, "")}
+            if blended is not None and readout is not None:
+                e.update(value=float(blended[q, j]), neighbours=float(values[q, j]), readout=float(readout[q, j]))
+            estimates[name] = e
+        out.append({"descriptors": estimates, "neighbors": [view.ids[i] for i in i_row[keep].tolist()],
+                    "scores": d_row[keep].tolist()})
     return out
 
 

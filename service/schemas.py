@@ -17,6 +17,7 @@ from pydantic import (
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS
 from seisbind.neighbours import Weighting
+from seisbind.readout import Method
 
 from service.plausibility import AMPLITUDE_LIMIT, DESCRIPTOR_RANGES
 
@@ -199,14 +200,20 @@ class InferRequest(BaseModel):
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
     k: WholeInt = Field(5, strict=True, description="neighbours averaged" + _K_LIMIT, json_schema_extra=_K_SCHEMA)
     weighting: Weighting = Field("mean", description="mean: plain average; similarity: weighted by cosine score")
+    method: Method | None = Field(None, description="blend: the mean of the neighbours' estimate and the encoder "
+                                                    "bundle's descriptor readout; neighbours: the neighbours' alone; "
+                                                    "default blend when the bundle has a readout")
 
 
 class DescriptorEstimate(BaseModel):
-    """One inferred descriptor: the (weighted) mean over the neighbours, their (weighted) spread, the unit."""
+    """One inferred descriptor: the estimate, the (weighted) spread of the neighbours, the unit; for the blend also
+    the two estimates it averages."""
 
     value: float
     std: float
     unit: str
+    neighbours: float | None = Field(None, description="blend only: the neighbours' (weighted) mean")
+    readout: float | None = Field(None, description="blend only: the bundle's descriptor readout of the gather")
 
 
 class InferResult(Assessed):
@@ -227,13 +234,14 @@ class InferResponse(BaseModel):
                       "neighbors": ["model/model3:12", "model/model1:40"], "scores": [0.83, 0.80],
                       "confidence": 0.82, "out_of_distribution": False}],
          "encoder": "3f2a9c0b1d4e5f60", "index_version": "20260102T030405.123456Z-1a2b3c4d", "k": 5,
-         "weighting": "mean"}]})
+         "weighting": "mean", "method": "neighbours"}]})
 
     results: list[InferResult]
     encoder: str
     index_version: str
     k: int
     weighting: Weighting
+    method: Method = Field(description="how the values were estimated: blend or neighbours")
     ingest: IngestReport | None = Field(None, description="only for a SEG-Y body: every step of its ingest and "
                                                           "the warnings")
 

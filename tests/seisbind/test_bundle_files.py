@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seisbind.bundle import bundle_files, copy_bundle_files
+from seisbind.bundle_copy import bundle_files, copy_bundle_files
 
 DOC = {
     "sha256": {"seismic.onnx": "a", "velocity.onnx": "b", "physics.onnx": "c", "refiner.onnx": "d"},

@@ -279,6 +279,15 @@ def test_infer_descriptors_mean_and_similarity_weighting(served: Server) -> None
     assert weighted["results"][0]["descriptors"]["v_mean"]["value"] == pytest.approx(w @ values[:, 0], rel=1e-4)
 
 
+def test_infer_descriptors_without_a_readout_are_the_neighbours_and_blend_is_refused(served: Server) -> None:
+    g = gathers(seed=6)
+    with SeisBindClient(served.url) as client:
+        assert client.infer_descriptors(g)["method"] == "neighbours"  # this bundle has no readout
+        with pytest.raises(SeisBindError, match="method=blend: the encoder bundle has no descriptor readout") as e:
+            client.infer_descriptors(g, method="blend")
+    assert e.value.status == 422
+
+
 def test_infer_descriptors_json_batch(served: Server) -> None:
     g = gathers(2, seed=5)
     with served.client() as c:

@@ -319,7 +319,7 @@ def test_unknown_query_parameters_are_refused(served: Server) -> None:
         assert_error(r, 422, "unknown query parameters 'K', 'include_model'")
         assert "it takes include_models, k" in r.json()["detail"]
         assert_error(c.post("/infer-descriptors?weight=mean", content=one, headers=NPY), 422,
-                     "unknown query parameter 'weight'; it takes k, weighting")
+                     "unknown query parameter 'weight'; it takes k, method, weighting")
         assert_error(c.post("/retrieve?kk=3", json={"gathers": as_json(gathers())}), 422,
                      "unknown query parameter 'kk'")
         assert_error(c.post("/retrieve?k=2&k=3", content=one, headers=NPY), 422, "'k' given more than once")

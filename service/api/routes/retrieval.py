@@ -11,11 +11,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from seisbind.neighbours import Weighting
+from seisbind.readout import Method
 
 from service.api.deps import JsonBody, SearcherDep, ServiceState, StateDep
 from service.api.payload import GathersPayload, check_query, read_gathers
 from service.engine import Hits
-from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k
+from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k, check_method
 from service.plausibility import bank_range, check_descriptor_plausibility, descriptor_warnings
 from service.results import inferred_descriptors, neighbours, with_confidence, with_warnings
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
@@ -111,21 +112,28 @@ async def infer_descriptors(
     k: Annotated[int | None, Query(description="neighbours averaged (.npy bodies), default 5",
                                    json_schema_extra=_K_QUERY)] = None,
     weighting: Annotated[Weighting | None, Query(description="mean or similarity (.npy bodies)")] = None,
+    method: Annotated[Method | None, Query(description="blend or neighbours (.npy bodies)")] = None,
 ) -> Response:
-    """For each gather: every descriptor's mean over its k nearest bank entries (plain, or weighted by cosine
-    similarity), their standard deviation as the uncertainty, the unit, and the neighbours' ids and scores."""
+    """For each gather: every descriptor's estimate, by default the mean of the neighbours' (the mean over its k
+    nearest bank entries, plain or weighted by cosine similarity) and the encoder bundle's descriptor readout of
+    the gather; the neighbours' standard deviation as the uncertainty, the unit, and the neighbours' ids and
+    scores."""
     engine, settings = state.engine, state.settings
     with engine.incoming():
-        payload = await read_gathers(request, InferRequest, {"k": k, "weighting": weighting}, settings.max_gathers,
-                                     engine.run_blocking)
+        payload = await read_gathers(request, InferRequest, {"k": k, "weighting": weighting, "method": method},
+                                     settings.max_gathers, engine.run_blocking)
     kk = check_k(payload.fields["k"], settings.max_k, searcher.count)
+    names = engine.index_descriptor_names(searcher)
+    readout = engine.bundle.readout
+    how = check_method(payload.fields["method"], None if readout is None else readout.names, names)
     hits, info = await engine.search_gathers(payload.gathers, kk)
     t1 = time.perf_counter()
     w = payload.fields["weighting"]
-    results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w)
+    results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w,
+                                   hits.readout if how == "blend" else None)
     results = with_confidence(results, hits.confidence, hits.out_of_distribution, payload.warnings)
-    doc = {"results": results, "encoder": engine.bundle.bundle_id,
-           "index_version": hits.searcher.version, "k": kk, "weighting": w, "ingest": payload.ingest}
+    doc = {"results": results, "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
+           "k": kk, "weighting": w, "method": how, "ingest": payload.ingest}
     response = _json(InferResponse, doc)
     _record(state, "/infer-descriptors", payload, payload.decode_s, info.queue_s, hits, time.perf_counter() - t1)
     return response

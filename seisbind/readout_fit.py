@@ -1,0 +1,66 @@
+"""Fit an encoder bundle's descriptor readout (seisbind.readout) on paired training folders and write the bundle
+with it (``seisbind fit-readout``; ``seisbind export`` runs it on the run's training folders). The gathers are
+encoded by the bundle's full-precision seismic graph, as ONNX Runtime runs it. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from seisbind.bundle import EncoderBundle
+from seisbind.bundle_copy import write_fitted_file
+from seisbind.descriptors import compute_descriptors
+from seisbind.files import PathLike
+from seisbind.openfwi import OpenFWIError, open_dataset
+from seisbind.progress import progress
+from seisbind.provenance import portable_path
+from seisbind.readout import READOUT_FILE, DescriptorReadout, fit_readout
+
+MAX_PAIRS = 20_000
+"""Training pairs a readout is fitted on at most (evenly spread over the folders' rows beyond that)."""
+BATCH = 32
+
+
+def _rows(total: int, max_pairs: int) -> np.ndarray:
+    """Which of ``total`` rows to read: all, or ``max_pairs`` evenly spaced ones."""
+    if total <= max_pairs:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, max_pairs).round().astype(np.int64))
+
+
+def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max_pairs: int = MAX_PAIRS,
+                         show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Seismic embeddings [n, dim] and true descriptors [n, 8] of the pairs of ``folders`` (OpenFWI layout)."""
+    if not folders:
+        raise OpenFWIError("no training folder given (--data FOLDER)")
+    sets = [open_dataset(f, check_values=True) for f in folders]
+    total = sum(len(ds) for ds in sets)
+    keep = _rows(total, max_pairs)
+    bar = progress(len(keep), "embed training gathers", enabled=show_progress)
+    emb, desc, start = [], [], 0
+    for ds in sets:
+        for data, models in zip(ds.data, ds.models):
+            rows = keep[(keep >= start) & (keep < start + len(models))] - start
+            start += len(models)
+            for s in range(0, len(rows), BATCH):
+                r = rows[s:s + BATCH]
+                emb.append(bundle.seismic.run(np.asarray(data[r], np.float32)))
+                desc.append(compute_descriptors(np.asarray(models[r])))
+                bar.update(len(r))
+    bar.close()
+    return np.concatenate(emb), np.concatenate(desc)
+
+
+def fit_bundle_readout(bundle_dir: PathLike, folders: Sequence[PathLike], out: PathLike,
+                       max_pairs: int = MAX_PAIRS, show_progress: bool = True) -> DescriptorReadout:
+    """Fit the readout of the bundle in ``bundle_dir`` on the training pairs of ``folders`` and write the bundle
+    with it to ``out`` (the same folder allowed; atomic)."""
+    bundle = EncoderBundle(bundle_dir, variants={"seismic": "full"})
+    emb, desc = embed_training_pairs(bundle, folders, max_pairs, show_progress)
+    info = {"data": [portable_path(f) for f in folders], "graph": "seismic.onnx", "bundle_id": bundle.bundle_id}
+    readout = fit_readout(emb, desc, info=info)
+    write_fitted_file(bundle_dir, out, "descriptor_readout", READOUT_FILE, readout.to_dict(),
+                      pairs=int(len(emb)))
+    return readout
+
