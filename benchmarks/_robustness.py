@@ -15,6 +15,7 @@ from seisbind.calibration import EVENT_MAE_MPS, Calibration, summarise, top1_mae
 from seisbind.descriptors import compute_descriptors, mean_relative_error
 from seisbind.neighbours import infer_descriptors
 from seisbind.openfwi import open_dataset
+from seisbind.readout import blend
 from seisbind.retrieval_metrics import true_ranks
 
 from benchmarks._ood_data import Setup, log
@@ -43,8 +44,9 @@ def _embed_gallery(setup: Setup) -> np.ndarray:
 
 def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[int],
                variants: dict[str, Calibration] | None = None) -> dict[str, Any]:
-    """``noise.<snr>`` and ``muted.<n>`` (and ``clean``): R@1, descriptor_mre, confidence figures of ``cal`` and,
-    under ``calibration_variants``, of each of ``variants``."""
+    """``noise.<snr>`` and ``muted.<n>`` (and ``clean``): R@1, descriptor_mre (and ``blend_descriptor_mre`` with
+    the bundle's readout, when it has one), confidence figures of ``cal`` and, under ``calibration_variants``, of
+    each of ``variants``."""
     conds = _conditions(snrs, muted)
     gens = {name: torch.Generator().manual_seed(SEED + i) for i, name in enumerate(conds)}
     emb: dict[str, list[np.ndarray]] = {c: [] for c in conds}
@@ -71,6 +73,7 @@ def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[in
     true_models = np.concatenate(truth)
     true_desc = compute_descriptors(true_models)
     G = _embed_gallery(setup)
+    readout = setup.bundle.readout
     out: dict[str, Any] = {"noise": {}, "muted": {}, "gallery_size": int(len(G)), "queries": int(len(true_models))}
     for name in conds:
         S, X = np.concatenate(emb[name]), np.concatenate(feats[name])
@@ -79,6 +82,9 @@ def robustness(setup: Setup, cal: Calibration, snrs: list[float], muted: list[in
         row = {"R@1": float(np.mean(ranks < 1)), "R@5": float(np.mean(ranks < 5)),
                "descriptor_mre": mean_relative_error(np.concatenate(desc[name]), true_desc),
                "top1_mae_mps": float(err.mean())}
+        if readout is not None:
+            mixed = blend(np.concatenate(desc[name]), readout.predict(S))
+            row["blend_descriptor_mre"] = mean_relative_error(mixed, true_desc)
         cs = summarise(cal.confidence(X), err <= EVENT_MAE_MPS, cal.out_of_distribution(X))
         row.update({f"calibration_{k}": v for k, v in cs.items() if k not in ("reliability", "n")})
         row["calibration_variants"] = {

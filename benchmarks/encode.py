@@ -136,9 +136,12 @@ def test_and_bank(args: argparse.Namespace, cache: Path) -> tuple[list[Any], np.
 
 
 def quality(bundle: Path, encoders: dict[str, OnnxEncoder], tests: list[Any], bank: np.ndarray) -> dict[str, Any]:
-    """R@1 (P1), descriptor error (P2, k = 5), and agreement with the full graph, for each seismic graph."""
+    """R@1 (P1), descriptor error (P2, k = 5; and blended with the bundle's readout when it has one), and agreement
+    with the full graph, for each seismic graph."""
+    from seisbind.bundle import EncoderBundle
     from seisbind.descriptors import compute_descriptors, mean_relative_error
     from seisbind.neighbours import exact_top_k, infer_descriptors
+    from seisbind.readout import blend
     from seisbind.retrieval_metrics import retrieval_report
 
     from model.evaluate import embed_arrays
@@ -149,6 +152,7 @@ def quality(bundle: Path, encoders: dict[str, OnnxEncoder], tests: list[Any], ba
     VB = embed_arrays(velocity.encode, [bank], 256, "embed bank models")
     truth = compute_descriptors(models)
     bank_desc = np.concatenate([compute_descriptors(bank[s:s + 2000]) for s in range(0, len(bank), 2000)])
+    readout = EncoderBundle(bundle).readout
     out: dict[str, Any] = {}
     full: tuple[np.ndarray, np.ndarray] | None = None  # the full graph's embeddings and top-1, computed first
     for name, enc in encoders.items():
@@ -161,6 +165,8 @@ def quality(bundle: Path, encoders: dict[str, OnnxEncoder], tests: list[Any], ba
         out[name] = {"R@1": retrieval_report(S, V)["R@1"], "descriptor_mre": mean_relative_error(pred, truth),
                      "top1_agreement_with_full": float(np.mean(top1 == full[1])),
                      "mean_cosine_to_full": float(cos.mean()), "min_cosine_to_full": float(cos.min())}
+        if readout is not None:
+            out[name]["blend_descriptor_mre"] = mean_relative_error(blend(pred, readout.predict(S)), truth)
     return {**out, "queries": int(len(models)), "bank_size": int(len(bank))}
 
 

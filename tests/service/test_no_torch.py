@@ -20,6 +20,7 @@ def test_service_imports_no_torch() -> None:
         for name in names:
             importlib.import_module(name)
         import cli.main  # the CLI that runs `seisbind serve`
+        import index.calibrate, seisbind.readout_fit  # noqa: F401, E401 - `seisbind calibrate`, `fit-readout`
         from service.app import create_app, run  # noqa: F401
         assert len(names) >= 15, names
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
