@@ -275,7 +275,8 @@ def _evaluate(layout: Layout, test_folders: list[str], threads: int | None) -> d
     sv = report["p1"]["seismic_to_velocity"]
     return {"report": str(layout.report / "report.json"), "queries": report["queries"],
             "gallery_size": report["p1"]["gallery_size"], "R@1": sv["R@1"], "R@5": sv["R@5"], "R@10": sv["R@10"],
-            "descriptor_mre": report["p2"]["descriptor_mre"], "bank_size": report["p2"]["bank_size"]}
+            "descriptor_mre": report["p2"]["descriptor_mre"], "bank_size": report["p2"]["bank_size"],
+            "blend_descriptor_mre": report["p2"].get("blend", {}).get("descriptor_mre")}
 
 
 def _write_example(layout: Layout, test_folder: str) -> dict[str, Any]:

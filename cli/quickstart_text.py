@@ -30,7 +30,10 @@ def instructions(layout: Layout, results: dict[str, dict[str, Any]], host: str, 
         f"  held-out retrieval, seismic -> velocity ({ev['queries']} test gathers vs their {ev['gallery_size']} "
         f"models): R@1 {ev['R@1']:.3f}  R@5 {ev['R@5']:.3f}  R@10 {ev['R@10']:.3f}",
         f"  descriptors inferred from the 5 nearest of {ev['bank_size']} bank models: "
-        f"mean relative error {100 * ev['descriptor_mre']:.1f} %",
+        f"mean relative error {100 * ev['descriptor_mre']:.1f} %"
+        + ("" if ev.get("blend_descriptor_mre") is None else
+           f"; blended with the encoders' descriptor readout (the service's default) "
+           f"{100 * ev['blend_descriptor_mre']:.1f} %"),
         calibration_line(results.get("calibrate", {})),
         f"  encoders {results['export']['bundle_id'][:12]}, index version {idx['version']} ({ev['bank_size']} models)",
         f"  report: {ev['report']}",

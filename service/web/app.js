@@ -408,8 +408,10 @@ function renderSeismic() {
   body.replaceChildren(...Object.entries(inferred.descriptors).map(([name, d]) => el("tr", { "data-name": name },
     el("th", { scope: "row", text: name }), el("td", { text: fmt(d.value, d.unit) }),
     el("td", { text: `± ${fmt(d.std, d.unit)}` }), el("td", { text: d.unit }))));
-  box.querySelector("h4").textContent = `Descriptors inferred from the ${inferred.neighbors.length} nearest models ` +
-    `(${s.infer.weighting} weighting; ± their spread)`;
+  const how = s.infer.method === "blend"
+    ? `the ${inferred.neighbors.length} nearest models' ${s.infer.weighting} blended with the encoder's descriptor readout`
+    : `the ${inferred.neighbors.length} nearest models (${s.infer.weighting} weighting)`;
+  box.querySelector("h4").textContent = `Descriptors inferred from ${how}; ± the neighbours' spread`;
 }
 
 /** Draw one query's neighbours as cards, on one colour scale shared by every model shown. */
