@@ -289,6 +289,8 @@ class Engine:
             "current_refused": self.current_refused,
             "descriptor_names": self.query_descriptor_names,
             "calibration": calibration_info(self.bundle.calibration),
+            "descriptor_readout": None if self.bundle.readout is None else {
+                k: self.bundle.readout.fit.get(k) for k in ("pairs", "data", "date")},
             "batching": {"max_gathers": self.settings.batch_max_gathers, "wait_ms": self.settings.batch_wait_ms,
                          "workers": self.settings.workers()},
             "cpus": self.cpu_plan.describe(),

@@ -370,6 +370,9 @@ class Info(BaseModel):
     calibration: dict[str, Any] | None = Field(None, description=(
         "the encoder bundle's calibration (what it was fitted on: index_version, bank_count, n, event_rate, ...); "
         "null when it carries none, and then every confidence is null"))
+    descriptor_readout: dict[str, Any] | None = Field(None, description=(
+        "the encoder bundle's descriptor readout (pairs, data, date it was fitted on); null without one, and "
+        "/infer-descriptors then answers with the neighbours' estimate"))
     current_version: str | None = Field(None, description="the version the index root's CURRENT names")
     current_refused: str | None = Field(None, description="why that version is not served (corrupt, built with "
                                                           "other encoders, ...); null when it is")

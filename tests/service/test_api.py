@@ -283,6 +283,7 @@ def test_infer_descriptors_without_a_readout_are_the_neighbours_and_blend_is_ref
     g = gathers(seed=6)
     with SeisBindClient(served.url) as client:
         assert client.infer_descriptors(g)["method"] == "neighbours"  # this bundle has no readout
+        assert client.info()["descriptor_readout"] is None
         with pytest.raises(SeisBindError, match="method=blend: the encoder bundle has no descriptor readout") as e:
             client.infer_descriptors(g, method="blend")
     assert e.value.status == 422

@@ -49,6 +49,14 @@ def test_export_fits_the_readout_on_the_training_pairs(setup: dict[str, Path]) -
     assert bundle.readout.fit["bundle_id"] == bundle.bundle_id
 
 
+def test_export_without_readout(setup: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["export", "--run", str(setup["root"] / "run"), "--out", str(tmp_path / "b"),
+                                   "--no-readout"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["descriptor_readout"] is None
+    assert EncoderBundle(tmp_path / "b").readout is None
+
+
 def test_fit_readout_writes_a_copy_and_names_a_missing_folder(setup: dict[str, Path], tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["fit-readout", "--encoders", str(setup["bundle"]), "--data",
@@ -83,6 +91,12 @@ def test_the_default_is_the_blend_of_neighbours_and_readout(setup: dict[str, Pat
             assert d["neighbours"] == pytest.approx(neighbours, rel=1e-9, abs=1e-9)
             assert d["readout"] == pytest.approx(row[j], rel=1e-4, abs=1e-3)
             assert d["value"] == pytest.approx((d["neighbours"] + d["readout"]) / 2, rel=1e-12, abs=1e-9)
+
+
+def test_info_says_what_the_readout_was_fitted_on(served: Server) -> None:
+    with served.client() as c:
+        info = c.get("/v1/info").json()
+    assert info["descriptor_readout"]["pairs"] == 96 and info["descriptor_readout"]["data"]
 
 
 def test_neighbours_alone_when_asked(served: Server) -> None:
