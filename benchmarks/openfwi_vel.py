@@ -248,6 +248,8 @@ def carry_over_ablation(args: argparse.Namespace, result: dict[str, Any]) -> Non
     old = json.loads(old_path.read_text())
     if "ablation_lambda2_0" in old:
         result["ablation_lambda2_0"] = old["ablation_lambda2_0"]
+        if "carried_over" in old["ablation_lambda2_0"]:  # already an earlier run's: keep where it came from
+            return
         result["ablation_lambda2_0"]["carried_over"] = {
             "note": "not rerun with this headline run; from the earlier run below",
             "headline_run": old.get("headline_run") or {k: old.get(k) for k in ("command", "git_commit", "date")},
