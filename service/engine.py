@@ -65,8 +65,8 @@ class Hits:
     """Per query (seismic queries only): P(top-1 within 150 m/s MAE of the truth); None without a calibration."""
     out_of_distribution: list[bool] = field(default_factory=list)
     """Per query (seismic queries only): the calibration's out-of-distribution test."""
-    readout: np.ndarray | None = None
-    """[b, 8] (seismic queries only): the bundle's descriptor readout of each query; None without one."""
+    embeddings: np.ndarray | None = None
+    """[b, dim] (seismic queries only): the queries' seismic embeddings (what the descriptor readout reads)."""
 
 
 class Engine:
@@ -244,13 +244,12 @@ class Engine:
         k = min(max(FEATURE_K, *(q.k for q in queries)), searcher.count)  # the confidence reads FEATURE_K hits
         D, I = searcher.search(emb, k)
         confidence, ood = assess(self.bundle.calibration, D, I, searcher.velocity_models, x)
-        readout = self.bundle.readout.predict(emb) if self.bundle.readout is not None else None
         t2 = time.perf_counter()
         out, start = [], 0
         for q in queries:
             n, rows = len(q.gathers), slice(start, start + len(q.gathers))
             out.append(Hits(searcher, D[rows, :q.k], I[rows, :q.k], t1 - t0, t2 - t1, confidence[rows], ood[rows],
-                            None if readout is None else readout[rows]))
+                            emb[rows]))
             start += n
         return out
 
