@@ -232,28 +232,13 @@ def run_parity_inputs(data_folders: list[str], n: int = 8) -> dict[str, np.ndarr
     return None
 
 
-def readable_pairs(folders: Sequence[str]) -> list[str]:
-    """The training folders that still open as paired datasets, and hold MIN_PAIRS pairs together (else none)."""
-    from seisbind.openfwi import OpenFWIError, open_dataset
-    from seisbind.readout import MIN_PAIRS
-
-    found, pairs = [], 0
-    for folder in folders:
-        try:
-            pairs += len(open_dataset(folder))
-        except OpenFWIError:
-            continue
-        found.append(folder)
-    return found if pairs >= MIN_PAIRS else []
-
-
 def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic_variants: Sequence[str] = (),
                calibration: int = 256, default_variant: str | None = None, readout: bool = True) -> BundleManifest:
     """``seisbind export``: the latest checkpoint of a training run as an encoder bundle; returns the manifest.
     ``seismic_variants``, ``default_variant``: see :func:`export_bundle`; an int8 variant is calibrated on
     ``calibration`` gathers drawn from the run's training folders and checked on INT8_PARITY_ROWS others. With
-    ``readout``, the bundle's descriptor readout is fitted on the run's training pairs (seisbind.readout_fit),
-    unless fewer than MIN_PAIRS of them are still readable (logged)."""
+    ``readout``, the bundle's descriptor readout is fitted on the run's training pairs (seisbind.readout_fit);
+    when they cannot be read any more, or are too few, the bundle has none and a warning says why."""
     from model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run)
@@ -279,12 +264,14 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str], seismic
     manifest = export_bundle(model, out, training=training, metrics=history[-1] if history else {},
                              parity_inputs=parity, seismic_variants=seismic_variants, default_variant=default_variant,
                              calibration=gathers, int8_parity=held_out)
-    folders = readable_pairs(list(ckpt["config"]["data"])) if readout else []
-    if folders:
+    if readout:
+        from seisbind.openfwi import OpenFWIError
+        from seisbind.readout import ReadoutError
         from seisbind.readout_fit import fit_bundle_readout
 
-        fit_bundle_readout(out, folders, out)
-        manifest = read_manifest(out)
-    elif readout:
-        log.warning("%s: no descriptor readout (fewer than its minimum of training pairs readable)", out)
+        try:
+            fit_bundle_readout(out, list(ckpt["config"]["data"]), out)
+            manifest = read_manifest(out)
+        except (OpenFWIError, ReadoutError) as e:
+            log.warning("%s: no descriptor readout: %s", out, e)
     return manifest

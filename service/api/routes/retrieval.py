@@ -129,9 +129,11 @@ async def infer_descriptors(
     hits, info = await engine.search_gathers(payload.gathers, kk)
     t1 = time.perf_counter()
     w = payload.fields["weighting"]
-    values = readout.predict(hits.embeddings) if how == "blend" and readout and hits.embeddings is not None else None
+    blend_with = None
+    if how == "blend" and readout is not None and hits.embeddings is not None:
+        blend_with = readout.predict(hits.embeddings)
     results = inferred_descriptors(hits.searcher, hits.D, hits.I, engine.index_descriptor_names(hits.searcher), w,
-                                   values)
+                                   blend_with)
     results = with_confidence(results, hits.confidence, hits.out_of_distribution, payload.warnings)
     doc = {"results": results, "encoder": engine.bundle.bundle_id, "index_version": hits.searcher.version,
            "k": kk, "weighting": w, "method": how, "ingest": payload.ingest}
