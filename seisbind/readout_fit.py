@@ -15,7 +15,7 @@ from seisbind.files import PathLike
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.progress import progress
 from seisbind.provenance import portable_path
-from seisbind.readout import READOUT_FILE, DescriptorReadout, fit_readout
+from seisbind.readout import MIN_PAIRS, READOUT_FILE, DescriptorReadout, ReadoutError, fit_readout
 
 MAX_PAIRS = 20_000
 """Training pairs a readout is fitted on at most (evenly spread over the folders' rows beyond that)."""
@@ -36,6 +36,9 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
         raise OpenFWIError("no training folder given (--data FOLDER)")
     sets = [open_dataset(f, check_values=True) for f in folders]
     total = sum(len(ds) for ds in sets)
+    if total < MIN_PAIRS:  # before any encoding
+        raise ReadoutError(f"{total} training pairs in {[str(f) for f in folders]}: a descriptor readout needs at "
+                           f"least {MIN_PAIRS}")
     keep = _rows(total, max_pairs)
     bar = progress(len(keep), "embed training gathers", enabled=show_progress)
     emb, desc, start = [], [], 0
