@@ -35,7 +35,7 @@ from benchmarks._common import (
     simulate_first_models,
     write_result,
 )
-from model.config import AugmentConfig, TrainConfig
+from model.config import ARCHITECTURES, AugmentConfig, TrainConfig
 
 FAMILIES = ("flatvel_a", "curvevel_a")
 SMOKE_MODELS = {"train": 24, "test": 8}
@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=AugmentConfig().mute_traces, help="range of muted traces per shot of a muted gather")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
-    p.add_argument("--arch", choices=("default", "narrow"), default="default",
-                   help="architecture: ModelConfig() or ModelConfig.narrow() (a third of the seismic channels)")
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default="default",
+                   help="architecture: ModelConfig.named(ARCH) (model/config.py: default, medium, narrow)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
     p.add_argument("--train-chunks", type=int, default=None,
                    help="use only the first N 500-pair chunks of each training folder (quick checks)")
@@ -155,8 +155,7 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
                       scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
                       neighbour_group=args.neighbour_group, time_budget_min=budget_min,
                       augment=AugmentConfig(snr_db=tuple(args.snr_db), mute_traces=tuple(args.mute_traces)),
-                      model=ModelConfig.narrow(vp_scale=not args.shared_scale) if args.arch == "narrow"
-                      else ModelConfig(vp_scale=not args.shared_scale),
+                      model=ModelConfig.named(args.arch, vp_scale=not args.shared_scale),
                       threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)
     t0 = time.monotonic()
     summary = train(cfg)

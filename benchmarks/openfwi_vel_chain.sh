@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Every result file that measures the openfwi-vel bundle, from nothing, in the order each needs the one before
-# (docs/benchmarks.md#the-whole-chain): simulate the real FlatVel-A/CurveVel-A models (about 10 min), train the narrow
+# (docs/benchmarks.md#the-whole-chain): simulate the real FlatVel-A/CurveVel-A models (about 10 min), train the ARCH
 # architecture with grouped batches for BUDGET minutes and evaluate it (retrieval_openfwi_vel), export it with the
 # fast and int8 graphs, then retrieval_ood (noise, muted traces, calibration), service (the calibrated bundle against
 # the untrained default architecture), encode, the held-out families as given, and simulator_speed; with REFINER=1
 # also the learned refiner (55 min) and refine.json (about 30 min). Every step takes the shared CPU lock; every
 # benchmark resumes what it finished before. Run from the repository root:
 #     BUDGET=80 OUT=/tmp/results bash benchmarks/openfwi_vel_chain.sh
-# BUDGET (minutes, <= 90; default 80), NAME (result stem of the training run; default retrieval_openfwi_vel),
+# BUDGET (minutes, <= 90; default 80), ARCH (architecture of model/config.py; default narrow),
+# NAME (result stem of the training run; default retrieval_openfwi_vel),
 # OUT (folder of the result files; default benchmarks/results), WORK (default .cache/openfwi_vel/chain_$BUDGET),
 # TRAIN_ARGS (more options of benchmarks.openfwi_vel, e.g. "--snr-db -5 30 --mute-traces 1 25"), OOD_ARGS (more
 # options of benchmarks.ood, e.g. "--family-count 200").
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 SB=${SEISBIND:-.venv/bin/seisbind}
 BUDGET=${BUDGET:-80}
+ARCH=${ARCH:-narrow}
 NAME=${NAME:-retrieval_openfwi_vel}
 OUT=${OUT:-benchmarks/results}
 WORK=${WORK:-.cache/openfwi_vel/chain_$BUDGET}
@@ -29,7 +31,7 @@ BANKS=(--bank $CACHE/flatvel_a/train --bank $CACHE/curvevel_a/train)
 
 step "simulation, training ($BUDGET min) and evaluation"
 # shellcheck disable=SC2086
-"${LOCK[@]}" "$PY" -m benchmarks.openfwi_vel --arch narrow --budget-min "$BUDGET" --ablation-budget-min 0 \
+"${LOCK[@]}" "$PY" -m benchmarks.openfwi_vel --arch "$ARCH" --budget-min "$BUDGET" --ablation-budget-min 0 \
   --neighbour-group 4 --work "$WORK" --name "$NAME" --out "$OUT" ${TRAIN_ARGS:-}
 step "export with the fast and int8 graphs"
 [ -f "$BUNDLE/manifest.json" ] || "${LOCK[@]}" "$SB" export --run "$WORK/runs/main_${BUDGET}min" --out "$BUNDLE" \
