@@ -1,6 +1,7 @@
 """Fit an encoder bundle's descriptor readout (seisbind.readout) on paired training folders and write the bundle
 with it (``seisbind fit-readout``; ``seisbind export`` runs it on the run's training folders). The gathers are
-encoded by the bundle's full-precision seismic graph, as ONNX Runtime runs it. Torch-free."""
+encoded by the bundle's full-precision seismic graph, as ONNX Runtime runs it, each also with white noise added
+(NOISE_SNR_DB), so that the readout's estimate holds up on noisy field data as the neighbours' does. Torch-free."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from seisbind.bundle import EncoderBundle
 from seisbind.bundle_copy import write_fitted_file
 from seisbind.descriptors import compute_descriptors
 from seisbind.files import PathLike
+from seisbind.noise import add_white_noise
 from seisbind.openfwi import OpenFWIError, open_dataset
 from seisbind.progress import progress
 from seisbind.provenance import portable_path
@@ -20,6 +22,10 @@ from seisbind.readout import MIN_PAIRS, READOUT_FILE, DescriptorReadout, Readout
 MAX_PAIRS = 20_000
 """Training pairs a readout is fitted on at most (evenly spread over the folders' rows beyond that)."""
 BATCH = 32
+NOISE_SNR_DB = (0.0, 30.0)
+"""SNR range (dB, uniform) of the noisy copy of each training gather the readout is also fitted on. Measured on the
+85-minute narrow bundle (test gathers at 0 dB): blended descriptor error 3.19 % against 3.29 % fitted on clean
+gathers only, clean and 10 dB unchanged (2.28 %, 2.42 against 2.44 %)."""
 
 
 def _rows(total: int, max_pairs: int) -> np.ndarray:
@@ -30,8 +36,10 @@ def _rows(total: int, max_pairs: int) -> np.ndarray:
 
 
 def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max_pairs: int = MAX_PAIRS,
-                         show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Seismic embeddings [n, dim] and true descriptors [n, 8] of the pairs of ``folders`` (OpenFWI layout)."""
+                         show_progress: bool = True, noisy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Seismic embeddings [n, dim] and true descriptors [n, 8] of the pairs of ``folders`` (OpenFWI layout); with
+    ``noisy`` also of a copy of each gather with white noise at an SNR drawn from NOISE_SNR_DB (seeded: the same
+    folders give the same rows), so n is twice the pairs read."""
     if not folders:
         raise OpenFWIError("no training folder given (--data FOLDER)")
     sets = [open_dataset(f, check_values=True) for f in folders]
@@ -41,6 +49,7 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
                            f"least {MIN_PAIRS}")
     keep = _rows(total, max_pairs)
     bar = progress(len(keep), "embed training gathers", enabled=show_progress)
+    rng = np.random.default_rng(0)
     emb, desc, start = [], [], 0
     for ds in sets:
         for data, models in zip(ds.data, ds.models):
@@ -48,8 +57,13 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
             start += len(models)
             for s in range(0, len(rows), BATCH):
                 r = rows[s:s + BATCH]
-                emb.append(bundle.seismic.run(np.asarray(data[r], np.float32)))
-                desc.append(compute_descriptors(np.asarray(models[r])))
+                gathers = np.asarray(data[r], np.float32)
+                truth = compute_descriptors(np.asarray(models[r]))
+                emb.append(bundle.seismic.run(gathers))
+                desc.append(truth)
+                if noisy:
+                    emb.append(bundle.seismic.run(add_white_noise(gathers, rng.uniform(*NOISE_SNR_DB, len(r)), rng)))
+                    desc.append(truth)
                 bar.update(len(r))
     bar.close()
     return np.concatenate(emb), np.concatenate(desc)
@@ -61,9 +75,9 @@ def fit_bundle_readout(bundle_dir: PathLike, folders: Sequence[PathLike], out: P
     with it to ``out`` (the same folder allowed; atomic)."""
     bundle = EncoderBundle(bundle_dir, variants={"seismic": "full"})
     emb, desc = embed_training_pairs(bundle, folders, max_pairs, show_progress)
-    info = {"data": [portable_path(f) for f in folders], "graph": "seismic.onnx", "bundle_id": bundle.bundle_id}
+    info = {"data": [portable_path(f) for f in folders], "graph": "seismic.onnx", "bundle_id": bundle.bundle_id,
+            "pairs": len(emb) // 2, "rows": len(emb), "noisy_copies": {"snr_db": list(NOISE_SNR_DB), "noise": "white"}}
     readout = fit_readout(emb, desc, info=info)
-    write_fitted_file(bundle_dir, out, "descriptor_readout", READOUT_FILE, readout.to_dict(),
-                      pairs=int(len(emb)))
+    write_fitted_file(bundle_dir, out, "descriptor_readout", READOUT_FILE, readout.to_dict(), pairs=len(emb) // 2)
     return readout
 

@@ -45,6 +45,7 @@ def served(setup: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 def test_export_fits_the_readout_on_the_training_pairs(setup: dict[str, Path]) -> None:
     bundle = EncoderBundle(setup["bundle"])
     assert bundle.readout is not None and bundle.readout.fit["pairs"] == 96
+    assert bundle.readout.fit["rows"] == 192 and bundle.readout.fit["noisy_copies"]["snr_db"] == [0.0, 30.0]
     assert bundle.manifest.raw["descriptor_readout"]["pairs"] == 96
     assert bundle.readout.fit["bundle_id"] == bundle.bundle_id
 
