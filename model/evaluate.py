@@ -126,7 +126,8 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
     top-1 model's MAE and SSIM; with ``readout_values`` (the bundle's readout of each query, [nq, 8]) also the
     ``blend`` the service returns by default (seisbind.readout.blend) and the readout alone.
 
-    Returns the report and the predicted descriptors [nq, 8]."""
+    Returns the report and the predicted descriptors [nq, 8]: the blend when there is a readout (what the service
+    answers by default), else the neighbours' estimate."""
     D, I = exact_top_k(S, VB, k)  # noqa: E741 - faiss naming
     pred, _ = infer_descriptors(bank_desc, D, I, weighting)
     top1 = bank_models[I[:, 0]]  # [nq, 1, 70, 70]
@@ -140,6 +141,7 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
         rep["blend"] = {"descriptor_mre": mean_relative_error(mixed, test_desc),
                         "descriptor_mae": mean_absolute_errors(mixed, test_desc),
                         "readout_descriptor_mre": mean_relative_error(readout_values, test_desc)}
+        pred = mixed
     return rep, pred
 
 

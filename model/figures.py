@@ -65,7 +65,8 @@ def similarity_histograms(path: Path, pairs: dict[str, tuple[float, float, np.nd
 
 
 def descriptor_scatter(path: Path, pred: np.ndarray, true: np.ndarray) -> None:
-    """Predicted (P2, mean of the k nearest bank entries) against true descriptors."""
+    """Predicted (P2: what /infer-descriptors answers by default, the blend of the k nearest bank entries' mean and
+    the readout, or the neighbours' mean alone for a bundle without readout) against true descriptors."""
     fig, axes = plt.subplots(2, 4, figsize=(16, 8))
     for i, (ax, name) in enumerate(zip(axes.ravel(), DESCRIPTOR_NAMES)):
         ax.scatter(true[:, i], pred[:, i], s=3, alpha=0.4)

@@ -76,6 +76,10 @@ def test_p2_with_the_true_models_in_the_bank_is_exact():
     _, I = top_k(E[:6], E, 5)
     np.testing.assert_allclose(pred5, desc[I].mean(1))
     assert rep5["descriptor_mre"] > 0
+    readout = desc[:6] + 1.0
+    rep_b, pred_b = p2_report(E[:6], E, desc, models, desc[:6], models[:6], k=5, readout_values=readout)
+    np.testing.assert_allclose(pred_b, (pred5 + readout) / 2)  # the blend, what the service answers by default
+    assert rep_b["descriptor_mre"] == rep5["descriptor_mre"] and rep_b["blend"]["descriptor_mre"] > 0
 
 
 def test_evaluate_writes_the_report_keys_markdown_and_figures(tmp_path):
