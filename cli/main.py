@@ -203,10 +203,10 @@ def train(
                                         "validation (0: running averages)"),
     amp: Switch = typer.Option(TrainConfig.default("amp"), "--amp", help="bf16 autocast"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
-    narrow: bool = typer.Option(False, "--narrow", help="the narrow architecture (ModelConfig.narrow(): about a "
-                                "sixth of the training cost on CPU)"),
+    arch: str = typer.Option("default", "--arch", help="named architecture (model.config.ARCHITECTURES: default, "
+                             "medium, narrow)"),
     model_config: Optional[Path] = typer.Option(None, "--model-config",
-                                                help="JSON of ModelConfig fields (architecture; over --narrow)"),
+                                                help="JSON of ModelConfig fields (architecture; over --arch)"),
     preprocess_cache: Optional[Path] = typer.Option(
         None, "--preprocess-cache", help="folder caching the preprocessed gathers (reused by later runs)"),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="start from this run's weights (fine-tune)"),
@@ -217,7 +217,7 @@ def train(
     from model.train import train as run_training
 
     try:
-        base = ModelConfig.narrow().to_dict() if narrow else {}
+        base = ModelConfig.named(arch).to_dict()
         mcfg = ModelConfig.from_dict({**base, **(json.loads(model_config.read_text()) if model_config else {})},
                                      stored=False)
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,

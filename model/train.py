@@ -209,7 +209,7 @@ def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     if theirs != cfg.model:
         diff = sorted(k for k, v in cfg.model.to_dict().items() if theirs.to_dict().get(k) != v)
         raise RunError(f"{cfg.init_from}: its model differs from this run's in {', '.join(diff)}; pass its "
-                       "architecture (--narrow / --model-config) to start from it")
+                       "architecture (--arch / --model-config) to start from it")
     return dict(src["model"])
 
 

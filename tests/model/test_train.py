@@ -227,13 +227,20 @@ def test_preprocess_cache_gives_the_same_pairs_and_a_changed_file_is_checked_aga
 
 def test_cli_train_options_reach_the_stored_config(data, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--narrow", "--no-augment",
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--arch", "narrow", "--no-augment",
                                    "--bn-batches", "0", "--epochs", "1", "--batch-size", "16", "--threads", "1",
                                    "--amp", "off", "--val-fraction", "0", "--neighbour-group", "4"])
     assert res.exit_code == 0, res.output
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert cfg.model == ModelConfig.narrow() and cfg.augment is None and cfg.bn_batches == 0
     assert cfg.neighbour_group == 4
+
+
+def test_cli_train_names_the_architectures_when_one_is_unknown(data, tmp_path):
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--arch", "huge"])
+    assert res.exit_code != 0 and "'huge'" in res.output and "medium" in res.output
+    assert not (tmp_path / "run").exists()
+    assert ModelConfig.named("medium").seis_width == 96 and ModelConfig.named("narrow") == ModelConfig.narrow()
 
 
 def test_a_run_started_from_another_runs_weights_fine_tunes_them(tiny_run, data, tmp_path):
