@@ -39,7 +39,8 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
                          show_progress: bool = True, noisy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Seismic embeddings [n, dim] and true descriptors [n, 8] of the pairs of ``folders`` (OpenFWI layout); with
     ``noisy`` also of a copy of each gather with white noise at an SNR drawn from NOISE_SNR_DB (seeded: the same
-    folders give the same rows), so n is twice the pairs read."""
+    folders give the same rows): then n is twice the pairs read, the clean rows first, their noisy copies after them
+    in the same order."""
     if not folders:
         raise OpenFWIError("no training folder given (--data FOLDER)")
     sets = [open_dataset(f, check_values=True) for f in folders]
@@ -50,7 +51,7 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
     keep = _rows(total, max_pairs)
     bar = progress(len(keep), "embed training gathers", enabled=show_progress)
     rng = np.random.default_rng(0)
-    emb, desc, start = [], [], 0
+    emb, noisy_emb, desc, start = [], [], [], 0
     for ds in sets:
         for data, models in zip(ds.data, ds.models):
             rows = keep[(keep >= start) & (keep < start + len(models))] - start
@@ -62,11 +63,11 @@ def embed_training_pairs(bundle: EncoderBundle, folders: Sequence[PathLike], max
                 emb.append(bundle.seismic.run(gathers))
                 desc.append(truth)
                 if noisy:
-                    emb.append(bundle.seismic.run(add_white_noise(gathers, rng.uniform(*NOISE_SNR_DB, len(r)), rng)))
-                    desc.append(truth)
+                    noisy_emb.append(bundle.seismic.run(add_white_noise(gathers, rng.uniform(*NOISE_SNR_DB, len(r)),
+                                                                        rng)))
                 bar.update(len(r))
     bar.close()
-    return np.concatenate(emb), np.concatenate(desc)
+    return np.concatenate(emb + noisy_emb), np.concatenate(desc * 2 if noisy else desc)
 
 
 def fit_bundle_readout(bundle_dir: PathLike, folders: Sequence[PathLike], out: PathLike,
