@@ -143,6 +143,16 @@ def test_encode_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_readout_noise_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("readout_noise", tmp_path)
+    assert set(doc["levels"]) == {"clean", "10", "0"} and doc["train_pairs"] == 72 and doc["queries"] == 16
+    for row in doc["levels"].values():
+        assert row["neighbours_descriptor_mre"] > 0
+        for fit in ("clean_fit", "noisy_fit"):
+            assert 0 < row[fit]["readout_descriptor_mre"] and 0 < row[fit]["blend_descriptor_mre"]
+    assert doc["noisy_fit_snr_db"] == [0.0, 30.0] and set(doc["penalties"]) == {"clean_fit", "noisy_fit"}
+
+
 def test_amplitude_law_smoke(tmp_path: Path, openfwi_dir: Path) -> None:
     doc = run_smoke("amplitude_law", tmp_path, "--openfwi-dir", str(openfwi_dir))
     assert doc["train_models"] == 4 and doc["test_models"] == 4
