@@ -16,10 +16,11 @@ NARROW: dict[str, Any] = {"seis_trunk": (8, 16, 32), "seis_width": 64, "vel_widt
 ResNet's width. Its seismic encoder costs 6.7 ms per gather on one core of this machine's AMD EPYC against 23.6 ms
 for the default widths (benchmarks/results/encode.json), and a training step about a sixth."""
 MEDIUM: dict[str, Any] = {"seis_trunk": (16, 32, 48), "seis_width": 96, "vel_width": 32, "phys_hidden": 256}
-"""The medium architecture (``ModelConfig.medium()``): the default seismic trunk with half the shot-fusion width and
-half the velocity ResNet's width: about 2.4x the narrow seismic encoder's multiply-adds (a third of the default's),
-and a training step about twice the narrow's on this machine's cores (1.25 s against 0.61 s for a batch of 128 in
-bf16, model alone)."""
+"""The medium architecture (``ModelConfig.named("medium")``): the default seismic trunk with half the shot-fusion
+width and half the velocity ResNet's width: about 2.4x the narrow seismic encoder's multiply-adds (a third of the
+default's), and a training step about twice the narrow's on this machine's cores (1.25 s against 0.61 s for a batch
+of 128 in bf16, model alone). Trained 85 minutes it did not beat the narrow
+(retrieval_openfwi_vel_medium_85min.json)."""
 ARCHITECTURES: dict[str, dict[str, Any]] = {"default": {}, "medium": MEDIUM, "narrow": NARROW}
 """Named architectures: the fields each sets on top of ``ModelConfig()``'s defaults."""
 
