@@ -55,25 +55,16 @@ def smoke_setup(a: argparse.Namespace) -> None:
     a.test = [simulate_family(work / "test", "flatvel-a", 16, 2)]
 
 
-def embed(bundle: Any, gathers: list[np.ndarray], snr: float | None, rng: np.random.Generator) -> np.ndarray:
-    """Seismic embeddings of every gather, with white noise at ``snr`` dB added first (None: clean)."""
-    from seisbind.noise import add_white_noise
-
-    out = []
-    for g in gathers:
-        for i in range(0, len(g), 64):
-            x = np.asarray(g[i:i + 64], np.float32)
-            out.append(bundle.seismic.run(x if snr is None else add_white_noise(x, np.full(len(x), snr), rng)))
-    return np.concatenate(out)
-
-
 def main(a: argparse.Namespace) -> dict[str, Any]:
     from seisbind.bundle import EncoderBundle
     from seisbind.descriptors import compute_descriptors, mean_relative_error
     from seisbind.neighbours import exact_top_k, infer_descriptors
+    from seisbind.noise import add_white_noise
     from seisbind.openfwi import open_dataset
     from seisbind.readout import blend, fit_readout
     from seisbind.readout_fit import NOISE_SNR_DB, embed_training_pairs
+
+    from model.evaluate import embed_arrays
 
     bundle = EncoderBundle(a.bundle, variants={"seismic": "full"})
     emb, desc = embed_training_pairs(bundle, a.train, show_progress=not a.smoke)
@@ -81,15 +72,17 @@ def main(a: argparse.Namespace) -> dict[str, Any]:
     readouts = {"clean_fit": fit_readout(emb[:pairs], desc[:pairs]), "noisy_fit": fit_readout(emb, desc)}
     bank_models = np.concatenate([np.asarray(m) for f in a.train for m in open_dataset(f).models])
     bank_desc = compute_descriptors(bank_models)
-    VB = np.concatenate([bundle.velocity.run(bank_models[i:i + 256].astype(np.float32))
-                         for i in range(0, len(bank_models), 256)])
+    VB = embed_arrays(bundle.velocity.encode, [bank_models], 256, "embed bank models")
     tests = [open_dataset(f, check_values=True) for f in a.test]
     gathers = [g for d in tests for g in d.data]
     true = compute_descriptors(np.concatenate([np.asarray(m) for d in tests for m in d.models]))
     rng = np.random.default_rng(7)
     levels: dict[str, Any] = {}
     for snr in [None, *a.snr_db]:
-        S = embed(bundle, gathers, snr, rng)
+        def noisy(x: np.ndarray, snr: float | None = snr) -> np.ndarray:
+            return x if snr is None else add_white_noise(x, np.full(len(x), snr), rng)
+
+        S = embed_arrays(lambda x: bundle.seismic.encode(noisy(x)), gathers, 64, f"embed test gathers ({snr} dB)")
         D, I = exact_top_k(S, VB, a.k)  # noqa: E741 - faiss naming
         neighbours, _ = infer_descriptors(bank_desc, D, I, "mean")
         row: dict[str, Any] = {"neighbours_descriptor_mre": mean_relative_error(neighbours, true)}
