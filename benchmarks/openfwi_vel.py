@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=AugmentConfig().snr_db, help="range of the training noise's SNR, dB")
     p.add_argument("--mute-traces", type=int, nargs=2, metavar=("LOW", "HIGH"),
                    default=AugmentConfig().mute_traces, help="range of muted traces per shot of a muted gather")
+    p.add_argument("--clean-p", type=float, default=AugmentConfig().clean_p,
+                   help="probability that a training gather is left unperturbed (model.config.AugmentConfig)")
     p.add_argument("--shared-scale", action="store_true",
                    help="one logit scale for both pairs (default: velocity-physics has its own)")
     p.add_argument("--arch", choices=tuple(ARCHITECTURES), default="default",
@@ -154,7 +156,8 @@ def run_arm(args: argparse.Namespace, name: str, train_dirs: list[Path], test_di
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, lambda2=lambda2,
                       scale_lr_mult=args.scale_lr_mult, soft_tau_mps=args.soft_tau_mps,
                       neighbour_group=args.neighbour_group, time_budget_min=budget_min,
-                      augment=AugmentConfig(snr_db=tuple(args.snr_db), mute_traces=tuple(args.mute_traces)),
+                      augment=AugmentConfig(snr_db=tuple(args.snr_db), mute_traces=tuple(args.mute_traces),
+                                            clean_p=args.clean_p),
                       model=ModelConfig.named(args.arch, vp_scale=not args.shared_scale),
                       threads=args.threads, preprocess_cache=str(work / "preprocessed"), progress=not args.smoke)
     t0 = time.monotonic()

@@ -165,6 +165,9 @@ def apply(gathers: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig 
         raise ValueError(f"mute_traces {cfg.mute_traces}: at most the {r} receivers of a shot")
     hit = {k: (_rand((b,), generator) < getattr(cfg, k)).cpu() for k in
            ("wavelet_p", "shift_p", "scale_p", "polarity_p", "noise_p", "band_p", "mute_p")}
+    if cfg.clean_p > 0:  # drawn only when asked for, so that older settings give the same perturbations as before
+        clean = (_rand((b,), generator) < cfg.clean_p).cpu()
+        hit = {k: v & ~clean for k, v in hit.items()}
     peak = torch.where(hit["wavelet_p"], _between(*cfg.peak_hz, b, generator).cpu(), torch.tensor(PEAK_FREQUENCY))
     shifts = torch.randint(-cfg.max_shift_ms, cfg.max_shift_ms + 1, (b, s), generator=generator,
                            device=generator.device).cpu() * hit["shift_p"][:, None]

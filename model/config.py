@@ -267,10 +267,14 @@ class AugmentConfig:
     mute_p: float = 0.3
     mute_traces: tuple[int, int] = (1, 25)
     """Dead or muted traces per shot of a hit gather (zeroed; the count is drawn per gather, the traces per shot)."""
+    clean_p: float = 0.0
+    """Probability that a gather is left as simulated (every perturbation above off). With the probabilities above
+    alone only about 5.5 % of gathers are: the clean queries of the openfwi-vel benchmark are then rare in
+    training."""
 
     def __post_init__(self) -> None:
         probs = {k: getattr(self, k) for k in ("wavelet_p", "shift_p", "scale_p", "polarity_p", "noise_p", "band_p",
-                                              "mute_p")}
+                                              "mute_p", "clean_p")}
         checks = [(0 <= p <= 1, f"0 <= {k} <= 1 (got {p})") for k, p in probs.items()] + [
             (0 < self.peak_hz[0] <= self.peak_hz[1], f"0 < peak_hz low <= high (got {self.peak_hz})"),
             (self.max_shift_ms >= 0, f"max_shift_ms >= 0 (got {self.max_shift_ms})"),

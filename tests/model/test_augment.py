@@ -224,3 +224,15 @@ def test_runs_on_the_gpu_like_on_the_cpu(gathers: torch.Tensor) -> None:
                       band_hz=(5, 30))
     np.testing.assert_allclose(snr_db(x.cpu(), noisy.cpu()), 10.0, atol=0.5)
     assert math.isclose(peak_hz(change_wavelet(x, torch.full((len(x),), 20.0)).cpu()), 19, abs_tol=1.5)
+
+
+def test_clean_p_leaves_that_share_of_gathers_as_simulated(gathers: torch.Tensor) -> None:
+    x = gathers.repeat(16, 1, 1, 1) + 1.0
+    every = dataclasses.replace(OFF, wavelet_p=1.0, shift_p=1.0, scale_p=1.0, noise_p=1.0, mute_p=1.0)
+    assert torch.equal(apply(x, g(7), dataclasses.replace(every, clean_p=1.0)), x)
+    kept = (apply(x, g(7), dataclasses.replace(every, clean_p=0.5)) == x).flatten(1).all(dim=1)
+    assert 0 < kept.sum() < len(x), "about half the gathers untouched, the others perturbed"
+    assert torch.equal(apply(x, g(8), every), apply(x, g(8), dataclasses.replace(every, clean_p=0.0))), \
+        "clean_p 0 draws nothing: the same perturbations as before it existed"
+    with pytest.raises(ValueError, match="clean_p"):
+        dataclasses.replace(OFF, clean_p=1.5)
