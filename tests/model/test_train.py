@@ -236,6 +236,18 @@ def test_cli_train_options_reach_the_stored_config(data, tmp_path):
     assert cfg.neighbour_group == 4
 
 
+def test_cli_train_clean_p_reaches_the_augmentation_and_is_checked(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "--data", str(data), "--arch", "narrow", "--epochs", "1", "--batch-size", "16", "--threads",
+              "1", "--amp", "off", "--val-fraction", "0", "--bn-batches", "0"]
+    res = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--clean-p", "1.5"])
+    assert res.exit_code != 0 and "clean_p" in res.output and not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(app, [*common, "--out", str(out), "--clean-p", "0.4"])
+    assert res.exit_code == 0, res.output
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert cfg.augment is not None and cfg.augment.clean_p == 0.4
+
+
 def test_cli_train_names_the_architectures_when_one_is_unknown(data, tmp_path):
     res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--arch", "huge"])
     assert res.exit_code != 0 and "'huge'" in res.output and "medium" in res.output
