@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from model.config import AugmentConfig, RunError
-from model.refiner_config import RefinerConfig, RefinerTrainConfig  # torch-free
+from model.config import RunError
+from model.refiner_config import RefinerConfig, RefinerTrainConfig, refiner_augment  # torch-free
 
 _T = RefinerTrainConfig.default
 
@@ -53,7 +53,7 @@ def train_refiner(
                                  out=str(out), model=net, epochs=epochs,
                                  batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
                                  time_budget_min=time_budget_min, threads=threads,
-                                 augment=AugmentConfig() if augment else None)
+                                 augment=refiner_augment() if augment else None)
         summary = run_training(cfg, str(bundle_out) if bundle_out else None)
     except (OpenFWIError, BundleError, RunError, ParityError, FileExistsError, ValueError, OSError) as e:
         fail(str(e))

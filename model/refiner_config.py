@@ -12,6 +12,12 @@ from seisbind.acquisition import DT
 from model.config import AugmentConfig
 
 
+def refiner_augment() -> AugmentConfig:
+    """The refiner's default perturbations: ``AugmentConfig``'s, every gather perturbed (``clean_p`` 0), as its
+    results of record were trained."""
+    return AugmentConfig(clean_p=0.0)
+
+
 @dataclass(frozen=True)
 class RefinerConfig:
     """The refiner network: a bounded residual on top of the similarity-weighted mean of the k neighbours, from a
@@ -84,7 +90,7 @@ class RefinerTrainConfig:
     """torch and ONNX Runtime intra-op threads (default: the usable cores)."""
     mirror_p: float = 0.5
     """Probability of the left-right mirror augmentation per pair."""
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = field(default_factory=lambda: refiner_augment())
     """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``, as the
     encoders are trained); None trains on the clean simulations (runs stored before it existed read as None)."""
 

@@ -14,7 +14,7 @@ import torch
 from model.augment import add_noise, apply, band_limit, change_wavelet, mute_traces, time_shift
 from model.config import AugmentConfig
 
-OFF = AugmentConfig(wavelet_p=0, shift_p=0, scale_p=0, polarity_p=0, noise_p=0, band_p=0, mute_p=0)
+OFF = AugmentConfig(wavelet_p=0, shift_p=0, scale_p=0, polarity_p=0, noise_p=0, band_p=0, mute_p=0, clean_p=0)
 """Every augmentation off: tests switch on the one they check."""
 
 
@@ -236,3 +236,5 @@ def test_clean_p_leaves_that_share_of_gathers_as_simulated(gathers: torch.Tensor
         "clean_p 0 draws nothing: the same perturbations as before it existed"
     with pytest.raises(ValueError, match="clean_p"):
         dataclasses.replace(OFF, clean_p=1.5)
+    stored = {k: v for k, v in AugmentConfig().to_dict().items() if k != "clean_p"}
+    assert AugmentConfig.from_dict(stored).clean_p == 0.0, "a setting stored before clean_p existed perturbs as then"

@@ -84,7 +84,8 @@ def test_training_batches_are_perturbed_like_field_data_and_validation_is_clean(
     clean = neighbour_batch(net, split, bank, rows)
     torch.testing.assert_close(clean[0], net.front.normalise(dec))  # what predict() and the ONNX graph see
     torch.testing.assert_close(clean[0], net.preprocess(g))
-    noisy = AugmentConfig(noise_p=1.0, snr_db=(0.0, 0.0), wavelet_p=0, shift_p=0, scale_p=0, polarity_p=0, mute_p=0)
+    noisy = AugmentConfig(noise_p=1.0, snr_db=(0.0, 0.0), wavelet_p=0, shift_p=0, scale_p=0, polarity_p=0, mute_p=0,
+                          clean_p=0)
     a = neighbour_batch(net, split, bank, rows, None, noisy, torch.Generator().manual_seed(1))
     b = neighbour_batch(net, split, bank, rows, None, noisy, torch.Generator().manual_seed(1))
     assert a[0].shape == clean[0].shape and a[0].dtype == torch.float32
