@@ -16,6 +16,13 @@ def _resolved(path: Optional[Path]) -> Optional[str]:
     return str(path.resolve()) if path else None
 
 
+def _model_config(arch: str, model_config: Optional[Path]) -> ModelConfig:
+    """The named architecture with the fields of a ``--model-config`` JSON file over it."""
+    base = ModelConfig.named(arch).to_dict()
+    return ModelConfig.from_dict({**base, **(json.loads(model_config.read_text()) if model_config else {})},
+                                 stored=False)
+
+
 def train(
     data: list[Path] = typer.Option(..., "--data", help="paired OpenFWI folder (repeat for several)"),
     out: Path = typer.Option(..., "--out", help="run folder (checkpoint, metrics log); rerun to resume"),
@@ -61,14 +68,11 @@ def train(
     from model.train import train as run_training
 
     try:
-        base = ModelConfig.named(arch).to_dict()
-        mcfg = ModelConfig.from_dict({**base, **(json.loads(model_config.read_text()) if model_config else {})},
-                                     stored=False)
         cfg = TrainConfig(data=tuple(str(d.resolve()) for d in data), out=str(out), epochs=epochs,
                           batch_size=batch_size, seed=seed, device=device, time_budget_min=time_budget_min, lr=lr,
                           lambda1=lambda1, lambda2=lambda2, soft_tau_mps=soft_tau_mps, scale_lr_mult=scale_lr_mult,
-                          val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches, model=mcfg,
-                          neighbour_group=neighbour_group,
+                          val_fraction=val_fraction, amp=amp, threads=threads, bn_batches=bn_batches,
+                          model=_model_config(arch, model_config), neighbour_group=neighbour_group,
                           augment=AugmentConfig(clean_p=clean_p) if augment else None, init_from=_resolved(init_from),
                           preprocess_cache=str(preprocess_cache) if preprocess_cache else None)
         summary = run_training(cfg)
