@@ -90,7 +90,7 @@ class RefinerTrainConfig:
     """torch and ONNX Runtime intra-op threads (default: the usable cores)."""
     mirror_p: float = 0.5
     """Probability of the left-right mirror augmentation per pair."""
-    augment: AugmentConfig | None = field(default_factory=lambda: refiner_augment())
+    augment: AugmentConfig | None = field(default_factory=refiner_augment)
     """Field-like perturbations of the training gathers, drawn afresh for every batch (``model.augment``, as the
     encoders are trained); None trains on the clean simulations (runs stored before it existed read as None)."""
 
