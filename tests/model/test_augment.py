@@ -232,8 +232,9 @@ def test_clean_p_leaves_that_share_of_gathers_as_simulated(gathers: torch.Tensor
     assert torch.equal(apply(x, g(7), dataclasses.replace(every, clean_p=1.0)), x)
     kept = (apply(x, g(7), dataclasses.replace(every, clean_p=0.5)) == x).flatten(1).all(dim=1)
     assert 0 < kept.sum() < len(x), "about half the gathers untouched, the others perturbed"
-    assert torch.equal(apply(x, g(8), every), apply(x, g(8), dataclasses.replace(every, clean_p=0.0))), \
-        "clean_p 0 draws nothing: the same perturbations as before it existed"
+    drawn = apply(x, g(8), dataclasses.replace(every, clean_p=1e-9))  # draws the clean mask, keeps no gather clean
+    assert not torch.equal(apply(x, g(8), every), drawn), \
+        "clean_p 0 draws nothing (the stream of settings from before clean_p is unchanged); above 0 it draws"
     with pytest.raises(ValueError, match="clean_p"):
         dataclasses.replace(OFF, clean_p=1.5)
     stored = {k: v for k, v in AugmentConfig().to_dict().items() if k != "clean_p"}

@@ -20,7 +20,7 @@ from seisbind.openfwi import OpenFWIError, open_dataset
 
 from cli.main import app
 from model.checkpoint import load_checkpoint
-from model.config import ModelConfig, RunError, TrainConfig
+from model.config import AugmentConfig, ModelConfig, RunError, TrainConfig
 from model.encoders import create_model
 from model.export import export_run
 from model.train import train
@@ -246,6 +246,13 @@ def test_cli_train_clean_p_reaches_the_augmentation_and_is_checked(data, tmp_pat
     assert res.exit_code == 0, res.output
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert cfg.augment is not None and cfg.augment.clean_p == 0.4
+
+
+def test_a_run_stored_before_clean_p_resumes_with_clean_p_0_only():
+    stored = TrainConfig(data=("a",), out="o").to_dict()
+    del stored["augment"]["clean_p"]
+    assert TrainConfig(data=("a",), out="o", augment=AugmentConfig(clean_p=0.0)).resume_mismatch(stored) == []
+    assert TrainConfig(data=("a",), out="o").resume_mismatch(stored) == ["augment"]
 
 
 def test_cli_train_names_the_architectures_when_one_is_unknown(data, tmp_path):
