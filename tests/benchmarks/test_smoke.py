@@ -213,3 +213,13 @@ def test_ood_heldout_smoke(tmp_path: Path) -> None:
     assert fam["oracle_top1_mae_mps"] <= fam["p2"]["top1_mae_mps"], "no retriever beats the pixel-L2 nearest model"
     assert fam["oracle_descriptor_mre"] > 0 and fam["mean_predictor_mre"] > 0
     assert "inversion-a" not in " ".join(fam["training"]["folders"]), "the family is held out of training"
+    assert fam["training"]["includes_family"] is False
+
+
+def test_ood_heldout_include_family_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("ood_heldout", tmp_path, "--include-family", "--section", "seen_family")
+    assert "heldout" not in doc, "the seen-family reference goes under its own section"
+    fam = doc["seen_family"]["inversion-a"]
+    assert fam["training"]["includes_family"] is True
+    assert any(f.startswith("inversion-a_") for f in fam["training"]["folders"]), "F's training models are in the mix"
+    assert fam["p2"]["bank_size"] == 32 + 16 * (len(fam["training"]["folders"]) - 1), "the bank holds F's models"
