@@ -9,8 +9,8 @@ Two ways to get a bundle without F:
   trained on F: the benchmark refuses a bundle whose training folders name F);
 * ``--budget-min B --init-from RUN``: fine-tune RUN for B minutes on the ``--bank`` training folders plus
   ``--train-per-family`` simulated models of every synthetic family except F (``seisbind train --init-from``),
-  export it, and use those same folders as the bank. The gathers are decimated once into ``--work``'s
-  preprocessing cache before the clock starts, so the budget is spent on optimiser steps;
+  export it, and use those same folders as the bank. The gathers are decimated once into the preprocessing
+  cache (``--preprocess-cache``) before the clock starts, so the budget is spent on optimiser steps;
 * the same with ``--include-family``: F's own simulated training models are in the mixture too. Not a held-out
   figure: the same recipe on F once it has seen F, what the held-out figure is to be read against.
 
@@ -28,11 +28,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seisbind.provenance import git_commit, portable_path
 
 from benchmarks._common import REPO, add_output_args, benchmark_command, result_folder, write_result
+
+if TYPE_CHECKING:
+    from model.config import TrainConfig
 
 DEFAULT_FAMILIES = ("inversion-a", "flatfault-a")
 """A new generator (velocity inversions) and a fault family."""
@@ -98,7 +101,7 @@ def fine_tuned_bundle(a: argparse.Namespace, family: str, folders: list[Path]) -
                     "includes_family": a.include_family}
 
 
-def warm_preprocess_cache(cfg: Any) -> None:
+def warm_preprocess_cache(cfg: TrainConfig) -> None:
     """Decimate every training gather into ``cfg.preprocess_cache`` (files already there are read, not redone), so
     that the fine-tuning budget is not spent on preprocessing."""
     from model.data import load_pairs, open_folders
