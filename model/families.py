@@ -18,8 +18,9 @@ The families then differ in the shape of the interfaces:
 
 Further kinds of geology, each its own family (generators and their parameters in ``model.geology`` and
 ``model.geology_bodies``): ``inversion-a`` (low-velocity layers), ``gradient-a`` (smooth vertical gradient varying
-laterally), ``fold-a`` (independently folded interfaces), ``multifault-a`` (2-3 normal and reverse faults),
-``channel-a`` (channels and lenses), ``salt-a`` (a salt-like high-velocity body), ``style-a`` (textured layers).
+laterally), ``lowzone-a`` (the same with smooth low-velocity zones), ``fold-a`` (independently folded interfaces),
+``multifault-a`` (2-3 normal and reverse faults), ``channel-a`` (channels and lenses), ``salt-a`` (a salt-like
+high-velocity body), ``style-a`` (textured layers).
 
 Everything is vectorised over the batch: 500 models take about 0.1 s on one core (style-a, smoothed by FFT, 2 s).
 """
@@ -37,6 +38,7 @@ from model import geology, geology_bodies
 GEOLOGY: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "inversion-a": geology.inversion,
     "gradient-a": geology.gradient,
+    "lowzone-a": geology.lowzone,
     "fold-a": geology.fold,
     "multifault-a": geology.multifault,
     "channel-a": geology_bodies.channel,
@@ -119,7 +121,8 @@ def generate(family: str, count: int, rng: np.random.Generator) -> np.ndarray:
 
     Args:
         family: one of ``FAMILY_NAMES`` ("flatvel-a", "curvevel-a", "flatfault-a", "curvefault-a", and those of
-            ``GEOLOGY``: "inversion-a", "gradient-a", "fold-a", "multifault-a", "channel-a", "salt-a", "style-a").
+            ``GEOLOGY``: "inversion-a", "gradient-a", "lowzone-a", "fold-a", "multifault-a", "channel-a", "salt-a",
+            "style-a").
         count: number of models, >= 0.
         rng: the random stream; the same stream state gives the same models.
 

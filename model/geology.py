@@ -1,5 +1,5 @@
-"""Synthetic geology beyond OpenFWI's Vel and Fault families: velocity inversions, smooth gradients, independent
-folds, several faults, channels and lenses, salt-like bodies and textured (Style-like) models.
+"""Synthetic geology beyond OpenFWI's Vel and Fault families: velocity inversions, smooth gradients (with or
+without low-velocity zones), independent folds, several faults. Bodies and texture are in ``model.geology_bodies``.
 
 Each public generator ``f(count, rng) -> [count, 1, 70, 70] float32`` (m/s on the 70 x 70, 10 m grid) is one family
 of ``model.families`` (the registry is ``model.families.FAMILY_NAMES``, its dispatcher ``model.families.generate``).
@@ -108,6 +108,21 @@ def inversion(count: int, rng: np.random.Generator) -> np.ndarray:
     return _finish(_paint(surfaces, vel))
 
 
+def _gradient_field(count: int, rng: np.random.Generator) -> np.ndarray:
+    """The smooth field [count, 70, 70] (m/s, unrounded, unclipped) of ``gradient``, whose docstring defines it."""
+    b = rng.uniform(1500, 2600, size=(count, 1))
+    v0 = b + _waves(count, rng, (0, 1), (0.3, 1.5)) * np.minimum(250, b - V_MIN)
+    w1 = _waves(count, rng, (0.05, 0.2), (0.3, 1.5))
+    room = (V_MAX - v0.max(axis=1, keepdims=True)) / (1 + np.abs(w1).max(axis=1, keepdims=True))
+    dv = np.minimum(rng.uniform(600, 2400, size=(count, 1)), room) * (1 + w1)
+    warp = _waves(count, rng, (1.5, 5), (0.3, 1.2))
+    s = warp - np.abs(warp).max(axis=1, keepdims=True)  # <= 0: the depth axis shifts down by up to 10 cells
+    a = rng.uniform(-2, 3, size=(count, 1, 1))
+    a = np.where(np.abs(a) < 1e-6, 1e-6, a)  # f tends to t as a -> 0
+    t = (_Z - s[:, None, :]) / (NZ + 10)
+    return v0[:, None, :] + dv[:, None, :] * (1 - np.exp(-a * t)) / (1 - np.exp(-a))
+
+
 def gradient(count: int, rng: np.random.Generator) -> np.ndarray:
     """``gradient-a``: smooth velocity increasing with depth, without interfaces, varying laterally.
 
@@ -124,17 +139,41 @@ def gradient(count: int, rng: np.random.Generator) -> np.ndarray:
 
     Nothing is clipped, so the field stays smooth.
     """
-    b = rng.uniform(1500, 2600, size=(count, 1))
-    v0 = b + _waves(count, rng, (0, 1), (0.3, 1.5)) * np.minimum(250, b - V_MIN)
-    w1 = _waves(count, rng, (0.05, 0.2), (0.3, 1.5))
-    room = (V_MAX - v0.max(axis=1, keepdims=True)) / (1 + np.abs(w1).max(axis=1, keepdims=True))
-    dv = np.minimum(rng.uniform(600, 2400, size=(count, 1)), room) * (1 + w1)
-    warp = _waves(count, rng, (1.5, 5), (0.3, 1.2))
-    s = warp - np.abs(warp).max(axis=1, keepdims=True)  # <= 0: the depth axis shifts down by up to 10 cells
-    a = rng.uniform(-2, 3, size=(count, 1, 1))
-    a = np.where(np.abs(a) < 1e-6, 1e-6, a)  # f tends to t as a -> 0
-    t = (_Z - s[:, None, :]) / (NZ + 10)
-    return _finish(v0[:, None, :] + dv[:, None, :] * (1 - np.exp(-a * t)) / (1 - np.exp(-a)))
+    return _finish(_gradient_field(count, rng))
+
+
+LVZ_DROP = (400.0, 1200.0)
+"""Range of a low-velocity zone's drop at its centre (m/s), before the 1500 m/s floor limits it."""
+LVZ_HOST_MIN = 1900.0
+"""A zone is centred on a row whose background is at least this fast (m/s) everywhere, where there is one."""
+
+
+def lowzone(count: int, rng: np.random.Generator) -> np.ndarray:
+    """``lowzone-a``: smooth velocity increasing with depth holding one or two smooth low-velocity zones.
+
+    The ``gradient-a`` field (no interfaces) minus, for each zone (two with probability 1/2), a Gaussian in depth
+    drop(x) * exp(-((z - c(x)) / w)^2 / 2): centre c = a random row among 14-58 where the background is at least
+    1900 m/s across the model (row 58 if none is) plus a sinusoid of up to 4 cells (0.3-1.2 cycles); half-width
+    w ~ U(1.5, 5) cells; drop U(400, 1200) m/s times 1 + a sinusoid of up to 15 %, limited so that the zone's
+    centre stays >= 1550 m/s. Geologically an undercompacted (overpressured) shale or a
+    gas-charged interval: velocity falls with depth over the zone's upper half and recovers below it, without
+    the sharp interfaces of ``inversion-a``'s low-velocity layers. Nothing is clipped but the 1500-4500 m/s range.
+    """
+    v = _gradient_field(count, rng)
+    two = rng.uniform(size=(count, 1, 1)) < 0.5
+    for m in range(2):
+        rows = np.arange(NZ)[None]
+        ok = (v.min(axis=2) >= LVZ_HOST_MIN) & (rows >= 14) & (rows <= 58)
+        keys = np.where(ok, rng.uniform(size=ok.shape), -1.0)
+        centre = np.where(keys.max(axis=1) >= 0, keys.argmax(axis=1), 58)[:, None]
+        c = centre + _waves(count, rng, (0, 4), (0.3, 1.2))
+        w = rng.uniform(1.5, 5, size=(count, 1, 1))
+        drop = rng.uniform(*LVZ_DROP, size=(count, 1)) * (1 + _waves(count, rng, (0, 0.15), (0.3, 1.2)))
+        at_centre = np.take_along_axis(v, np.clip(np.round(c), 0, NZ - 1).astype(int)[:, None, :], axis=1)[:, 0]
+        drop = np.clip(drop, 0.0, at_centre - V_MIN - 50)
+        zone = drop[:, None, :] * np.exp(-0.5 * ((_Z - c[:, None, :]) / w) ** 2)
+        v = v - np.where(two | (m == 0), zone, 0.0)
+    return _finish(v)
 
 
 def fold(count: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from model.families import FAMILY_NAMES, GEOLOGY, generate
 
@@ -106,6 +106,25 @@ def test_gradient_a_is_smooth_increasing_and_varies_laterally(models: dict[str, 
     assert (v[:, -1].mean(axis=1) - v[:, 0].mean(axis=1)).min() > 500
     lateral = np.abs(np.diff(v, axis=2)).mean(axis=(1, 2))
     assert (lateral > 0.3).all() and np.mean(lateral > 1) > 0.95, np.percentile(lateral, [0, 5, 50])
+    assert np.median([len(np.unique(m)) for m in v]) > 300, "a continuum of velocities, no layers"
+
+
+def test_lowzone_a_holds_smooth_low_velocity_zones(models: dict[str, np.ndarray]) -> None:
+    v = models["lowzone-a"]
+    frac = inversion_columns(v).mean(axis=1)
+    assert np.mean(frac > 0.9) > 0.85, np.percentile(frac, [1, 5, 50])
+    assert inversion_columns(models["gradient-a"]).sum() == 0, "premise: the background never slows down"
+    # Smooth zones, not layers: the largest one-cell decrease is a fraction of the column's drop (1.0 for the
+    # sharp low-velocity layers of inversion-a).
+    def steepest_share(m: np.ndarray) -> np.ndarray:
+        drop = (np.maximum.accumulate(m, axis=1) - m).max(axis=1)
+        step = np.clip(-np.diff(m, axis=1), 0, None).max(axis=1)
+        return (step / drop)[drop > 250]
+    assert steepest_share(v).max() < 0.6, np.percentile(steepest_share(v), [50, 95, 100])
+    assert steepest_share(models["inversion-a"]).min() == 1.0
+    # One or two zones: local minima down a column with a prominence over 200 m/s.
+    zones = np.array([len(signal.find_peaks(-m[:, x], prominence=200)[0]) for m in v for x in (10, 35, 60)])
+    assert zones.max() <= 2 and 0.2 < np.mean(zones == 2) < 0.6 and np.mean(zones >= 1) > 0.95, np.bincount(zones)
     assert np.median([len(np.unique(m)) for m in v]) > 300, "a continuum of velocities, no layers"
 
 
