@@ -136,6 +136,7 @@ def one_family(a: argparse.Namespace, family: str) -> dict[str, Any]:
     return {"p1": rep["p1"], "p2": rep["p2"], **lim,
             "descriptor_mre_over_oracle": rep["p2"]["descriptor_mre"] / lim["oracle_descriptor_mre"],
             "top1_mae_over_oracle": rep["p2"]["top1_mae_mps"] / lim["oracle_top1_mae_mps"],
+            "consensus_mae_over_oracle": rep["p2"]["consensus"]["mae_mps"] / lim["oracle_top1_mae_mps"],
             **({"blend_descriptor_mre_over_oracle": rep["p2"]["blend"]["descriptor_mre"] / lim["oracle_descriptor_mre"]}
                if "blend" in rep["p2"] else {}),
             "test_models": a.test_count, "bank_size": rep["p2"]["bank_size"], "training": training}

@@ -25,7 +25,7 @@ from seisbind.descriptors import (
     mean_relative_error,
 )
 from seisbind.files import write_json_atomic, write_text_atomic
-from seisbind.neighbours import Weighting, exact_top_k, infer_descriptors, l2_top_k
+from seisbind.neighbours import Weighting, consensus_pick, exact_top_k, infer_descriptors, l2_top_k
 from seisbind.openfwi import ModelSet, OpenFWIError, PairedDataset, open_dataset, read_models
 from seisbind.progress import progress
 from seisbind.provenance import REPO, portable_path
@@ -122,9 +122,11 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
               test_desc: np.ndarray, test_models: np.ndarray, k: int = 5,
               weighting: Weighting = "mean",
               readout_values: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """P2: descriptors from the k nearest bank models of each query (the service's ``infer_descriptors``), and the
-    top-1 model's MAE and SSIM; with ``readout_values`` (the bundle's readout of each query, [nq, 8]) also the
-    ``blend`` the service returns by default (seisbind.readout.blend) and the readout alone.
+    """P2: descriptors from the k nearest bank models of each query (the service's ``infer_descriptors``), the
+    top-1 model's MAE and SSIM, and the MAE of the ``consensus`` pick among the k
+    (``seisbind.neighbours.consensus_pick``) with the share of queries where it is not the top-1; with
+    ``readout_values`` (the bundle's readout of each query, [nq, 8]) also the ``blend`` the service returns by
+    default (seisbind.readout.blend) and the readout alone.
 
     Returns the report and the predicted descriptors [nq, 8]: the blend when there is a readout (what the service
     answers by default), else the neighbours' estimate."""
@@ -133,9 +135,13 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
     top1 = bank_models[I[:, 0]]  # [nq, 1, 70, 70]
     mae = float(np.abs(top1.astype(np.float64) - test_models).mean())
     ssim = float(np.mean([_ssim(top1[i, 0], test_models[i, 0]) for i in range(len(S))]))
+    pick = consensus_pick(bank_models[I], D, weighting)
+    consensus = bank_models[np.take_along_axis(I, pick[:, None], 1)[:, 0]]
     rep: dict[str, Any] = {"k": k, "weighting": weighting, "descriptor_mre": mean_relative_error(pred, test_desc),
                            "descriptor_mae": mean_absolute_errors(pred, test_desc),
-                           "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB))}
+                           "top1_mae_mps": mae, "top1_ssim": ssim, "bank_size": int(len(VB)),
+                           "consensus": {"mae_mps": float(np.abs(consensus.astype(np.float64) - test_models).mean()),
+                                         "not_top1": float(np.mean(pick > 0))}}
     if readout_values is not None:
         mixed = blend(pred, readout_values)
         rep["blend"] = {"descriptor_mre": mean_relative_error(mixed, test_desc),

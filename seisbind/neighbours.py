@@ -1,6 +1,6 @@
 """Exact nearest neighbours and what is inferred from them, one implementation each, shared by evaluation and the
-service: exact cosine and Euclidean top-k, and descriptors averaged over the k nearest bank entries (plain or
-similarity-weighted mean, with their spread). Numpy only."""
+service: exact cosine and Euclidean top-k, descriptors averaged over the k nearest bank entries (plain or
+similarity-weighted mean, with their spread), and the consensus pick among the k nearest models. Numpy only."""
 
 from __future__ import annotations
 
@@ -88,3 +88,29 @@ def infer_descriptors(bank_descriptors: np.ndarray, D: np.ndarray, I: np.ndarray
         value[q] = w @ v
         std[q] = np.sqrt(np.maximum(w @ (v - value[q]) ** 2, 0.0))
     return value, std
+
+
+def consensus_pick(models: np.ndarray, D: np.ndarray, weighting: Weighting = "mean") -> np.ndarray:
+    """Per query, the position (0..k-1) of the neighbour whose velocity model lies closest to all k neighbours' models:
+    least weighted mean absolute difference, weights as for the descriptors (:func:`neighbour_weights`). If the
+    true model were one of the k, with those weights as probabilities, it is the pick of least expected error (a
+    weighted medoid); ties keep the better-ranked neighbour.
+
+    Args:
+        models: [nq, k, ...] the neighbours' models (m/s), best first; every slot filled.
+        D: [nq, k] their cosine similarities.
+        weighting: ``mean`` or ``similarity``.
+
+    Returns:
+        [nq] int64 positions into the k neighbours.
+    """
+    D = np.asarray(D)
+    nq, k = D.shape
+    pick = np.zeros(nq, np.int64)
+    if nq == 0 or k == 1:
+        return pick
+    flat = np.asarray(models, np.float32).reshape(nq, k, -1)
+    for q in range(nq):
+        mad = np.abs(flat[q, :, None, :] - flat[q, None, :, :]).mean(axis=-1, dtype=np.float64)  # [k, k]
+        pick[q] = int(np.argmin(mad @ neighbour_weights(D[q], weighting)))
+    return pick
