@@ -274,7 +274,9 @@ def report_markdown(r: dict[str, Any]) -> str:
               *([f"- blended with the bundle's descriptor readout (the service's default): "
                  f"{_f(p2['blend']['descriptor_mre'], True)} (the readout alone "
                  f"{_f(p2['blend']['readout_descriptor_mre'], True)})"] if "blend" in p2 else []),
-              f"- top-1 retrieved model: MAE {p2['top1_mae_mps']:.1f} m/s, SSIM {p2['top1_ssim']:.3f}", "",
+              f"- top-1 retrieved model: MAE {p2['top1_mae_mps']:.1f} m/s, SSIM {p2['top1_ssim']:.3f}",
+              *([f"- consensus pick among the {p2['k']}: MAE {p2['consensus']['mae_mps']:.1f} m/s (not the top-1 for "
+                 f"{p2['consensus']['not_top1']:.0%} of the queries)"] if "consensus" in p2 else []), "",
               "| descriptor | unit | MAE |", "|---|---|---|"]
     for name in DESCRIPTOR_NAMES:
         lines.append(f"| {name} | {DESCRIPTOR_UNITS[name]} | {p2['descriptor_mae'][name]:.3g} |")

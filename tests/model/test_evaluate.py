@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from seisbind.descriptors import compute_descriptors
+from seisbind.neighbours import consensus_pick
 from seisbind.neighbours import exact_top_k as top_k
 from seisbind.retrieval_metrics import pos_neg_similarity, recall_at_k, retrieval_report, true_ranks
 
@@ -76,6 +77,11 @@ def test_p2_with_the_true_models_in_the_bank_is_exact():
     _, I = top_k(E[:6], E, 5)
     np.testing.assert_allclose(pred5, desc[I].mean(1))
     assert rep5["descriptor_mre"] > 0
+    pick = consensus_pick(models[I], top_k(E[:6], E, 5)[0])
+    chosen = models[np.take_along_axis(I, pick[:, None], 1)[:, 0]]
+    assert rep5["consensus"]["mae_mps"] == pytest.approx(np.abs(chosen - models[:6]).mean())
+    assert rep5["consensus"]["not_top1"] == pytest.approx(np.mean(pick > 0))
+    assert rep["consensus"] == {"mae_mps": 0.0, "not_top1": 0.0}  # k = 1: the consensus is the top-1
     readout = desc[:6] + 1.0
     rep_b, pred_b = p2_report(E[:6], E, desc, models, desc[:6], models[:6], k=5, readout_values=readout)
     np.testing.assert_allclose(pred_b, (pred5 + readout) / 2)  # the blend, what the service answers by default
@@ -99,9 +105,9 @@ def test_evaluate_writes_the_report_keys_markdown_and_figures(tmp_path):
     assert r["p2"]["k"] == 5 and r["p2"]["bank_size"] == 30 and 0 <= r["p2"]["descriptor_mre"] < 1
     assert set(r["p2"]["descriptor_mae"]) == {"v_mean", "v_std", "v_min", "v_max", "v_top", "v_bottom", "grad_z",
                                               "grad_x"}
-    assert {"top1_mae_mps", "top1_ssim"} <= set(r["p2"]) and "train_minutes" in r
+    assert {"top1_mae_mps", "top1_ssim", "consensus"} <= set(r["p2"]) and "train_minutes" in r
     md = (out / "report.md").read_text()
-    assert "0.578" in md and "test set differs" in md
+    assert "0.578" in md and "test set differs" in md and "consensus pick among the 5" in md
     for f in r["figures"]:
         assert (out / f).stat().st_size > 1000
 
