@@ -169,7 +169,10 @@ def lowzone(count: int, rng: np.random.Generator) -> np.ndarray:
         c = centre + _waves(count, rng, (0, 4), (0.3, 1.2))
         w = rng.uniform(1.5, 5, size=(count, 1, 1))
         drop = rng.uniform(*LVZ_DROP, size=(count, 1)) * (1 + _waves(count, rng, (0, 0.15), (0.3, 1.2)))
-        at_centre = np.take_along_axis(v, np.clip(np.round(c), 0, NZ - 1).astype(int)[:, None, :], axis=1)[:, 0]
+        z0 = np.clip(np.floor(c), 0, NZ - 2).astype(int)[:, None, :]
+        frac = np.clip(c - z0[:, 0], 0, 1)  # the background at the centre, linearly interpolated: no seams
+        at_centre = ((1 - frac) * np.take_along_axis(v, z0, axis=1)[:, 0]
+                     + frac * np.take_along_axis(v, z0 + 1, axis=1)[:, 0])
         drop = np.clip(drop, 0.0, at_centre - V_MIN - 50)
         zone = drop[:, None, :] * np.exp(-0.5 * ((_Z - c[:, None, :]) / w) ** 2)
         v = v - np.where(two | (m == 0), zone, 0.0)
