@@ -12,7 +12,9 @@ Two ways to get a bundle without F:
   export it, and use those same folders as the bank. The gathers are decimated once into the preprocessing
   cache (``--preprocess-cache``) before the clock starts, so the budget is spent on optimiser steps;
 * the same with ``--include-family``: F's own simulated training models are in the mixture too. Not a held-out
-  figure: the same recipe on F once it has seen F, what the held-out figure is to be read against.
+  figure: the same recipe on F once it has seen F, what the held-out figure is to be read against;
+* the same with ``--leave-out G ...``: families G left out of the mixture and the bank as well, to measure what
+  having G in the mixture does for F (run side by side with the plain held-out fine-tune, from the same RUN).
 
 The section is written into the existing result file (the other sections stay as they are).
 
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-per-family", type=int, default=500, help="simulated training models per family")
     p.add_argument("--include-family", action="store_true",
                    help="fine-tune with F's own training models too (the seen-family reference, not held out)")
+    p.add_argument("--leave-out", nargs="+", default=[], metavar="FAMILY",
+                   help="families also left out of the fine-tuning mixture and the bank (what one family adds)")
     p.add_argument("--preprocess-cache", type=Path,
                    help="folder of decimated gathers (default WORK/preprocessed; the training run's own can be reused)")
     p.add_argument("--threads", type=int, default=2)
@@ -66,8 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.work = Path(tempfile.mkdtemp(prefix="seisbind-ood-heldout-smoke-"))
     elif not a.bank or (a.budget_min > 0) != (a.init_from is not None) or (a.budget_min == 0 and not a.bundle):
         p.error("--bank is needed, and either --bundle with --budget-min 0 or --init-from with --budget-min > 0")
-    if a.include_family and a.budget_min <= 0 and not a.smoke:
-        p.error("--include-family needs fine-tuning (--init-from RUN --budget-min B)")
+    if (a.include_family or a.leave_out) and a.budget_min <= 0 and not a.smoke:
+        p.error("--include-family and --leave-out need fine-tuning (--init-from RUN --budget-min B)")
+    from model.families import FAMILY_NAMES
+
+    if unknown := [f for f in a.leave_out if f not in FAMILY_NAMES]:
+        p.error(f"--leave-out {' '.join(unknown)}: unknown; choose among {', '.join(FAMILY_NAMES)}")
     return a
 
 
@@ -86,7 +94,7 @@ def fine_tuned_bundle(a: argparse.Namespace, family: str, folders: list[Path]) -
     from model.train import train
 
     base = TrainConfig.from_dict(load_checkpoint(a.init_from)["config"])
-    name = f"{'with' if a.include_family else 'without'}_{family}"
+    name = f"{'with' if a.include_family else 'without'}_{family}" + "".join(f"_{f}" for f in a.leave_out)
     run, bundle = a.work / "runs" / name, a.work / "bundles" / name
     cfg = TrainConfig(data=tuple(str(f.resolve()) for f in folders), out=str(run), time_budget_min=a.budget_min,
                       threads=a.threads, model=base.model, batch_size=base.batch_size, val_fraction=base.val_fraction,
@@ -98,7 +106,7 @@ def fine_tuned_bundle(a: argparse.Namespace, family: str, folders: list[Path]) -
         export_run(run, bundle)
     return bundle, {"init_from": portable_path(a.init_from), "budget_min": a.budget_min, "steps": summary.get("steps"),
                     "train_minutes": summary.get("train_minutes"), "folders": [f.name for f in folders],
-                    "includes_family": a.include_family}
+                    "includes_family": a.include_family, "left_out": list(a.leave_out)}
 
 
 def warm_preprocess_cache(cfg: TrainConfig) -> None:
@@ -120,7 +128,7 @@ def one_family(a: argparse.Namespace, family: str) -> dict[str, Any]:
 
     test = simulate_family(a.work / "test" / f"{family}_n{a.test_count}_s{TEST_SEED}", family, a.test_count, TEST_SEED)
     if a.budget_min > 0:
-        skip = ("flatvel-a", "curvevel-a") if a.include_family else ("flatvel-a", "curvevel-a", family)
+        skip = ("flatvel-a", "curvevel-a", *a.leave_out, *(() if a.include_family else (family,)))
         others = [f for f in FAMILY_NAMES if f not in skip]
         folders = list(a.bank) + [simulate_family(a.work / "train" / f"{f}_n{a.train_per_family}_s{TRAIN_SEED}", f,
                                                   a.train_per_family, TRAIN_SEED) for f in others]

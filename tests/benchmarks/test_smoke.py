@@ -213,7 +213,19 @@ def test_ood_heldout_smoke(tmp_path: Path) -> None:
     assert fam["oracle_top1_mae_mps"] <= fam["p2"]["top1_mae_mps"], "no retriever beats the pixel-L2 nearest model"
     assert fam["oracle_descriptor_mre"] > 0 and fam["mean_predictor_mre"] > 0
     assert "inversion-a" not in " ".join(fam["training"]["folders"]), "the family is held out of training"
-    assert fam["training"]["includes_family"] is False
+    assert fam["training"]["includes_family"] is False and fam["training"]["left_out"] == []
+    assert fam["consensus_mae_over_oracle"] >= 1.0, "the consensus pick is a bank model: no better than the oracle"
+
+
+def test_ood_heldout_leave_out_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("ood_heldout", tmp_path, "--leave-out", "lowzone-a", "--section", "heldout_without_lowzone")
+    fam = doc["heldout_without_lowzone"]["inversion-a"]
+    folders = " ".join(fam["training"]["folders"])
+    assert "lowzone-a" not in folders and "inversion-a" not in folders and "salt-a" in folders
+    assert fam["training"]["left_out"] == ["lowzone-a"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ood_heldout", "--smoke", "--leave-out", "marmousi"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--leave-out marmousi: unknown" in proc.stderr, proc.stderr
 
 
 def test_ood_heldout_include_family_smoke(tmp_path: Path) -> None:
