@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seisbind.acquisition import DT, SOURCE_X
+from seisbind.neighbours import pairwise_mae
 
 FEATURE_K = 5
 """Neighbours the features are computed from (the service searches at least this many)."""
@@ -61,9 +62,7 @@ def spread_mae(models: np.ndarray) -> float:
     k = len(models)
     if k < 2:
         return 0.0
-    flat = np.asarray(models, np.float32).reshape(k, -1)
-    first, second = np.triu_indices(k, 1)
-    return float(np.abs(flat[first] - flat[second]).mean(1).astype(np.float64).sum()) / (k * (k - 1) / 2)
+    return float(pairwise_mae(models)[np.triu_indices(k, 1)].mean())
 
 
 def lateral_variation(models: np.ndarray) -> np.ndarray:

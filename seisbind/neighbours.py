@@ -109,8 +109,13 @@ def consensus_pick(models: np.ndarray, D: np.ndarray, weighting: Weighting = "me
     pick = np.zeros(nq, np.int64)
     if nq == 0 or k == 1:
         return pick
-    flat = np.asarray(models, np.float32).reshape(nq, k, -1)
+    models = np.asarray(models).reshape(nq, k, -1)
     for q in range(nq):
-        mad = np.abs(flat[q, :, None, :] - flat[q, None, :, :]).mean(axis=-1, dtype=np.float64)  # [k, k]
-        pick[q] = int(np.argmin(mad @ neighbour_weights(D[q], weighting)))
+        pick[q] = int(np.argmin(pairwise_mae(models[q]) @ neighbour_weights(D[q], weighting)))
     return pick
+
+
+def pairwise_mae(models: np.ndarray) -> np.ndarray:
+    """Mean absolute difference (m/s) between every two of k velocity models [k, ...] -> [k, k] float64."""
+    flat = np.asarray(models, np.float32).reshape(len(models), -1)
+    return np.abs(flat[:, None, :] - flat[None, :, :]).mean(axis=-1, dtype=np.float64)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from seisbind.descriptors import DESCRIPTOR_UNITS
-from seisbind.neighbours import Weighting, infer_descriptors
+from seisbind.neighbours import Weighting, consensus_pick, infer_descriptors
 from seisbind.readout import blend
 
 
@@ -74,6 +74,21 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
             hits.append(hit)
         out.append(hits)
     return out
+
+
+def consensus_ranks(view: IndexView, D: np.ndarray, I: np.ndarray) -> list[int | None]:  # noqa: E741
+    """Per query row, the rank (1 = best match) of the neighbour whose velocity model differs least from all the
+    row's neighbours' models (``seisbind.neighbours.consensus_pick``, plain weights: the pick evaluation measures);
+    None for a row without neighbours."""
+    ranks: list[int | None] = []
+    for d_row, i_row in zip(D, I):
+        keep = i_row >= 0
+        if not keep.any():
+            ranks.append(None)
+            continue
+        models = view.velocity_models(i_row[keep])
+        ranks.append(int(consensus_pick(models[None], d_row[keep][None])[0]) + 1)
+    return ranks
 
 
 def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],  # noqa: E741

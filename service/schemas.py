@@ -120,6 +120,10 @@ class QueryResult(Assessed):
     """The neighbours of one query, best first."""
 
     neighbors: list[Neighbor]
+    consensus_rank: int | None = Field(None, ge=1, description=(
+        "rank of the neighbour whose velocity model differs least (mean absolute difference) from all the returned "
+        "neighbours' models: the single model of least expected error among them (docs/evaluation.md); 1 when "
+        "that is the best match"))
     warnings: list[str] | None = Field(None, description=_WARNINGS)
 
 

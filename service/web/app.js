@@ -441,8 +441,13 @@ function renderResults(panel, response, result) {
 
 function card(panel, n, result, lo, hi) {
   const item = el("li", { class: "card", "data-rank": String(n.rank), "data-id": n.id });
-  item.append(el("h4", { class: "card-title" }, el("span", { class: "rank", text: `#${n.rank}` }), " ",
-    el("span", { class: "model-id", text: n.id })));
+  const title = el("h4", { class: "card-title" }, el("span", { class: "rank", text: `#${n.rank}` }), " ",
+    el("span", { class: "model-id", text: n.id }));
+  if (result && result.consensus_rank === n.rank && result.neighbors.length > 1) {
+    title.append(" ", el("span", { class: "consensus", text: "consensus",
+      title: "the model closest to all the matches shown: the single pick of least expected error among them" }));
+  }
+  item.append(title);
   item.append(el("p", { class: "score", "data-score": String(n.score), text: `score ${n.score.toFixed(4)}` }));
   const confidence = typeof n.confidence === "number" ? n.confidence
     : (n.rank === 1 && result && typeof result.confidence === "number" ? result.confidence : null);

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from seisbind.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_UNITS, compute_descriptors
+from seisbind.neighbours import consensus_pick
 
 from index.build import build_index
 from index.store import IndexStore
@@ -230,6 +231,20 @@ def test_retrieve_include_models_returns_the_bank_models(served: Server, bank_a:
     assert len(models) == 2 and models[0].shape == (3, 70, 70)
     for hit, model in zip(r["results"][0]["neighbors"], models[0]):
         np.testing.assert_array_equal(model, bank_a[hit["source"]["row"], 0])
+    for result, m in zip(r["results"], models):  # the consensus pick, as evaluation measures it
+        scores = np.array([[n["score"] for n in result["neighbors"]]])
+        assert result["consensus_rank"] == consensus_pick(m[None], scores)[0] + 1
+
+
+def test_retrieve_consensus_rank_is_the_neighbour_closest_to_the_others(served: Server) -> None:
+    with SeisBindClient(served.url) as client:
+        r = client.retrieve(gathers(4, seed=11), k=5, include_models=True)
+        single = client.retrieve(gathers(1, seed=12), k=1)
+        models = client.velocity_models(r)
+    for result, m in zip(r["results"], models):
+        spread = np.abs(m[:, None] - m[None]).mean(axis=(2, 3)).mean(1)  # mean MAE of each to all five
+        assert spread[result["consensus_rank"] - 1] == pytest.approx(spread.min())
+    assert single["results"][0]["consensus_rank"] == 1
 
 
 def test_concurrent_requests_each_get_their_own_results(served: Server) -> None:

@@ -148,6 +148,8 @@ def check_cards(pg: Page, panel: str, expected: dict) -> None:
         assert float(card.locator(".score").get_attribute("data-score")) == pytest.approx(n["score"], abs=1e-12)
         assert card.locator("canvas[role='img']").get_attribute("aria-label").startswith(f"Velocity model {n['id']}")
         expect(card.locator("table.descriptors tbody tr")).to_have_count(len(n["descriptors"]))
+        marked = n["rank"] == expected["consensus_rank"] and len(neighbors) > 1
+        expect(card.locator(".consensus")).to_have_count(1 if marked else 0)
 
 
 # -- the page and its headers ----------------------------------------------------------------------------------
