@@ -51,16 +51,19 @@ def public_file(label: str, bank_path: str | None) -> str:
 
 
 def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],
-               include_models: bool = False) -> list[list[dict[str, Any]]]:
-    """One list of neighbours per query row: rank, id, score (cosine), source (file relative to the bank, row),
+               include_models: bool = False) -> list[dict[str, Any]]:
+    """One result per query row: ``neighbors`` (rank, id, score (cosine), source (file relative to the bank, row),
     descriptors by name and, with ``include_models``, the velocity model as nested lists [depth 70][lateral 70] in
-    m/s. Entries FAISS could not fill (id -1) are left out."""
+    m/s) and ``consensus_rank``: the rank of the neighbour whose model differs least from all the row's neighbours'
+    models (``seisbind.neighbours.consensus_pick``, plain weights: the pick evaluation measures; null for a row
+    without neighbours). The models are read once per row for both. Entries FAISS could not fill (id -1) are left
+    out."""
     bank = getattr(getattr(view, "manifest", None), "bank_path", None)
     out = []
     for d_row, i_row in zip(D, I):
         keep = i_row >= 0
         d_row, i_row = d_row[keep], i_row[keep]
-        models = view.velocity_models(i_row)[:, 0] if include_models and len(i_row) else None
+        models = view.velocity_models(i_row) if len(i_row) else None
         hits = []
         for rank, (score, i) in enumerate(zip(d_row.tolist(), i_row.tolist()), start=1):
             file, row = view.sources[i]
@@ -69,26 +72,12 @@ def neighbours(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[st
                 "source": {"file": public_file(str(file), bank), "row": int(row)},
                 "descriptors": dict(zip(names, view.descriptors[i].tolist())),
             }
-            if models is not None:
-                hit["velocity_model"] = models[rank - 1].tolist()
+            if include_models and models is not None:
+                hit["velocity_model"] = models[rank - 1, 0].tolist()
             hits.append(hit)
-        out.append(hits)
+        consensus = None if models is None else int(consensus_pick(models[None], d_row[None])[0]) + 1
+        out.append({"neighbors": hits, "consensus_rank": consensus})
     return out
-
-
-def consensus_ranks(view: IndexView, D: np.ndarray, I: np.ndarray) -> list[int | None]:  # noqa: E741
-    """Per query row, the rank (1 = best match) of the neighbour whose velocity model differs least from all the
-    row's neighbours' models (``seisbind.neighbours.consensus_pick``, plain weights: the pick evaluation measures);
-    None for a row without neighbours."""
-    ranks: list[int | None] = []
-    for d_row, i_row in zip(D, I):
-        keep = i_row >= 0
-        if not keep.any():
-            ranks.append(None)
-            continue
-        models = view.velocity_models(i_row[keep])
-        ranks.append(int(consensus_pick(models[None], d_row[keep][None])[0]) + 1)
-    return ranks
 
 
 def inferred_descriptors(view: IndexView, D: np.ndarray, I: np.ndarray, names: Sequence[str],  # noqa: E741

@@ -18,7 +18,7 @@ from service.api.payload import GathersPayload, check_query, read_gathers
 from service.engine import Hits
 from service.inputs import NPY_MEDIA_TYPE, SEGY_MEDIA_TYPE, check_descriptors, check_k, check_method
 from service.plausibility import bank_range, check_descriptor_plausibility, descriptor_warnings
-from service.results import consensus_ranks, inferred_descriptors, neighbours, with_confidence, with_warnings
+from service.results import inferred_descriptors, neighbours, with_confidence, with_warnings
 from service.schemas import DescriptorQuery, ErrorBody, InferRequest, InferResponse, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieval"])
@@ -60,9 +60,7 @@ def _retrieve_response(state: ServiceState, hits: Hits, k: int, include_models: 
     """The /retrieve response document for ``hits`` (with each query's ``warnings`` and, for a SEG-Y body, the
     ingest report), validated and serialised."""
     names = state.engine.index_descriptor_names(hits.searcher)
-    lists = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
-    ranks = consensus_ranks(hits.searcher, hits.D, hits.I)
-    results = [{"neighbors": n, "consensus_rank": r} for n, r in zip(lists, ranks)]
+    results = neighbours(hits.searcher, hits.D, hits.I, names, include_models)
     results = (with_confidence(results, hits.confidence, hits.out_of_distribution, warnings) if hits.confidence
                else with_warnings(results, warnings))
     doc = {"results": results,
