@@ -139,3 +139,20 @@ def write_result(name: str, figures: dict[str, Any], out_dir: Path | None = None
     path = folder / f"{name}.json"
     write_json_atomic(path, doc)
     return path
+
+
+def write_section(name: str, section_name: str, section: dict[str, Any], out_dir: Path | None = None,
+                  smoke: bool = False) -> Path:
+    """Put ``section`` under ``section_name`` of the result file ``<out_dir>/<name>.json``: into the existing file (its
+    other sections and provenance stay; the section carries its own), else a new one by :func:`write_result`."""
+    import json
+
+    from seisbind.files import write_json_atomic
+
+    path = result_folder(out_dir, smoke) / f"{name}.json"
+    if not path.exists():
+        return write_result(name, {section_name: section}, out_dir, smoke=smoke)
+    doc = json.loads(path.read_text())
+    doc[section_name] = section
+    write_json_atomic(path, doc)
+    return path

@@ -41,11 +41,9 @@ from seisbind.openfwi import read_models  # noqa: E402
 from seisbind.provenance import portable_path  # noqa: E402
 
 from benchmarks._common import REPO, add_output_args, default_openfwi_dir, write_result  # noqa: E402
+from benchmarks._fine_gathers import FINE_DT, FINE_DX, FINE_RX, SOURCES_M, fine_simulation  # noqa: E402
 
 FAMILIES = ("flatvel_a", "curvevel_a")
-SOURCES = [0.0, 170.0, 340.0, 520.0, 690.0]
-FINE_DX, FINE_DT, FINE_NT = 5.0, 0.0005, 2000
-FINE_RX = np.arange(140) * FINE_DX
 GEOMETRIES: dict[str, dict[str, Any]] = {
     # the project simulator's own gathers written as SEG-Y: ingest must be the identity
     "native_segy": {"source": "native", "dt_ms": 1.0, "spacing_m": 10.0},
@@ -160,13 +158,11 @@ def simulated_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> tuple[np
                 return z["fine"], z["native"], meta["seconds_per_model"]
     import torch
 
-    from model.line_simulator import refine_model, simulate_line
     from model.simulator import simulate
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    fine = simulate_line(refine_model(v[:, 0], 2), dx=FINE_DX, dt=FINE_DT, nt=FINE_NT, source_x_m=SOURCES,
-                         receiver_x_m=FINE_RX, batch_size=2)
+    fine = fine_simulation(v[:, 0])
     t1 = time.perf_counter()
     native = simulate(v)
     seconds = {"fine": (t1 - t0) / len(v), "native": (time.perf_counter() - t1) / len(v)}
@@ -194,7 +190,7 @@ def simulate_chunk(args: argparse.Namespace, v: np.ndarray, c: int) -> Path:
             res = np.empty((len(v), 5, 1000, 70), np.float32)
             for i in range(len(v)):
                 data, rx = record(fine[i], native[i], geo)
-                path = write_segy(Path(tmp) / f"{name}_{i}.sgy", data, geo["dt_ms"] / 1000, SOURCES, rx,
+                path = write_segy(Path(tmp) / f"{name}_{i}.sgy", data, geo["dt_ms"] / 1000, SOURCES_M, rx,
                                   sample_format=geo.get("sample_format", "ieee"), endian=geo.get("endian", "big"))
                 ts, cpu = time.perf_counter(), time.thread_time()
                 res[i], rep = ingest_segy(path)

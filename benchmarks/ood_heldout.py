@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from seisbind.provenance import git_commit, portable_path
 
-from benchmarks._common import REPO, add_output_args, benchmark_command, result_folder, write_result
+from benchmarks._common import REPO, add_output_args, benchmark_command, result_folder, write_section
 
 if TYPE_CHECKING:
     from model.config import TrainConfig
@@ -155,8 +155,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from seisbind.files import write_json_atomic
-
     torch.set_num_threads(a.threads)
     if a.smoke:
         smoke_setup(a)
@@ -164,12 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     section["setup"] = {"command": benchmark_command(), "git_commit": git_commit(),
                         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         "targets": {"R@1": 0.90, "within_oracle": 1.25}}
-    if a.result.exists():  # the file of benchmarks.ood: its sections and provenance stay
-        doc = json.loads(a.result.read_text())
-        doc[a.section] = section
-        write_json_atomic(a.result, doc)
-    else:
-        write_result("retrieval_ood", {a.section: section}, a.result.parent, smoke=a.smoke)
+    write_section("retrieval_ood", a.section, section, a.result.parent, smoke=a.smoke)
     print(json.dumps({f: {"R@1": v["p1"]["seismic_to_velocity"]["R@1"], "mre/oracle": v["descriptor_mre_over_oracle"],
                           "top1/oracle": v["top1_mae_over_oracle"]} for f, v in section.items() if f != "setup"}))
     return section

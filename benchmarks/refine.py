@@ -34,12 +34,10 @@ from seisbind.files import save_npy_atomic, write_json_atomic  # noqa: E402
 from seisbind.openfwi import read_models  # noqa: E402
 
 from benchmarks._common import REPO, add_output_args, default_openfwi_dir, write_result  # noqa: E402
+from benchmarks._fine_gathers import FORWARD_MODEL, fine_gathers  # noqa: E402
 
 VEL_FAMILIES = ("flatvel_a", "curvevel_a")
 HELDOUT = ("flatfault-a", "curvefault-a")
-SOURCES_M = [0.0, 170.0, 340.0, 520.0, 690.0]
-FINE_DX, FINE_DT, FINE_NT = 5.0, 0.0005, 2000
-FORWARD_MODEL = "deepwave on a 5 m grid at 0.5 ms (model.line_simulator), sampled to 10 m / 1 ms"
 TARGET_MAE_MPS = 100.0
 """The issue's target: median MAE of the best refinement on openfwi-vel, m/s."""
 TARGET_LEARNED_MS = 20.0
@@ -95,23 +93,6 @@ def prepare_index(args: argparse.Namespace) -> tuple[Path, Path]:
             save_npy_atomic(bank, np.concatenate(parts).astype(np.float32))
         build_index(bundle, bank, root, index_type="flat")
     return bundle, root
-
-
-def fine_gathers(models: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
-    """Query gathers [n,5,1000,70] of models [n,70,70]: the 5 m / 0.5 ms simulation sampled at 10 m / 1 ms, plus
-    white Gaussian noise at ``noise_db`` per gather (none if ``noise_db`` <= 0)."""
-    import torch
-
-    from model.augment import add_noise
-    from model.line_simulator import refine_model, simulate_line
-
-    fine = simulate_line(refine_model(models, 2), dx=FINE_DX, dt=FINE_DT, nt=FINE_NT, source_x_m=SOURCES_M,
-                         receiver_x_m=np.arange(140) * FINE_DX, batch_size=2)[:, :, ::2, ::2]
-    if noise_db <= 0:
-        return np.ascontiguousarray(fine)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(fine))
-    return add_noise(x, torch.full((len(x),), noise_db), g).numpy()
 
 
 def queries(args: argparse.Namespace, dataset: str) -> tuple[np.ndarray, np.ndarray]:
