@@ -46,10 +46,11 @@ def learned_models(bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.n
     """The learned refiner's models [n,70,70] m/s; RefineError when the bundle (or this build) has no refiner."""
     if not hasattr(bundle, "refiner"):
         raise RefineError("the learned refiner is not part of this build (seisbind.refiner.LearnedRefiner and "
-                          "EncoderBundle.refiner are missing); use --method fwi with --start top1, topk or smooth")
+                          "EncoderBundle.refiner are missing); use --method fwi with --start top1, topk, smooth or "
+                          "bestfit")
     if bundle.refiner is None:
         raise RefineError(f"{bundle.dir}: the encoder bundle has no refiner.onnx (learned refiner); use --method fwi "
-                          "with --start top1, topk or smooth, or export a bundle with a refiner")
+                          "with --start top1, topk, smooth or bestfit, or export a bundle with a refiner")
     return np.asarray(bundle.refiner.refine(gathers, models, D), np.float32).reshape(len(gathers), 70, 70)
 
 
@@ -86,15 +87,15 @@ def retrieve(encoders: Path, index: Path, gathers: np.ndarray, k: int, for_refin
     return bundle, D, I, models, [[searcher.ids[int(i)] for i in row] for row in I]
 
 
-def start_models(kind: str, bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.ndarray, k: int
-                 ) -> np.ndarray:
+def start_models(kind: str, bundle: Any, gathers: np.ndarray, models: np.ndarray, D: np.ndarray, k: int,
+                 misfits: np.ndarray | None = None) -> np.ndarray:
     """Start models [n,70,70] m/s of ``kind`` for every gather set, from its best ``k`` neighbours (the learned
-    refiner takes as many of the retrieved ones as its graph needs)."""
+    refiner takes as many of the retrieved ones as its graph needs; ``bestfit`` needs their ``misfits`` [n,k])."""
     from seisbind.start_models import start_model
 
     learned = learned_models(bundle, gathers, models, D) if kind == "learned" else None
-    return np.stack([start_model(kind, models[j, :k], D[j, :k], None if learned is None else learned[j])
-                     for j in range(len(gathers))])
+    return np.stack([start_model(kind, models[j, :k], D[j, :k], None if learned is None else learned[j],
+                                 None if misfits is None else misfits[j]) for j in range(len(gathers))])
 
 
 def run_fwi(gathers: np.ndarray, starts: np.ndarray, config: Any, quiet: bool) -> list[Any]:
@@ -162,17 +163,21 @@ def refine(encoders: Path, index: Path, gathers_path: Path, out: Path, method: s
     """The whole command: retrieve, start, refine (FWI unless ``method`` is ``learned``), write. Raises
     RefineError (and the index's/bundle's own errors) naming the problem."""
     from model.refine import FwiConfig
+    from model.rerank import best_fit, neighbour_misfits
 
     kind = check_choice(method, start)
     config = config or FwiConfig()
     gathers = load_gathers(gathers_path)
     bundle, D, I, models, ids = retrieve(encoders, index, gathers, k, kind == "learned")
-    starts = start_models(kind, bundle, gathers, models, D, k)
+    misfits = None if method == "learned" else neighbour_misfits(gathers, models[:, :k])
+    starts = start_models(kind, bundle, gathers, models, D, k, misfits)
     fwi_config = config if method != "learned" else dataclasses.replace(config, iterations=0)
     results = run_fwi(gathers, starts, fwi_config, quiet)
     meta = {"method": method, "start": kind, "k": k, "gathers_file": str(gathers_path),
             "config": dataclasses.asdict(fwi_config),
-            "per_gather": {"neighbour_ids": ids, "neighbour_scores": D.tolist(), "neighbour_entries": I.tolist()}}
+            "per_gather": {"neighbour_ids": ids, "neighbour_scores": D.tolist(), "neighbour_entries": I.tolist(),
+                           **({} if misfits is None else {"neighbour_misfits": misfits.tolist(),
+                                                          "best_fit_rank": best_fit(misfits).tolist()})}}
     return write_outputs(out, gathers, starts, results, meta, figures)
 
 
@@ -182,8 +187,9 @@ def refine_command(
     gathers: Path = typer.Option(..., "--gathers", help=".npy of gathers [5,1000,70] or [n,5,1000,70]"),
     out: Path = typer.Option(..., "--out", help="output folder (refined.npy, misfit.json, descriptors.json, figures)"),
     method: str = typer.Option("fwi", "--method", help="learned | fwi | both (learned refiner, then FWI)"),
-    start: Optional[str] = typer.Option(None, "--start", help="FWI start: learned | top1 | topk | smooth "
-                                        "(default topk; learned for --method learned/both)"),
+    start: Optional[str] = typer.Option(None, "--start", help="FWI start: learned | top1 | topk | smooth | bestfit "
+                                        "(the neighbour whose simulated data fit best; default topk; learned for "
+                                        "--method learned/both)"),
     iterations: int = typer.Option(60, "--iterations", help="FWI steps per gather set"),
     k: int = typer.Option(5, "--k", help="retrieved neighbours the start is built from"),
     max_seconds: float = typer.Option(120.0, "--max-seconds", help="FWI time budget per gather set"),

@@ -62,21 +62,41 @@ class RefineWorker(Worker):
         record_outcome(self.connection, "retried" if job.should_retry else "failed", seconds)
 
 
-def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: float) -> dict[str, Any]:
-    """The job function: FWI of each gather from its start model; progress (iteration, misfit) into the job's meta
-    after every iteration; stops early when the job's cancel flag is set. Returns the refined models (.npy bytes,
-    [n, 70, 70] m/s) with each gather's misfit history, the start models as given, and ``cancelled``."""
+def _neighbour_fit(gathers: np.ndarray, neighbours: np.ndarray | None, starts: np.ndarray,
+                   best_fit_start: bool) -> tuple[np.ndarray, list[list[float]]]:
+    """The neighbours' data misfits of every gather (none without neighbours) and the start models, the given ones
+    or, with ``best_fit_start``, each gather's best-fitting neighbour."""
+    from seisbind.start_models import best_fit_model
+
+    from model.rerank import neighbour_misfits
+
+    if neighbours is None:
+        return starts, []
+    misfits = neighbour_misfits(gathers, neighbours)
+    if best_fit_start:
+        starts = np.stack([best_fit_model(neighbours[b], misfits[b]) for b in range(len(gathers))])
+    return starts, misfits.tolist()
+
+
+def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: float,
+                   neighbours: bytes | None = None, start_best_fit: bool = False) -> dict[str, Any]:
+    """The job function: the retrieved neighbours' data misfits (when given; with ``start_best_fit`` the best of
+    them is each gather's start), then FWI of each gather from its start model; progress (iteration, misfit) into the
+    job's meta after every iteration; stops early when the job's cancel flag is set. Returns the refined models
+    (.npy bytes, [n, 70, 70] m/s) with each gather's misfit history, the start models, the neighbours' misfits and
+    ``cancelled``."""
     from model.refine import FwiConfig, refine_fwi
 
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_refine_job runs inside an rq worker only")
     conn, flag = job.connection, cancel_key(job.id)
-    g, s = load_npy(gathers), load_npy(starts)
+    g = load_npy(gathers)
     attempt = int(conn.incr(attempts_key(job.id)))
     conn.expire(attempts_key(job.id), max(int(job.failure_ttl or 0), int(job.result_ttl or 0), 86400))
     job.meta.update(attempt=attempt, progress=0.0, iteration=0, gather=0, misfit=[])
     job.save_meta()
+    s, fit = _neighbour_fit(g, None if neighbours is None else load_npy(neighbours), load_npy(starts), start_best_fit)
     out: dict[str, Any] = {k: [] for k in ("misfit", "start_misfit", "final_misfit", "iterations", "seconds",
                                            "stopped")}
     models: list[np.ndarray] = []
@@ -104,7 +124,7 @@ def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: 
         job.meta.update(progress=1.0)
         job.save_meta()
     return {"models": npy_bytes(np.stack(models) if models else np.zeros((0, 70, 70), np.float32)),
-            "starts": starts, "cancelled": cancelled, **out}
+            "starts": npy_bytes(np.asarray(s, np.float32)), "cancelled": cancelled, "neighbour_misfits": fit, **out}
 
 
 def run_worker(redis_url: str, *, heartbeat_s: int = 10, grace_s: int = 60, maintenance_s: int = 60,

@@ -1,6 +1,7 @@
 """Start models for refinement, built from the retrieved neighbours (docs/refine.md): the top-1, the
-similarity-weighted mean of the top-k, a smooth 1-D (depth-only) model, or a given learned model. Numpy only;
-every start is clipped to the velocity range 1500-4500 m/s."""
+similarity-weighted mean of the top-k, a smooth 1-D (depth-only) model, the neighbour whose simulated data fit best
+(given its misfits), or a given learned model. Numpy only; every start is clipped to the velocity range 1500-4500
+m/s."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from seisbind.acquisition import NX, NZ, V_MAX, V_MIN
 from seisbind.neighbours import neighbour_weights
 
-START_KINDS = ("learned", "top1", "topk", "smooth")
+START_KINDS = ("learned", "top1", "topk", "smooth", "bestfit")
 SMOOTH_SIGMA_CELLS = 8.0
 """Standard deviation (grid cells, 10 m each) of the Gaussian that smooths the 1-D start along depth."""
 
@@ -69,18 +70,33 @@ def smooth_start(models: np.ndarray, sigma_cells: float = SMOOTH_SIGMA_CELLS) ->
     return _clip(np.repeat(profile[:, None], NX, axis=1))
 
 
-def start_model(kind: str, models: np.ndarray, scores: np.ndarray, learned: np.ndarray | None = None) -> np.ndarray:
+def best_fit_model(models: np.ndarray, misfits: np.ndarray | None) -> np.ndarray:
+    """The neighbour with the lowest data misfit (``misfits`` [k], one per model, e.g. from model.rerank) -> [70,70]
+    float32 m/s; ValueError when the misfits are missing, of another count, or not finite."""
+    if misfits is None:
+        raise ValueError("start kind 'bestfit' needs the neighbours' data misfits (misfits=None was given)")
+    f = np.asarray(misfits, np.float64).reshape(-1)
+    if len(f) != len(models) or not np.isfinite(f).all():
+        raise ValueError(f"misfits: {len(f)} values for {len(models)} models, or not finite; give one per model")
+    return _clip(models[int(np.argmin(f))])
+
+
+def start_model(kind: str, models: np.ndarray, scores: np.ndarray, learned: np.ndarray | None = None,
+                misfits: np.ndarray | None = None) -> np.ndarray:
     """The start model of ``kind`` (one of :data:`START_KINDS`) -> [70,70] float32 m/s, clipped to 1500-4500.
 
     Args:
         kind: ``learned`` (the learned refiner's model, passed as ``learned``), ``top1`` (the best neighbour),
-            ``topk`` (:func:`topk_mean`) or ``smooth`` (:func:`smooth_start`).
+            ``topk`` (:func:`topk_mean`), ``smooth`` (:func:`smooth_start`) or ``bestfit`` (:func:`best_fit_model`,
+            the neighbour that fits the data best; needs ``misfits``).
         models: [k,70,70] or [k,1,70,70] neighbours, best first, m/s.
         scores: [k] their cosine similarities.
         learned: [70,70] or [1,70,70] m/s; required for ``learned``.
+        misfits: [k] data misfits of the neighbours; required for ``bestfit``.
 
     Raises:
-        ValueError: an unknown kind, ``learned`` without a learned model, or bad shapes/values.
+        ValueError: an unknown kind, ``learned`` without a learned model, ``bestfit`` without misfits, or bad
+            shapes/values.
     """
     if kind not in START_KINDS:
         raise ValueError(f"start kind {kind!r}: expected one of {', '.join(START_KINDS)}")
@@ -96,4 +112,6 @@ def start_model(kind: str, models: np.ndarray, scores: np.ndarray, learned: np.n
         return _clip(m[0])
     if kind == "topk":
         return topk_mean(m, s)
+    if kind == "bestfit":
+        return best_fit_model(m, misfits)
     return smooth_start(m)

@@ -102,7 +102,9 @@ def load_npy(data: bytes) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RefineSpec:
-    """What a job refines: gathers [B,5,1000,70] float32, start models [B,70,70] m/s and how they were chosen."""
+    """What a job refines: gathers [B,5,1000,70] float32, start models [B,70,70] m/s and how they were chosen; the
+    retrieved neighbours [B,k,70,70] m/s, whose data misfits the worker reports (and, for start ``bestfit``, whose
+    best-fitting model replaces the given start)."""
 
     gathers: np.ndarray
     starts: np.ndarray
@@ -111,6 +113,7 @@ class RefineSpec:
     iterations: int
     max_seconds: float
     start_ids: Sequence[Sequence[str]]
+    neighbours: np.ndarray | None = None
 
 
 def record_outcome(connection: Redis, outcome: str, seconds: float | None) -> None:
@@ -209,7 +212,9 @@ class RefineQueue:
                           "gathers": len(spec.gathers), "start_ids": [list(ids) for ids in spec.start_ids],
                           "progress": 0.0, "iteration": 0, "gather": 0, "misfit": []},
                     kwargs={"gathers": npy_bytes(spec.gathers), "starts": npy_bytes(spec.starts),
-                            "iterations": spec.iterations, "max_seconds": spec.max_seconds})
+                            "iterations": spec.iterations, "max_seconds": spec.max_seconds,
+                            **({} if spec.neighbours is None else {"neighbours": npy_bytes(spec.neighbours),
+                                                                   "start_best_fit": spec.start == "bestfit"})})
         except RedisError as e:  # LockError included: Redis too slow to hand out the lock
             raise self._unavailable(e) from e
         log.info("refinement job %s queued", job_id,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.schemas import _GATHERS_SCHEMA, _K_SCHEMA, WholeInt
 
 Method = Literal["learned", "fwi", "both"]
-StartKind = Literal["learned", "top1", "topk", "smooth"]
+StartKind = Literal["learned", "top1", "topk", "smooth", "bestfit"]
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -24,8 +24,9 @@ class RefineRequest(BaseModel):
                                                     "(full-waveform inversion, a queued job) or both (FWI from the "
                                                     "learned model). Default fwi")
     start: StartKind | None = Field(None, description="FWI start model: learned, top1, topk (similarity-weighted "
-                                                      "mean of the top k) or smooth (1-D). Default topk (learned for "
-                                                      "methods learned and both)")
+                                                      "mean of the top k), smooth (1-D) or bestfit (the neighbour "
+                                                      "whose simulated data fit the gathers best, chosen by the "
+                                                      "worker). Default topk (learned for methods learned and both)")
     k: WholeInt = Field(5, strict=True, description="neighbours retrieved for the start model (1 <= k <= "
                                                     "SEISBIND_MAX_K)", json_schema_extra=_K_SCHEMA)
     iterations: WholeInt | None = Field(None, strict=True, description="FWI iterations per gather (1 <= iterations "
@@ -42,6 +43,11 @@ class RefinedModel(BaseModel):
     start_ids: list[str] = Field(description="ids of the retrieved bank models the start was made from, best first")
     start_model: list[list[float]] | None = Field(None, description="FWI: the start model, [depth 70][lateral 70], "
                                                                     "m/s")
+    neighbour_misfits: list[float] | None = Field(None, description="FWI jobs: the data misfit of each retrieved "
+                                                                    "neighbour (in start_ids order), simulated by "
+                                                                    "the worker: how well each explains the gathers")
+    best_fit_rank: int | None = Field(None, description="FWI jobs: position in start_ids of the neighbour that fits "
+                                                        "the data best")
     misfit: list[float] | None = Field(None, description="FWI data misfit after each iteration")
     start_misfit: float | None = Field(None, description="data misfit of the start model")
     final_misfit: float | None = Field(None, description="data misfit of the returned model (never above the start)")

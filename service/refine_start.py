@@ -49,7 +49,7 @@ def plan(fields: dict[str, Any], refiner: Refiner | None, gathers: int, *, defau
                          "(method 'fwi' or 'both')")
     if (method in ("learned", "both") or start == "learned") and refiner is None:
         raise InputError("this service's encoder bundle has no learned refiner (refiner.onnx): use method 'fwi' "
-                         "with start 'top1', 'topk' or 'smooth'")
+                         "with start 'top1', 'topk', 'smooth' or 'bestfit'")
     iterations = fields.get("iterations")
     iterations = default_iterations if iterations is None else iterations
     if method != "learned":
@@ -73,9 +73,11 @@ def learned_models(refiner: Refiner, gathers: np.ndarray, models: np.ndarray, sc
 def start_models(p: Plan, gathers: np.ndarray, models: np.ndarray, scores: np.ndarray,
                  refiner: Refiner | None) -> np.ndarray:
     """Start models [B,70,70] m/s of ``p.start`` from each gather's neighbours (models [B,K,70,70] best first,
-    scores [B,K], K >= p.k), clipped to 1500-4500 m/s."""
+    scores [B,K], K >= p.k), clipped to 1500-4500 m/s. For ``bestfit`` the top-1 stands in: the worker, which can
+    simulate the neighbours, replaces it with the one whose data fit best."""
     learned = learned_models(refiner, gathers, models, scores) if p.start == "learned" and refiner else None
-    return np.stack([start_model(p.start, models[b, :p.k], scores[b, :p.k],
+    kind = "top1" if p.start == "bestfit" else p.start
+    return np.stack([start_model(kind, models[b, :p.k], scores[b, :p.k],
                                  None if learned is None else learned[b]) for b in range(len(gathers))])
 
 
@@ -88,6 +90,14 @@ def model_entry(model: np.ndarray, start_ids: list[str], **fwi: Any) -> dict[str
 
 def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
+
+
+def _neighbour_fit(result: dict[str, Any], b: int) -> dict[str, Any]:
+    """The neighbours' data misfits of gather ``b`` and the best one's rank, where the worker reported them."""
+    misfits = result.get("neighbour_misfits")
+    if not misfits or b >= len(misfits):
+        return {}
+    return {"neighbour_misfits": [float(x) for x in misfits[b]], "best_fit_rank": int(np.argmin(misfits[b]))}
 
 
 def job_document(record: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +118,7 @@ def job_document(record: dict[str, Any]) -> dict[str, Any]:
         entries = [model_entry(m, ids[b] if b < len(ids) else [], misfit=result["misfit"][b],
                                start_model=None if starts[b] is None else np.asarray(starts[b]).tolist(),
                                start_misfit=result["start_misfit"][b], final_misfit=result["final_misfit"][b],
+                               **_neighbour_fit(result, b),
                                iterations=result["iterations"][b], seconds=result["seconds"][b],
                                stopped=result["stopped"][b]) for b, m in enumerate(models)]
         if entries:

@@ -664,6 +664,19 @@ function startModelFor(result) {
   return top ? { values: flatModel(top.velocity_model), caption: `Top-1 retrieved model (${top.id}), for comparison` } : null;
 }
 
+function showNeighbourFit(result) {
+  // How well each retrieved model's simulated data fit the gather (FWI jobs report it); the best one is marked.
+  const table = $("refine-fit");
+  const misfits = Array.isArray(result.neighbour_misfits) ? result.neighbour_misfits : [];
+  const ids = Array.isArray(result.start_ids) ? result.start_ids : [];
+  table.hidden = misfits.length === 0;
+  table.querySelector("tbody").replaceChildren(...misfits.map((m, i) => {
+    const best = i === result.best_fit_rank;
+    return el("tr", { class: best ? "best-fit" : "" }, el("th", { scope: "row", text: `${i + 1}. ${ids[i] ?? "?"}` }),
+      el("td", { text: Number(m).toPrecision(3) + (best ? " (best fit)" : "") }));
+  }));
+}
+
 function finishRefine(job) {
   state.refineJob = null;
   $("refine-cancel").hidden = true;
@@ -682,6 +695,9 @@ function finishRefine(job) {
   const refined = flatModel(result.velocity_model);
   state.refineResult = refined;
   const start = startModelFor(result);
+  if (start && job.start === "bestfit" && Number.isInteger(result.best_fit_rank)) {
+    start.caption = `Start model: best data fit (${(result.start_ids || [])[result.best_fit_rank] ?? "?"})`;
+  }
   const [lo, hi] = sharedScale(start ? [refined, start.values] : [refined]);
   const startCanvas = $("refine-start-canvas");
   startCanvas.parentElement.hidden = !start;
@@ -696,6 +712,7 @@ function finishRefine(job) {
   const body = $("refine-descriptors").querySelector("tbody");
   body.replaceChildren(...Object.entries(result.descriptors || {}).map(([name, v]) => el("tr", {},
     el("th", { scope: "row", text: name }), el("td", { text: `${fmt(v, unitOf(name))} ${unitOf(name)}` }))));
+  showNeighbourFit(result);
   $("refine-compare").hidden = false;
 }
 

@@ -62,11 +62,25 @@ def test_refine_writes_models_misfit_descriptors_and_a_figure(setup: tuple, tmp_
     assert not list(out.rglob("*.partial*"))
 
 
+def test_refine_from_the_best_fitting_neighbour(setup: tuple, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = _refine(setup, out, "--iterations", "1", "--k", "4", "--start", "bestfit", "--figures", "0")
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "misfit.json").read_text())["results"][0]
+    misfits = np.array(res["neighbour_misfits"])
+    assert misfits.shape == (4,) and res["best_fit_rank"] == int(np.argmin(misfits))
+    # FWI measures the start's misfit itself: the start is the neighbour whose data fit best
+    assert res["start_misfit"] == pytest.approx(misfits.min(), rel=1e-4)
+    r = _refine(setup, tmp_path / "topk", "--iterations", "1", "--k", "4", "--figures", "0")
+    topk = json.loads((tmp_path / "topk" / "misfit.json").read_text())["results"][0]
+    assert topk["neighbour_misfits"] == pytest.approx(res["neighbour_misfits"])
+
+
 def test_refine_errors_name_the_problem(setup: tuple, tmp_path: Path) -> None:
     r = _refine(setup, tmp_path / "a", "--method", "learned")
     assert r.exit_code == 2 and "learned refiner" in r.output
     r = _refine(setup, tmp_path / "a", "--start", "nearest")
-    assert r.exit_code == 2 and "--start 'nearest': expected one of learned, top1, topk, smooth" in r.output
+    assert r.exit_code == 2 and "--start 'nearest': expected one of learned, top1, topk, smooth, bestfit" in r.output
     r = _refine(setup, tmp_path / "a", "--method", "both", "--start", "top1")
     assert r.exit_code == 2 and "starts from the learned refiner's model" in r.output
     r = _refine(setup, tmp_path / "a", "--k", "31")

@@ -61,7 +61,7 @@ def test_start_model_of_every_kind_is_clipped(kind: str) -> None:
     models[0, :5] = 1000.0
     models[0, -5:] = 9000.0
     learned = np.full((1, 70, 70), 5000.0, np.float32)
-    got = start_model(kind, models, scores, learned=learned)
+    got = start_model(kind, models, scores, learned=learned, misfits=np.array([0.2, 0.1, 0.3]))
     assert got.shape == (70, 70) and got.dtype == np.float32
     assert got.min() >= 1500.0 and got.max() <= 4500.0
 
@@ -72,9 +72,21 @@ def test_start_model_top1_is_the_best_neighbour() -> None:
     np.testing.assert_array_equal(start_model("topk", models, scores), topk_mean(models, scores))
 
 
+def test_start_model_bestfit_is_the_neighbour_of_lowest_misfit() -> None:
+    models, scores = _neighbours()
+    got = start_model("bestfit", models, scores, misfits=np.array([0.4, 0.05, 0.2]))
+    np.testing.assert_array_equal(got, models[1])
+    with pytest.raises(ValueError, match="needs the neighbours' data misfits"):
+        start_model("bestfit", models, scores)
+    with pytest.raises(ValueError, match="misfits: 2 values for 3 models"):
+        start_model("bestfit", models, scores, misfits=np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="not finite"):
+        start_model("bestfit", models, scores, misfits=np.array([0.1, np.nan, 0.2]))
+
+
 def test_start_model_errors_name_the_problem() -> None:
     models, scores = _neighbours()
-    with pytest.raises(ValueError, match="start kind 'nearest': expected one of learned, top1, topk, smooth"):
+    with pytest.raises(ValueError, match="start kind 'nearest': expected one of learned, top1, topk, smooth, bestfit"):
         start_model("nearest", models, scores)
     with pytest.raises(ValueError, match="needs the learned refiner's model"):
         start_model("learned", models, scores)

@@ -154,9 +154,31 @@ def test_submit_poll_done_across_an_api_restart(files: dict[str, Path], fresh: R
     assert np.asarray(res["start_model"]).shape == (70, 70)
     assert len(res["start_ids"]) == 3 and 1 <= res["iterations"] == len(res["misfit"]) <= 2
     assert res["final_misfit"] <= res["start_misfit"]
+    assert len(res["neighbour_misfits"]) == 3 and res["best_fit_rank"] == int(np.argmin(res["neighbour_misfits"]))
     assert metric(text, "seisbind_refine_jobs_total", '{outcome="succeeded"}') == 1
     assert metric(text, "seisbind_refine_job_seconds_count") == 1
     assert metric(text, "seisbind_refine_queue_length") == 0 and metric(text, "seisbind_refine_queue_up") == 1
+
+
+def test_bestfit_starts_from_the_neighbour_whose_data_fit_best(api: Server, files: dict[str, Path],
+                                                               workers: list) -> None:
+    """The worker simulates the k neighbours, reports their misfits, and starts FWI from the best-fitting one."""
+    start, _ = workers
+    body = (files["root"] / "query.npy").read_bytes()
+    with api.client() as c:
+        r = submit(c, body, method="fwi", start="bestfit", k=4, iterations=1)
+        assert r.status_code == 202 and r.json()["start"] == "bestfit", r.text
+        start("a")
+        doc = poll(c, r.json()["job_id"], {"succeeded", "failed", "cancelled"})
+        hits = c.post("/retrieve?k=4&include_models=true", content=body, headers=NPY).json()["results"][0]
+    assert doc["state"] == "succeeded" and doc["start"] == "bestfit", doc
+    res = doc["result"]
+    misfits = np.asarray(res["neighbour_misfits"])
+    best = int(np.argmin(misfits))
+    assert misfits.shape == (4,) and res["best_fit_rank"] == best
+    assert res["start_ids"] == [h["id"] for h in hits["neighbors"]]
+    np.testing.assert_allclose(res["start_model"], hits["neighbors"][best]["velocity_model"], atol=0.01)
+    assert res["start_misfit"] == pytest.approx(misfits.min(), rel=1e-4)  # FWI's own measure of the start
 
 
 def test_bad_input_is_refused_before_anything_is_queued(api: Server, files: dict[str, Path],

@@ -489,12 +489,15 @@ def test_refinement_runs_to_completion(page: Page, served: Server) -> None:
     expect(page.locator("#seismic-cards li.card")).to_have_count(5, timeout=WAIT_MS)
     expect(page.locator("#refine")).to_be_visible()
     page.get_by_label("Method").select_option("fwi")
-    page.get_by_label("Start model").select_option("top1")
+    page.get_by_label("Start model").select_option("bestfit")
     page.get_by_label("Iterations").fill("3")
     page.get_by_role("button", name="Start refinement").click()
     expect(page.locator("#refine-status")).to_have_text("Refinement finished.", timeout=300_000)
     expect(page.locator("#refine-compare canvas[role='img']")).to_have_count(2)
     expect(page.locator("#refine-error")).to_be_empty()
+    expect(page.locator("#refine-fit tbody tr")).to_have_count(5)  # the worker's misfit of each retrieved model
+    expect(page.locator("#refine-fit tr.best-fit")).to_have_count(1)
+    expect(page.locator("#refine-start-caption")).to_contain_text("Start model: best data fit")
     shot(page, "07-refined")
 
 
@@ -568,7 +571,8 @@ def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server
         else:
             route.fulfill(json={"state": "succeeded", "progress": 1.0, "iteration": 3, "misfit": [1.0, 0.5, 0.3],
                                 "error": None, "result": {"velocity_model": refined.tolist(),
-                                                          "descriptors": {"v_mean": 3250.0}, "start_ids": []}})
+                                                          "descriptors": {"v_mean": 3250.0}, "start_ids": ["a", "b"],
+                                                          "neighbour_misfits": [0.31, 0.12], "best_fit_rank": 1}})
 
     page.route("**/openapi.json", openapi)
     page.route(re.compile(r".*/refine(\?.*|/.*)?$"), refine)
@@ -586,6 +590,7 @@ def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server
     expect(page.locator("#refine-compare canvas[role='img']")).to_have_count(2)
     expect(page.locator("#refine-start-caption")).to_contain_text("Top-1 retrieved model")
     expect(page.locator("#refine-descriptors")).to_contain_text("3250.0 m/s")
+    expect(page.locator("#refine-fit tr.best-fit")).to_have_text("2. b0.120 (best fit)")
     with page.expect_download() as d:
         page.get_by_role("button", name="Download refined model (.npy)").click()
     np.testing.assert_array_equal(np.load(d.value.path())[0], refined.astype(np.float32))

@@ -97,15 +97,16 @@ def _learned_response(state: ServiceState, hits: Any, gathers: np.ndarray, p: Pl
 async def refine(
     request: Request, state: StateDep, searcher: SearcherDep,
     method: Annotated[Method | None, Query(description="learned, fwi or both (.npy and SEG-Y bodies)")] = None,
-    start: Annotated[StartKind | None, Query(description="learned, top1, topk or smooth")] = None,
+    start: Annotated[StartKind | None, Query(description="learned, top1, topk, smooth or bestfit")] = None,
     k: Annotated[int | None, Query(description="neighbours for the start model", json_schema_extra={"minimum": 1})]
     = None,
     iterations: Annotated[int | None, Query(description="FWI iterations per gather",
                                             json_schema_extra={"minimum": 1})] = None,
 ) -> Response:
     """Retrieve each gather's k nearest bank models and make the start model from them (top-1, similarity-weighted
-    top-k mean, smooth 1-D, or the learned refiner's model). method learned answers 200 with the learned refiner's
-    models; fwi and both queue a full-waveform inversion job (202, its URL in Location) that workers run."""
+    top-k mean, smooth 1-D, the one whose simulated data fit best, or the learned refiner's model). method learned
+    answers 200 with the learned refiner's models; fwi and both queue a full-waveform inversion job (202, its URL in
+    Location) that workers run; the job also reports every neighbour's data misfit."""
     engine, settings = state.engine, state.settings
     with engine.incoming():
         payload = await read_gathers(request, RefineRequest, {"method": method, "start": start, "k": k,
@@ -124,7 +125,8 @@ async def refine(
         return await engine.run_blocking(_learned_response, state, hits, payload.gathers, p, payload.ingest)
     models, scores, ids = _neighbours(hits, p.k)
     starts = await engine.run_blocking(start_models, p, payload.gathers, models, scores, refiner)
-    spec = RefineSpec(payload.gathers, starts, p.method, p.start, p.iterations, settings.refine_max_seconds, ids)
+    spec = RefineSpec(payload.gathers, starts, p.method, p.start, p.iterations, settings.refine_max_seconds, ids,
+                      np.ascontiguousarray(models[:, :p.k]))
     job_id = await engine.run_blocking(queue.submit, spec)
     doc = {"job_id": job_id, "state": "queued", "method": p.method, "start": p.start, "iterations": p.iterations,
            "gathers": len(payload.gathers)}
