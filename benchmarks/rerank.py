@@ -41,7 +41,7 @@ from seisbind.progress import progress  # noqa: E402
 from seisbind.provenance import git_commit, portable_path  # noqa: E402
 
 from benchmarks._common import REPO, add_output_args, benchmark_command, result_folder, write_section  # noqa: E402
-from benchmarks._fine_gathers import FORWARD_MODEL, fine_gathers  # noqa: E402
+from benchmarks._fine_gathers import FORWARD_MODEL, fine_gathers, with_noise  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -88,16 +88,17 @@ class Folders:
 
 
 def query_gathers(a: argparse.Namespace, gallery: Folders, rows: np.ndarray) -> np.ndarray:
-    """Fine-grid gathers (plus noise) of the gallery models ``rows``, cached under ``--work``."""
+    """Fine-grid gathers of the gallery models ``rows`` (cached under ``--work``, noise-free) plus the noise."""
     name = "-".join(Path(t).name for t in a.test)
-    path = a.work / f"queries-{name}-{len(rows)}-{a.snr_db:g}db-{a.seed}.npy"
+    path = a.work / f"fine-{name}-{len(rows)}.npy"
     if path.exists():
-        return np.load(path)
-    t0 = time.perf_counter()
-    g = fine_gathers(gallery.models[rows, 0], a.snr_db, a.seed)
-    print(f"fine-grid simulation: {len(rows)} models in {time.perf_counter() - t0:.0f} s", flush=True)
-    save_npy_atomic(path, g.astype(np.float32))
-    return g
+        clean = np.load(path)
+    else:
+        t0 = time.perf_counter()
+        clean = fine_gathers(gallery.models[rows, 0], 0.0, 0)
+        print(f"fine-grid simulation: {len(rows)} models in {time.perf_counter() - t0:.0f} s", flush=True)
+        save_npy_atomic(path, clean.astype(np.float32))
+    return with_noise(clean, a.snr_db, a.seed)
 
 
 def misfits(queries: np.ndarray, store: Folders, I: np.ndarray, desc: str) -> np.ndarray:  # noqa: E741

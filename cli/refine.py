@@ -15,7 +15,7 @@ import typer
 from seisbind.acquisition import GATHER_SHAPE
 from seisbind.start_models import START_KINDS
 
-METHODS = ("learned", "fwi", "both")
+METHODS = ("learned", "fwi", "both", "check")
 FILES = {"refined": "refined.npy", "start": "start.npy", "misfit": "misfit.json", "descriptors": "descriptors.json",
          "figures": "figures"}
 
@@ -60,6 +60,11 @@ def check_choice(method: str, start: Optional[str]) -> str:
         raise RefineError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     if start is not None and start not in START_KINDS:
         raise RefineError(f"--start {start!r}: expected one of {', '.join(START_KINDS)}")
+    if method == "check":
+        if start not in (None, "bestfit"):
+            raise RefineError(f"--method check returns the neighbour whose simulated data fit best; drop --start "
+                              f"{start} or use --method fwi")
+        return "bestfit"
     if method in ("learned", "both"):
         if start not in (None, "learned"):
             raise RefineError(f"--method {method} starts from the learned refiner's model; drop --start {start} "
@@ -160,7 +165,7 @@ def write_outputs(out: Path, gathers: np.ndarray, starts: np.ndarray, results: l
 def refine(encoders: Path, index: Path, gathers_path: Path, out: Path, method: str = "fwi",
            start: Optional[str] = None, k: int = 5, config: Any = None, figures: int = 10,
            quiet: bool = False) -> dict[str, Any]:
-    """The whole command: retrieve, start, refine (FWI unless ``method`` is ``learned``), write. Raises
+    """The whole command: retrieve, start, refine (FWI for methods ``fwi`` and ``both``), write. Raises
     RefineError (and the index's/bundle's own errors) naming the problem."""
     from model.refine import FwiConfig
     from model.rerank import best_fit, neighbour_misfits
@@ -171,7 +176,7 @@ def refine(encoders: Path, index: Path, gathers_path: Path, out: Path, method: s
     bundle, D, I, models, ids = retrieve(encoders, index, gathers, k, kind == "learned")
     misfits = None if method == "learned" else neighbour_misfits(gathers, models[:, :k])
     starts = start_models(kind, bundle, gathers, models, D, k, misfits)
-    fwi_config = config if method != "learned" else dataclasses.replace(config, iterations=0)
+    fwi_config = config if method in ("fwi", "both") else dataclasses.replace(config, iterations=0)
     results = run_fwi(gathers, starts, fwi_config, quiet)
     meta = {"method": method, "start": kind, "k": k, "gathers_file": str(gathers_path),
             "config": dataclasses.asdict(fwi_config),
@@ -186,7 +191,8 @@ def refine_command(
     index: Path = typer.Option(..., "--index", help="index root (versions + CURRENT)"),
     gathers: Path = typer.Option(..., "--gathers", help=".npy of gathers [5,1000,70] or [n,5,1000,70]"),
     out: Path = typer.Option(..., "--out", help="output folder (refined.npy, misfit.json, descriptors.json, figures)"),
-    method: str = typer.Option("fwi", "--method", help="learned | fwi | both (learned refiner, then FWI)"),
+    method: str = typer.Option("fwi", "--method", help="learned | fwi | both (learned refiner, then FWI) | check (the "
+                               "neighbour whose simulated data fit best, no FWI)"),
     start: Optional[str] = typer.Option(None, "--start", help="FWI start: learned | top1 | topk | smooth | bestfit "
                                         "(the neighbour whose simulated data fit best; default topk; learned for "
                                         "--method learned/both)"),

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import _GATHERS_SCHEMA, _K_SCHEMA, WholeInt
 
-Method = Literal["learned", "fwi", "both"]
+Method = Literal["learned", "fwi", "both", "check"]
 StartKind = Literal["learned", "top1", "topk", "smooth", "bestfit"]
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -21,12 +21,15 @@ class RefineRequest(BaseModel):
 
     gathers: Any = Field(json_schema_extra=_GATHERS_SCHEMA)
     method: Method | None = Field(None, description="learned (the bundle's learned refiner, answered at once), fwi "
-                                                    "(full-waveform inversion, a queued job) or both (FWI from the "
-                                                    "learned model). Default fwi")
+                                                    "(full-waveform inversion, a queued job), both (FWI from the "
+                                                    "learned model) or check (a queued job that simulates the k "
+                                                    "neighbours and returns the one whose data fit best, no FWI). "
+                                                    "Default fwi")
     start: StartKind | None = Field(None, description="FWI start model: learned, top1, topk (similarity-weighted "
                                                       "mean of the top k), smooth (1-D) or bestfit (the neighbour "
                                                       "whose simulated data fit the gathers best, chosen by the "
-                                                      "worker). Default topk (learned for methods learned and both)")
+                                                      "worker). Default topk (learned for methods learned and both, "
+                                                      "bestfit for check)")
     k: WholeInt = Field(5, strict=True, description="neighbours retrieved for the start model (1 <= k <= "
                                                     "SEISBIND_MAX_K)", json_schema_extra=_K_SCHEMA)
     iterations: WholeInt | None = Field(None, strict=True, description="FWI iterations per gather (1 <= iterations "

@@ -40,25 +40,27 @@ def plan(fields: dict[str, Any], refiner: Refiner | None, gathers: int, *, defau
          max_iterations: int, max_gathers: int) -> Plan:
     """Resolve the defaults and check the combination (InputError, 422, naming the problem)."""
     method = fields.get("method") or "fwi"  # the defaults of `seisbind refine`
-    start = fields.get("start") or ("learned" if method in ("learned", "both") else "topk")
+    start = fields.get("start") or {"learned": "learned", "both": "learned", "check": "bestfit"}.get(method, "topk")
     if method == "both" and start != "learned":
         raise InputError(f"method 'both' runs FWI from the learned refiner's model; start {start!r} goes with method "
                          "'fwi'")
     if method == "learned" and fields.get("start") not in (None, "learned"):
         raise InputError("method 'learned' returns the learned refiner's model; a start model only applies to FWI "
                          "(method 'fwi' or 'both')")
+    if method == "check" and (start != "bestfit" or fields.get("iterations") is not None):
+        raise InputError("method 'check' returns the retrieved model whose simulated data fit best, without FWI: a "
+                         "start model other than 'bestfit' and iterations only apply to methods 'fwi' and 'both'")
     if (method in ("learned", "both") or start == "learned") and refiner is None:
         raise InputError("this service's encoder bundle has no learned refiner (refiner.onnx): use method 'fwi' "
-                         "with start 'top1', 'topk', 'smooth' or 'bestfit'")
+                         "with start 'top1', 'topk', 'smooth' or 'bestfit', or method 'check'")
     iterations = fields.get("iterations")
-    iterations = default_iterations if iterations is None else iterations
-    if method != "learned":
-        if not 1 <= iterations <= max_iterations:
-            raise InputError(f"iterations={iterations} is out of range: need 1 <= iterations <= {max_iterations} "
-                             "(SEISBIND_REFINE_MAX_ITERATIONS)")
-        if gathers > max_gathers:
-            raise InputError(f"{gathers} gathers in one refinement job; at most {max_gathers} are accepted "
-                             "(SEISBIND_REFINE_MAX_GATHERS): split the batch")
+    iterations = 0 if method == "check" else default_iterations if iterations is None else iterations
+    if method not in ("learned", "check") and not 1 <= iterations <= max_iterations:
+        raise InputError(f"iterations={iterations} is out of range: need 1 <= iterations <= {max_iterations} "
+                         "(SEISBIND_REFINE_MAX_ITERATIONS)")
+    if method != "learned" and gathers > max_gathers:
+        raise InputError(f"{gathers} gathers in one refinement job; at most {max_gathers} are accepted "
+                         "(SEISBIND_REFINE_MAX_GATHERS): split the batch")
     k = int(fields["k"])
     need = refiner.k if refiner is not None and start == "learned" else 0
     return Plan(method, start, k, max(k, need), iterations)

@@ -590,6 +590,13 @@ function refineBody() {
   return { body: query.buffer, contentType: query.contentType };
 }
 
+function syncRefineControls() {
+  // A start model applies to method fwi only, iterations to the methods that run FWI.
+  const method = $("refine-method").value;
+  $("refine-start").disabled = method !== "fwi";
+  $("refine-iterations").disabled = !(method === "fwi" || method === "both");
+}
+
 async function startRefine() {
   showError("refine-error", "");
   if (!state.query) {
@@ -599,8 +606,10 @@ async function startRefine() {
   const k = readK("seismic-k", "refine-error");
   const iterations = readK("refine-iterations", "refine-error", "iterations: enter a whole number");
   if (k === null || iterations === null) return;
-  const params = new URLSearchParams({ method: $("refine-method").value, start: $("refine-start").value,
-    k: String(k), iterations: String(iterations) });
+  const method = $("refine-method").value;
+  const params = new URLSearchParams({ method, k: String(k) });
+  if (method === "fwi") params.set("start", $("refine-start").value); // the other methods have their own start
+  if (method === "fwi" || method === "both") params.set("iterations", String(iterations));
   $("refine-compare").hidden = true;
   $("refine-progress").hidden = false;
   $("refine-status").textContent = "Starting the refinement…";
@@ -768,6 +777,8 @@ function wire() {
     startRefine();
   });
   $("refine-cancel").addEventListener("click", cancelRefine);
+  $("refine-method").addEventListener("change", syncRefineControls);
+  syncRefineControls();
   $("refine-download").addEventListener("click", () => {
     if (state.refineResult) download("refined_model.npy", writeNpy(state.refineResult, [1, ...MODEL]), "application/x-npy");
   });

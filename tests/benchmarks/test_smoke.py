@@ -235,3 +235,14 @@ def test_ood_heldout_include_family_smoke(tmp_path: Path) -> None:
     assert fam["training"]["includes_family"] is True
     assert any(f.startswith("inversion-a_") for f in fam["training"]["folders"]), "F's training models are in the mix"
     assert fam["p2"]["bank_size"] == 32 + 16 * (len(fam["training"]["folders"]) - 1), "the bank holds F's models"
+
+
+def test_rerank_smoke(tmp_path: Path) -> None:
+    doc = run_smoke("rerank", tmp_path)
+    sec = doc["heldout_rerank"]
+    assert sec["stored_gathers_check"]["max_misfit"] < 1e-6, "stored gathers are what the simulator returns"
+    p1, p2 = sec["p1"], sec["p2"]
+    assert p1["R@1"] <= p1["R@3"] and p1["R@1_reranked"] <= p1["R@3"], "re-ranking picks among the top k"
+    assert p1["true_model_fits_best_when_in_top_k"] == 1.0, "the true model explains its own data best"
+    assert p2["best_of_k_mae_mps"] <= min(p2["top1_mae_mps"], p2["top1_mae_reranked_mps"])
+    assert sec["setup"]["forward_model_of_queries"].startswith("deepwave on a 5 m grid")

@@ -76,6 +76,19 @@ def test_refine_from_the_best_fitting_neighbour(setup: tuple, tmp_path: Path) ->
     assert topk["neighbour_misfits"] == pytest.approx(res["neighbour_misfits"])
 
 
+def test_check_returns_the_best_fitting_neighbour_without_fwi(setup: tuple, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = _refine(setup, out, "--method", "check", "--k", "4", "--figures", "0")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "misfit.json").read_text())
+    res = doc["results"][0]
+    assert doc["method"] == "check" and doc["start"] == "bestfit" and res["iterations"] == 0
+    assert res["final_misfit"] == res["start_misfit"] == pytest.approx(min(res["neighbour_misfits"]), rel=1e-4)
+    np.testing.assert_array_equal(np.load(out / "refined.npy"), np.load(out / "start.npy"))
+    r = _refine(setup, tmp_path / "b", "--method", "check", "--start", "topk")
+    assert r.exit_code == 2 and "--method check returns the neighbour whose simulated data fit best" in r.output
+
+
 def test_refine_errors_name_the_problem(setup: tuple, tmp_path: Path) -> None:
     r = _refine(setup, tmp_path / "a", "--method", "learned")
     assert r.exit_code == 2 and "learned refiner" in r.output

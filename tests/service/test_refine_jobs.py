@@ -179,6 +179,12 @@ def test_bestfit_starts_from_the_neighbour_whose_data_fit_best(api: Server, file
     assert res["start_ids"] == [h["id"] for h in hits["neighbors"]]
     np.testing.assert_allclose(res["start_model"], hits["neighbors"][best]["velocity_model"], atol=0.01)
     assert res["start_misfit"] == pytest.approx(misfits.min(), rel=1e-4)  # FWI's own measure of the start
+    with api.client() as c:  # method check: the same physics check, no FWI; the best-fitting neighbour is the answer
+        r = submit(c, body, method="check", k=4)
+        assert r.status_code == 202 and (r.json()["start"], r.json()["iterations"]) == ("bestfit", 0), r.text
+        checked = poll(c, r.json()["job_id"], {"succeeded", "failed", "cancelled"})["result"]
+    assert checked["iterations"] == 0 and checked["neighbour_misfits"] == pytest.approx(res["neighbour_misfits"])
+    np.testing.assert_allclose(checked["velocity_model"], hits["neighbors"][best]["velocity_model"], atol=0.01)
 
 
 def test_bad_input_is_refused_before_anything_is_queued(api: Server, files: dict[str, Path],
@@ -193,6 +199,8 @@ def test_bad_input_is_refused_before_anything_is_queued(api: Server, files: dict
             (submit(c, npy(good), method="both"), "no learned refiner"),
             (submit(c, npy(good), start="learned"), "no learned refiner"),
             (submit(c, npy(good), method="fwi", start="nearest"), "start"),
+            (submit(c, npy(good), method="check", start="topk"), "method 'check' returns the retrieved model"),
+            (submit(c, npy(good), method="check", iterations=3), "iterations only apply to methods 'fwi' and 'both'"),
             (submit(c, npy(good), method="magic"), "method"),
             (submit(c, npy(good), k=0), "k=0 is out of range"),
             (submit(c, npy(good), k=41), "the index holds 40 entries"),

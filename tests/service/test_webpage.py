@@ -595,6 +595,12 @@ def test_refine_controls_follow_the_documented_shapes(page: Page, served: Server
         page.get_by_role("button", name="Download refined model (.npy)").click()
     np.testing.assert_array_equal(np.load(d.value.path())[0], refined.astype(np.float32))
     shot(page, "08-refine-ui")
+    page.get_by_label("Method").select_option("check")  # no start model, no iterations: the server's own
+    expect(page.get_by_label("Start model")).to_be_disabled()
+    expect(page.get_by_label("Iterations")).to_be_disabled()
+    page.get_by_role("button", name="Start refinement").click()
+    expect(page.locator("#refine-status")).to_have_text("Refinement finished.", timeout=WAIT_MS)
+    assert "method=check" in seen["url"] and "start=" not in seen["url"] and "iterations=" not in seen["url"]
 
 
 def test_loading_state_while_a_query_is_in_flight(page: Page, served: Server) -> None:

@@ -96,7 +96,7 @@ def _learned_response(state: ServiceState, hits: Any, gathers: np.ndarray, p: Pl
                                                     "both: a queued job)")
 async def refine(
     request: Request, state: StateDep, searcher: SearcherDep,
-    method: Annotated[Method | None, Query(description="learned, fwi or both (.npy and SEG-Y bodies)")] = None,
+    method: Annotated[Method | None, Query(description="learned, fwi, both or check (.npy and SEG-Y bodies)")] = None,
     start: Annotated[StartKind | None, Query(description="learned, top1, topk, smooth or bestfit")] = None,
     k: Annotated[int | None, Query(description="neighbours for the start model", json_schema_extra={"minimum": 1})]
     = None,
@@ -106,7 +106,8 @@ async def refine(
     """Retrieve each gather's k nearest bank models and make the start model from them (top-1, similarity-weighted
     top-k mean, smooth 1-D, the one whose simulated data fit best, or the learned refiner's model). method learned
     answers 200 with the learned refiner's models; fwi and both queue a full-waveform inversion job (202, its URL in
-    Location) that workers run; the job also reports every neighbour's data misfit."""
+    Location) that workers run; the job also reports every neighbour's data misfit. check queues a job that only
+    simulates the neighbours and returns the one whose data fit best (the physics check of the retrieval)."""
     engine, settings = state.engine, state.settings
     with engine.incoming():
         payload = await read_gathers(request, RefineRequest, {"method": method, "start": start, "k": k,
