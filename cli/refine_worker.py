@@ -62,7 +62,7 @@ class RefineWorker(Worker):
         record_outcome(self.connection, "retried" if job.should_retry else "failed", seconds)
 
 
-def _neighbour_fit(gathers: np.ndarray, neighbours: np.ndarray | None, starts: np.ndarray,
+def _fit_and_starts(gathers: np.ndarray, neighbours: np.ndarray | None, starts: np.ndarray,
                    best_fit_start: bool) -> tuple[np.ndarray, list[list[float]]]:
     """The neighbours' data misfits of every gather (none without neighbours) and the start models, the given ones
     or, with ``best_fit_start``, each gather's best-fitting neighbour."""
@@ -96,7 +96,7 @@ def run_refine_job(gathers: bytes, starts: bytes, iterations: int, max_seconds: 
     conn.expire(attempts_key(job.id), max(int(job.failure_ttl or 0), int(job.result_ttl or 0), 86400))
     job.meta.update(attempt=attempt, progress=0.0, iteration=0, gather=0, misfit=[])
     job.save_meta()
-    s, fit = _neighbour_fit(g, None if neighbours is None else load_npy(neighbours), load_npy(starts), start_best_fit)
+    s, fit = _fit_and_starts(g, None if neighbours is None else load_npy(neighbours), load_npy(starts), start_best_fit)
     out: dict[str, Any] = {k: [] for k in ("misfit", "start_misfit", "final_misfit", "iterations", "seconds",
                                            "stopped")}
     models: list[np.ndarray] = []
