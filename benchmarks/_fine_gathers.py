@@ -22,13 +22,13 @@ def fine_simulation(models: np.ndarray) -> np.ndarray:
                          receiver_x_m=FINE_RX, batch_size=2)
 
 
-def with_noise(gathers: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
-    """Gathers [n,...] plus white Gaussian noise at ``noise_db`` per gather (unchanged if ``noise_db`` <= 0)."""
+def with_noise(gathers: np.ndarray, noise_db: float | None, seed: int) -> np.ndarray:
+    """Gathers [n,...] plus white Gaussian noise at SNR ``noise_db`` per gather (unchanged if None)."""
     import torch
 
     from model.augment import add_noise
 
-    if noise_db <= 0:
+    if noise_db is None:
         return gathers
     g = torch.Generator().manual_seed(seed)
     return add_noise(torch.from_numpy(np.ascontiguousarray(gathers)), torch.full((len(gathers),), noise_db), g).numpy()
@@ -37,4 +37,5 @@ def with_noise(gathers: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
 def fine_gathers(models: np.ndarray, noise_db: float, seed: int) -> np.ndarray:
     """Query gathers [n,5,1000,70] of models [n,70,70]: the 5 m / 0.5 ms simulation sampled at 10 m / 1 ms, plus
     white Gaussian noise at ``noise_db`` per gather (none if ``noise_db`` <= 0)."""
-    return with_noise(np.ascontiguousarray(fine_simulation(models)[:, :, ::2, ::2]), noise_db, seed)
+    return with_noise(np.ascontiguousarray(fine_simulation(models)[:, :, ::2, ::2]), noise_db if noise_db > 0 else None,
+                      seed)

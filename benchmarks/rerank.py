@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from seisbind.descriptors import compute_descriptors, mean_relative_error  # noqa: E402
 from seisbind.files import save_npy_atomic  # noqa: E402
 from seisbind.neighbours import exact_top_k  # noqa: E402
+from seisbind.noise import snr_db  # noqa: E402
 from seisbind.openfwi import PairedDataset, open_dataset  # noqa: E402
 from seisbind.progress import progress  # noqa: E402
 from seisbind.provenance import git_commit, portable_path  # noqa: E402
@@ -52,7 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bank", type=Path, action="append", default=[], help="paired bank folder (repeat)")
     p.add_argument("--queries", type=int, default=500, help="query gathers, spread evenly over the gallery")
     p.add_argument("--k", type=int, default=10, help="candidates re-ranked per query")
-    p.add_argument("--snr-db", type=float, default=10.0, help="white noise on the query gathers (0: none)")
+    p.add_argument("--snr-db", type=float, default=10.0, help="SNR of the white noise on the query gathers, dB")
+    p.add_argument("--no-noise", action="store_true", help="query gathers without noise (the fine-grid simulation)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--fwi-queries", type=int, default=0,
                    help="also refine the first N queries by FWI from the top-1 and from the best-fitting candidate")
@@ -91,18 +93,22 @@ class Folders:
         return np.stack(out)
 
 
-def query_gathers(a: argparse.Namespace, gallery: Folders, rows: np.ndarray) -> np.ndarray:
-    """Fine-grid gathers of the gallery models ``rows`` (cached under ``--work``, noise-free) plus the noise."""
+def query_gathers(a: argparse.Namespace, gallery: Folders, rows: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Fine-grid gathers of the gallery models ``rows`` (cached under ``--work``, noise-free) plus the noise, and the
+    median SNR they have (dB; None without noise)."""
     key = hashlib.sha1("|".join(str(Path(t).resolve()) for t in a.test).encode()).hexdigest()[:10]
     path = a.work / f"fine-{Path(a.test[0]).name}-{key}-{len(rows)}.npy"
     if path.exists():
         clean = np.load(path)
     else:
         t0 = time.perf_counter()
-        clean = fine_gathers(gallery.models[rows, 0], 0.0, 0)
+        clean = fine_gathers(gallery.models[rows, 0], 0.0, 0)  # 0: no noise
         print(f"fine-grid simulation: {len(rows)} models in {time.perf_counter() - t0:.0f} s", flush=True)
         save_npy_atomic(path, clean.astype(np.float32))
-    return with_noise(clean, a.snr_db, a.seed)
+    if a.no_noise:
+        return clean, None
+    q = with_noise(clean, a.snr_db, a.seed)
+    return q, float(np.median(snr_db(clean, q)))
 
 
 def misfits(queries: np.ndarray, store: Folders, I: np.ndarray, desc: str) -> np.ndarray:  # noqa: E741
@@ -214,7 +220,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
     gallery, bank = Folders(a.test), Folders(a.bank)
     rows = np.unique(np.linspace(0, len(gallery.models) - 1, min(a.queries, len(gallery.models))).astype(int))
-    q = query_gathers(a, gallery, rows)
+    q, measured_snr = query_gathers(a, gallery, rows)
     emb = onnx_embedder(a.bundle, threads=a.threads).encode
     S = embed_arrays(emb["seismic"], [q], 64, "embed queries")
     V = embed_arrays(emb["velocity"], [gallery.models], 256, "embed gallery")
@@ -228,14 +234,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     truth = gallery.models[rows]
     oracle_rows, oracle_each = oracle(truth, bank)
     fwi = fwi_figures(a, q, truth, bank, I2, m2, oracle_each) if a.fwi_queries > 0 else None
-    return {**({"fwi": fwi} if fwi else {}),"p1": {**p1_figures(rows, I1, m1), "gallery_size": int(len(V))},
+    return {"p1": {**p1_figures(rows, I1, m1), "gallery_size": int(len(V))}, **({"fwi": fwi} if fwi else {}),
             "p2": {**p2_figures(truth, bank, I2, m2, oracle_each), **oracle_fit(q, bank, oracle_rows, m2),
                    "bank_size": int(len(VB))},
             "stored_gathers_check": {**stored_gathers_check(bank, I2[:2, :2].reshape(-1)),
                                      "misfit_seconds_per_candidate": misfit_s},
             "setup": {"bundle": portable_path(a.bundle), "test": [portable_path(t) for t in a.test],
                       "bank": [portable_path(b) for b in a.bank], "queries": int(len(rows)), "k": a.k,
-                      "snr_db": a.snr_db, "forward_model_of_queries": FORWARD_MODEL,
+                      "snr_db": None if a.no_noise else a.snr_db, "measured_snr_db_median": measured_snr,
+                      "forward_model_of_queries": FORWARD_MODEL,
                       "candidates_simulated_by": "model.simulator.simulate (10 m / 1 ms)",
                       "command": benchmark_command(), "git_commit": git_commit(),
                       "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}

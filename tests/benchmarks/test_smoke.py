@@ -246,3 +246,4 @@ def test_rerank_smoke(tmp_path: Path) -> None:
     assert p1["true_model_fits_best_when_in_top_k"] == 1.0, "the true model explains its own data best"
     assert p2["best_of_k_mae_mps"] <= min(p2["top1_mae_mps"], p2["top1_mae_reranked_mps"])
     assert sec["setup"]["forward_model_of_queries"].startswith("deepwave on a 5 m grid")
+    assert abs(sec["setup"]["measured_snr_db_median"] - 10.0) < 0.5, "the queries have the noise asked for"
