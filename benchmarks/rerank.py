@@ -135,15 +135,6 @@ def p1_figures(rows: np.ndarray, I: np.ndarray, m: np.ndarray) -> dict[str, floa
             "true_model_fits_best_when_in_top_k": float(np.mean(pick[hit.any(1)] == rows[hit.any(1)]))}
 
 
-def oracle(truth: np.ndarray, bank: Folders) -> tuple[np.ndarray, np.ndarray]:
-    """(rows [n], MAE [n]) of the bank model nearest to each true model [n,1,70,70] by pixel L2 (what a perfect
-    retriever could return)."""
-    from seisbind.neighbours import l2_top_k
-
-    nearest = l2_top_k(truth.reshape(len(truth), -1), bank.models.reshape(len(bank.models), -1), 1)[:, 0]
-    return nearest, np.abs(bank.models[nearest].astype(np.float64) - truth).mean(axis=(1, 2, 3))
-
-
 def oracle_fit(queries: np.ndarray, bank: Folders, rows: np.ndarray, m: np.ndarray) -> dict[str, float]:
     """Does the data single out the pixel-L2 oracle? Its data misfit against that of the best-fitting candidate."""
     om = misfits(queries, bank, rows[:, None], "misfits (oracle)")[:, 0]
@@ -216,7 +207,7 @@ def stored_gathers_check(store: Folders, rows: np.ndarray) -> dict[str, float]:
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """The figures of one section."""
-    from model.evaluate import embed_arrays, onnx_embedder
+    from model.evaluate import embed_arrays, onnx_embedder, pixel_nearest
 
     gallery, bank = Folders(a.test), Folders(a.bank)
     rows = np.unique(np.linspace(0, len(gallery.models) - 1, min(a.queries, len(gallery.models))).astype(int))
@@ -232,7 +223,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     misfit_s = (time.perf_counter() - t0) / I1.size
     m2 = misfits(q, bank, I2, "misfits (bank)")
     truth = gallery.models[rows]
-    oracle_rows, oracle_each = oracle(truth, bank)
+    oracle_rows, oracle_each = pixel_nearest(bank.models, truth)
+    oracle_rows = oracle_rows[:, 0]
     fwi = fwi_figures(a, q, truth, bank, I2, m2, oracle_each) if a.fwi_queries > 0 else None
     return {"p1": {**p1_figures(rows, I1, m1), "gallery_size": int(len(V))}, **({"fwi": fwi} if fwi else {}),
             "p2": {**p2_figures(truth, bank, I2, m2, oracle_each), **oracle_fit(q, bank, oracle_rows, m2),

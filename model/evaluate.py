@@ -163,15 +163,21 @@ def p2_report(S: np.ndarray, VB: np.ndarray, bank_desc: np.ndarray, bank_models:
     return rep, pred
 
 
+def pixel_nearest(bank_models: np.ndarray, test_models: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The k bank models nearest to each TRUE model by pixel L2 (rows [n, k], nearest first) and the nearest one's
+    mean absolute error [n] (m/s): what a perfect retriever could return."""
+    bank = bank_models.reshape(len(bank_models), -1).astype(np.float32)
+    q = test_models.reshape(len(test_models), -1).astype(np.float32)
+    idx = l2_top_k(q, bank, k)
+    return idx, np.abs(bank[idx[:, 0]].astype(np.float64) - q).mean(axis=1)
+
+
 def bank_limits(bank_desc: np.ndarray, bank_models: np.ndarray, test_desc: np.ndarray, test_models: np.ndarray,
                 k: int = 5) -> dict[str, float]:
     """What the bank allows at best, beside P2: the mean descriptors of the k bank models nearest to each TRUE model
     by pixel L2 (``oracle_descriptor_mre``) and the nearest one's MAE (``oracle_top1_mae_mps``): what a perfect
     retriever could return; and the bank's mean descriptors for every query (``mean_predictor_mre``)."""
-    bank = bank_models.reshape(len(bank_models), -1).astype(np.float32)
-    q = test_models.reshape(len(test_models), -1).astype(np.float32)
-    idx = l2_top_k(q, bank, k)
-    top1_abs = np.abs(bank[idx[:, 0]].astype(np.float64) - q).mean(axis=1)
+    idx, top1_abs = pixel_nearest(bank_models, test_models, k)
     mean_desc = np.broadcast_to(bank_desc.mean(0), test_desc.shape)
     return {"oracle_descriptor_mre": mean_relative_error(bank_desc[idx].mean(1), test_desc),
             "oracle_top1_mae_mps": float(top1_abs.mean()),
